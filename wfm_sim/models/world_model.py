@@ -1,0 +1,286 @@
+"""``WorldModel``: tokenizer + causal backbone + diffusion decoder behind one config.
+
+Frames at the boundary are uint8 ``(b, t, v, H, W, 3)`` (channels last, as simulators and
+zarr store them); inside, the tokenizer sees ``(b*v, 3, t, H, W)`` floats in [-1, 1].
+
+Dimension legend: ``b`` batch, ``t`` frames, ``t'`` latent frames, ``v`` camera views,
+``H W`` pixels, ``g`` token grid side, ``k`` actions per latent frame, ``a`` action features.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from wfm_sim import checkpoint as ckpt
+from wfm_sim.device import autocast, autocast_dtype, resolve_device
+from wfm_sim.models.backbone import Backbone, BackboneConfig
+from wfm_sim.models.diffusion import DecoderConfig, DiffusionDecoder
+from wfm_sim.models.imagination import Imagination
+from wfm_sim.models.sampling import SamplingConfig
+from wfm_sim.models.tokenizer import TokenizerConfig, VideoTokenizer
+
+FORMAT = "wfm_sim.WorldModel"
+FORMAT_VERSION = 1
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """The action space the model was trained with."""
+
+    kind: str = "box"
+    """'box' (continuous) or 'discrete'."""
+    dim: int = 3
+    """Features per action (box)."""
+    low: tuple[float, ...] = (-1.0, 0.0, 0.0)
+    high: tuple[float, ...] = (1.0, 1.0, 1.0)
+    n: int = 0
+    """Number of choices (discrete)."""
+
+    def __post_init__(self):
+        if self.kind not in ("box", "discrete"):
+            raise ValueError(f"ActionSpec.kind must be 'box' or 'discrete', got {self.kind!r}")
+        if self.kind == "box" and not (len(self.low) == len(self.high) == self.dim):
+            raise ValueError(f"box action needs low/high of length dim={self.dim}, got {self.low}, {self.high}")
+        if self.kind == "discrete" and self.n < 2:
+            raise ValueError(f"discrete action needs n >= 2, got {self.n}")
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    """Everything needed to rebuild a world model, saved as config.json."""
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    decoder: DecoderConfig | None = field(default_factory=DecoderConfig)
+    cameras: tuple[str, ...] = ("CAM_FRONT",)
+    """Camera names, one per view, in the backbone's view order."""
+    action: ActionSpec = field(default_factory=ActionSpec)
+    fps: float = 10.0
+    context_frames: int = 2
+    """Frames of real context an environment reset starts from by default."""
+    name: str = ""
+    source_env: str = ""
+    """Simulator the model was trained on (e.g. 'CarRacing-v3')."""
+
+    def __post_init__(self):
+        t, b, d = self.tokenizer, self.backbone, self.decoder
+        problems = []
+        if b.vocab_size != t.vocab_size:
+            problems.append(f"backbone.vocab_size {b.vocab_size} != tokenizer vocab {t.vocab_size}")
+        if b.grid != t.grid:
+            problems.append(f"backbone.grid {b.grid} != tokenizer grid {t.grid}")
+        if b.num_views != len(self.cameras):
+            problems.append(f"backbone.num_views {b.num_views} != {len(self.cameras)} cameras")
+        if b.action_group != t.temporal_downsample:
+            problems.append(f"backbone.action_group {b.action_group} != tokenizer temporal_downsample {t.temporal_downsample}")
+        if self.action.kind == "box" and (b.num_actions or b.action_dim != self.action.dim):
+            problems.append(f"box action of dim {self.action.dim} needs backbone.action_dim={self.action.dim}, num_actions=0")
+        if self.action.kind == "discrete" and b.num_actions != self.action.n:
+            problems.append(f"discrete action with n={self.action.n} needs backbone.num_actions={self.action.n}")
+        if d is not None and (d.vocab_size != t.vocab_size or d.grid != t.grid or d.image_size != t.image_size):
+            problems.append("decoder vocab_size/grid/image_size must match the tokenizer")
+        if not 1 <= self.context_frames < b.max_frames:
+            problems.append(f"context_frames must lie in [1, {b.max_frames - 1}], got {self.context_frames}")
+        if problems:
+            raise ValueError("inconsistent WorldModelConfig: " + "; ".join(problems))
+
+
+class WorldModel(nn.Module):
+    """The three-part world model. See the README for a diagram."""
+
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = VideoTokenizer(cfg.tokenizer)
+        self.backbone = Backbone(cfg.backbone)
+        self.decoder = DiffusionDecoder(cfg.decoder) if cfg.decoder is not None else None
+        self.text_encoder = None  # attached at run time, never saved with the model
+        self.amp_dtype: torch.dtype | None = None
+
+    # ------------------------------------------------------------ device
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def setup(self, device: str | torch.device | None = "auto", precision: str = "auto") -> "WorldModel":
+        """Move to ``device`` and choose the autocast dtype once (bf16 on CUDA / bf16-capable CPUs)."""
+        dev = resolve_device(device)
+        self.to(dev)
+        self.amp_dtype = autocast_dtype(dev, precision)
+        return self
+
+    def autocast(self):
+        return autocast(self.device, self.amp_dtype)
+
+    # ------------------------------------------------------- frames <-> tokens
+    def _check_frames(self, frames: torch.Tensor) -> None:
+        t, v = self.cfg.tokenizer, len(self.cfg.cameras)
+        want = f"(b, t, {v}, {t.image_size}, {t.image_size}, 3) uint8"
+        if frames.dtype != torch.uint8:
+            raise TypeError(f"frames must be {want}, got dtype {frames.dtype}")
+        if frames.ndim != 6 or frames.shape[2:] != (v, t.image_size, t.image_size, 3):
+            raise ValueError(f"frames must be {want}, got shape {tuple(frames.shape)}")
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(b, t, v, H, W, 3)`` uint8 -> ``(b, t', v, g, g)`` int64 token ids."""
+        self._check_frames(frames)
+        b = frames.shape[0]
+        x = rearrange(frames.to(self.device), "b t v h w c -> (b v) c t h w").float() / 127.5 - 1
+        with self.autocast():
+            tokens = self.tokenizer.encode(x)[0]
+        return rearrange(tokens, "(b v) t h w -> b t v h w", b=b)
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        g, vocab = self.cfg.tokenizer.grid, self.cfg.tokenizer.vocab_size
+        v = len(self.cfg.cameras)
+        if tokens.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"tokens must be int64, got {tokens.dtype}")
+        if tokens.shape[-3:] != (v, g, g):
+            raise ValueError(f"tokens must end in ({v}, {g}, {g}) (views, grid, grid), got {tuple(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+            raise ValueError(f"token ids must lie in [0, {vocab}), got [{int(tokens.min())}, {int(tokens.max())}]")
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, decoder: str = "token", steps: int | None = None,
+               prev: torch.Tensor | None = None, generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        """Decode the LAST latent frame of a token history to pixels.
+
+        Args:
+            tokens: ``(b, t', v, g, g)`` history; tokenizers with a temporal receptive field use it.
+            decoder: "token" (the tokenizer's decoder, fast) or "diffusion" (EDM decoder).
+            steps: diffusion sampler steps (default: the decoder config's).
+            prev: ``(b, v, H, W, 3)`` uint8 previous frame, for a decoder conditioned on it.
+            generators: one per batch row for the diffusion noise.
+
+        Returns:
+            ``(b, k, v, H, W, 3)`` uint8 frames of that latent frame (k = 1 for frame 0 or k=1 models).
+        """
+        self.check_tokens(tokens)
+        b, tl, v = tokens.shape[:3]
+        if self.cfg.tokenizer.temporal_kernel == 1 and self.cfg.tokenizer.temporal_downsample == 1:
+            tokens = tokens[:, -1:]  # per-frame tokenizer: the last frame alone decides
+        flat = rearrange(tokens.to(self.device), "b t v h w -> (b v) t h w")
+        with self.autocast():
+            video = self.tokenizer.decode(flat).float()  # ((b v), 3, t, H, W)
+        k = 1 if flat.shape[1] == 1 else self.cfg.tokenizer.temporal_downsample
+        video = video[:, :, -k:]
+        if decoder == "diffusion":
+            video = self._diffuse(flat[:, -1], video, prev, steps, generators, v)
+        elif decoder != "token":
+            raise ValueError(f"decoder must be 'token' or 'diffusion', got {decoder!r}")
+        frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return rearrange(frames, "(b v) c t h w -> b t v h w c", b=b)
+
+    def _diffuse(self, last_tokens, token_video, prev, steps, generators, v):
+        if self.decoder is None:
+            raise ValueError("this model has no diffusion decoder; use decoder='token'")
+        if token_video.shape[2] != 1:
+            raise NotImplementedError("diffusion decoding is per frame: use a tokenizer with temporal_downsample=1")
+        bv = last_tokens.shape[0]
+        prev_f = None
+        if self.decoder.cfg.cond_prev_frame:
+            if prev is None:
+                raise ValueError("this diffusion decoder needs prev: the (b, v, H, W, 3) uint8 previous frame")
+            prev_f = rearrange(prev.to(self.device), "b v h w c -> (b v) c h w").float() / 127.5 - 1
+        gens = None if generators is None else [g for g in generators for _ in range(v)]
+        with self.autocast():
+            out = self.decoder.sample(last_tokens, token_video[:, :, 0], prev_f, steps, gens)
+        return out.float()[:, :, None]
+
+    # ------------------------------------------------------------ imagination
+    def imagine(self, batch: int, mode: str = "sequential", sampling: SamplingConfig = SamplingConfig(),
+                parallel_steps: int = 8, text: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None) -> Imagination:
+        """A batched rollout state (KV cache, histories, per-row generators). See :class:`Imagination`."""
+        if text is not None and not self.cfg.backbone.text_dim:
+            raise ValueError("this model has no text conditioning (backbone.text_dim == 0)")
+        return Imagination(self.backbone, batch, mode, sampling, parallel_steps, text, text_mask)
+
+    def check_action(self, action: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
+        """Validate and shape actions to ``lead + (k, a)`` (box) or ``lead + (k,)`` (discrete)."""
+        spec, k = self.cfg.action, self.cfg.backbone.action_group
+        if spec.kind == "discrete":
+            want = lead + (k,)
+            a = action.reshape(want) if action.numel() == math.prod(want) else None
+            if a is None or a.is_floating_point():
+                raise ValueError(f"discrete actions must be integers of shape {want}, got {tuple(action.shape)} {action.dtype}")
+            if bool(((a < 0) | (a >= spec.n)).any()):
+                raise ValueError(f"discrete actions must lie in [0, {spec.n}), got {a.flatten().tolist()[:8]}")
+            return a.long()
+        want = lead + (k, spec.dim)
+        if action.numel() != math.prod(want):
+            raise ValueError(f"actions must have shape {want} (action dim {spec.dim}), got {tuple(action.shape)}")
+        a = action.reshape(want).float()
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError("actions contain NaN or inf")
+        return a
+
+    # -------------------------------------------------------------- files
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (atomically) to folder ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in self.state_dict().items()}
+        ckpt.save_tensors(path / "model.safetensors", state, {"format": FORMAT})
+        ckpt.atomic_write_json(path / "config.json", {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                                       "config": ckpt.to_dict(self.cfg)})
+        return path
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device | None = "auto",
+                        precision: str = "auto") -> "WorldModel":
+        """Load a shipped model by short name (``"driving"``, ``"manipulation"``) or a folder."""
+        path = resolve_pretrained(name_or_path)
+        meta = ckpt.read_json(path / "config.json", FORMAT)
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ckpt.CheckpointError(f"{path} was written by a newer wfm_sim (format_version {meta['format_version']})")
+        cfg = ckpt.from_dict(WorldModelConfig, meta.get("config"), "config")
+        model = cls(cfg)
+        state = ckpt.load_tensors(path / "model.safetensors")
+        load_state_strict(model, state, path / "model.safetensors")
+        return model.eval().setup(device, precision)
+
+    def with_config(self, **changes) -> WorldModelConfig:
+        return replace(self.cfg, **changes)
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
+    """Load weights, raising a clear error for missing / unexpected keys or wrong shapes."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ckpt.CheckpointError(
+            f"{where} does not match this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise ckpt.CheckpointError(f"{where}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped inside the package."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def resolve_pretrained(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p
+    if isinstance(name_or_path, str) and (PRETRAINED_DIR / name_or_path / "config.json").is_file():
+        return PRETRAINED_DIR / name_or_path
+    raise FileNotFoundError(
+        f"no model folder or shipped model named {str(name_or_path)!r}; shipped: {shipped_models()}, "
+        "or pass a folder holding config.json + model.safetensors"
+    )

@@ -1,0 +1,59 @@
+"""Typed records passed between components (one vocabulary: obs, action, reward, terminated...).
+
+Dimension legend: ``b`` batch, ``t`` time, ``v`` camera view, ``h w`` pixel or token grid,
+``a`` action dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class LossAndLogs:
+    """What a trainable component's ``forward(batch)`` returns."""
+
+    loss: torch.Tensor
+    """Scalar to minimise."""
+    logs: dict[str, float] = field(default_factory=dict)
+    """Scalars for the progress bar and the JSONL log."""
+
+
+@dataclass
+class Batch:
+    """A training batch of fixed-length windows (see ``wfm_sim.datasets.WindowDataset``)."""
+
+    obs: torch.Tensor
+    """``(b, t, v, H, W, 3)`` uint8 frames."""
+    action: torch.Tensor
+    """``(b, t, a)`` float32 (continuous) or ``(b, t)`` int64 (discrete); ``action[:, i]`` follows ``obs[:, i]``."""
+    reward: torch.Tensor
+    """``(b, t)`` float32; ``reward[:, i]`` is received after ``action[:, i]``."""
+    terminated: torch.Tensor
+    """``(b, t)`` bool; the episode ended after ``action[:, i]``."""
+    success: torch.Tensor | None = None
+    """``(b, t)`` bool task success after ``action[:, i]``, for manipulation data."""
+    valid: torch.Tensor | None = None
+    """``(b, t)`` bool; False marks steps whose reward/termination targets are unknown."""
+
+    def to(self, device: torch.device | str) -> "Batch":
+        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Batch(**moved)
+
+
+@dataclass
+class StepOutput:
+    """One imagined step for a batch of rollouts."""
+
+    tokens: torch.Tensor
+    """``(b, v, h, w)`` int64 ids of the predicted frame."""
+    reward: torch.Tensor
+    """``(b,)`` float32 predicted reward for the action just taken."""
+    terminated: torch.Tensor
+    """``(b,)`` bool predicted termination."""
+    success: torch.Tensor | None
+    """``(b,)`` bool predicted task success (models with a success head), else None."""
+    entropy: torch.Tensor
+    """``(b,)`` mean token entropy (nats) of the predicted frame: a confidence diagnostic."""
