@@ -51,7 +51,7 @@ _DECODERS["large"] = _DECODERS["base"]
 PRESETS = tuple(_BACKBONES)
 
 
-def preset(name: str, cameras: tuple[str, ...] = ("CAM_FRONT",), action: ActionSpec = ActionSpec(),
+def preset(name: str, /, cameras: tuple[str, ...] = ("CAM_FRONT",), action: ActionSpec = ActionSpec(),
            text_dim: int = 0, success_head: bool = False, **fields) -> WorldModelConfig:
     """A consistent :class:`WorldModelConfig` for ``name``, the camera rig and the action space.
 

@@ -1,0 +1,73 @@
+"""T5 text encoder for prompt conditioning (Cosmos uses T5-XXL, 512 tokens, width 1024+).
+
+Weights load only from a local folder (nothing is downloaded); tests build a tiny random
+``T5Config``. The encoder is kept apart from the world model's checkpoint: a model trained with
+``backbone.text_dim = D`` needs an encoder whose ``d_model`` is D.
+
+Dimension legend: ``b`` prompts, ``s`` text tokens, ``e`` encoder width.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - transformers is a core dependency
+        raise ImportError("text conditioning needs `transformers`: pip install transformers") from e
+    return transformers
+
+
+class TextEncoder(nn.Module):
+    """Wraps ``transformers.T5EncoderModel`` and its tokenizer.
+
+    Args:
+        model: a ``T5EncoderModel``.
+        tokenizer: a matching tokenizer (e.g. ``T5TokenizerFast`` or ``ByT5Tokenizer``).
+        max_tokens: prompts are cut to this many tokens.
+    """
+
+    def __init__(self, model, tokenizer, max_tokens: int = 64):
+        super().__init__()
+        self.model, self.tokenizer, self.max_tokens = model.eval(), tokenizer, max_tokens
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.d_model
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, max_tokens: int = 64) -> "TextEncoder":
+        """Load a T5 encoder and tokenizer from a local folder (never from a hub)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"T5 encoder folder {path} not found; pass a local folder with a saved T5 model")
+        tf = _transformers()
+        model = tf.T5EncoderModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+        tok = tf.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return cls(model, tok, max_tokens)
+
+    @classmethod
+    def random(cls, d_model: int = 32, layers: int = 1, seed: int = 0, max_tokens: int = 32) -> "TextEncoder":
+        """A tiny randomly initialised T5 encoder with a byte-level tokenizer (tests, demos)."""
+        tf = _transformers()
+        torch.manual_seed(seed)
+        cfg = tf.T5Config(vocab_size=384, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=layers,
+                          num_heads=max(1, d_model // 8), decoder_start_token_id=0)
+        return cls(tf.T5EncoderModel(cfg), tf.ByT5Tokenizer(), max_tokens)
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode prompts to ``(b, s, e)`` fp32 embeddings and a ``(b, s)`` bool mask."""
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise TypeError("prompts must be a list of strings")
+        batch = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_tokens,
+                               return_tensors="pt")
+        device = next(self.model.parameters()).device
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return out.float(), mask.bool()
