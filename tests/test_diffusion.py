@@ -39,7 +39,7 @@ def test_one_euler_step_is_one_denoiser_call():
     out = dec.sample(tokens, frames, frames, steps=1, generator=torch.Generator().manual_seed(1))
     x = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(1)) * 80.0
     ref = dec.denoise(x, torch.full((2,), 80.0), dec.cond(tokens, frames, frames))[0].clamp(-1, 1)
-    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)  # x - (x - D) cancels |x| ~ 80
 
 
 def test_per_row_generators_make_rows_independent():
