@@ -1,0 +1,48 @@
+"""The ``Episode`` record and the store's schema constants (one vocabulary with the env and model).
+
+Dimension legend: ``T`` steps, ``H W`` pixels, ``A`` action features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+CORE_KEYS = ("action", "reward", "terminated", "truncated")
+# nuScenes camera names, in the order multi-camera sources render them.
+NUSCENES_CAMERAS = ("CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
+
+
+@dataclass
+class Episode:
+    """One complete episode: row i holds ``obs_i``, ``action_i`` and what followed that action.
+
+    Attributes:
+        obs: camera name -> ``(T, H, W, 3)`` uint8 frames.
+        action: ``(T, A)`` float32 (Box) or ``(T,)`` int64 (Discrete).
+        reward: ``(T,)`` float32, received after ``action[i]``.
+        terminated: ``(T,)`` bool, the episode ended after ``action[i]``.
+        truncated: ``(T,)`` bool, cut by a time limit after ``action[i]``.
+        extras: optional per-step arrays with time on axis 0 (``success``, ``ego_pose``, ``state``).
+        seed: the reset seed, when known.
+    """
+
+    obs: dict[str, np.ndarray]
+    action: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    seed: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.reward.shape[0])
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return tuple(self.obs)
+
+    def total_reward(self) -> float:
+        return float(np.asarray(self.reward, dtype=np.float64).sum())
