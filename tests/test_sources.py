@@ -40,6 +40,7 @@ def test_multicam_views_are_distinct_renders_of_one_instant(tmp_path):
 def test_cli_collect_and_info(tmp_path, capsys):
     out = tmp_path / "c.zarr"
     assert main(["collect", "carracing", "--episodes", "2", "--out", str(out), "--max-steps", "3", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == 6
     assert main(["dataset", "info", str(out), "--sheet", str(tmp_path / "sheet.png")]) == 0
     text = capsys.readouterr().out
     summary = json.loads(text[text.index("{") : text.rindex("}") + 1])
