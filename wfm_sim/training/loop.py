@@ -1,0 +1,221 @@
+"""One generic training loop for the tokenizer, the backbone and the diffusion decoder.
+
+``train(TrainConfig(...))`` builds (or reopens) the world model in ``out``, trains one component
+on windows of an episode store and writes, every ``save_every`` steps, the whole model
+(``config.json`` + ``model.safetensors``) plus a train state that resumes exactly: the same
+batches (a step-indexed sampler), the same random masks and noise (a step-seeded generator),
+the same optimizer moments and RNG states.
+
+Under Ray Train (:mod:`wfm_sim.training.distributed`) the same loop runs on every worker:
+each takes its slice of the global batch and gradients are averaged with ``all_reduce``
+before the optimizer step (what DDP does), and rank 0 evaluates and saves.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from wfm_sim.datasets.store import EpisodeReader, StoreError
+from wfm_sim.device import resolve_device
+from wfm_sim.models.presets import preset
+from wfm_sim.models.world_model import ActionSpec, WorldModel
+from wfm_sim.training.state import load_train_state, save_train_state
+from wfm_sim.training.tasks import COMPONENTS, TASKS, frozen_except, lr_at
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Flags of ``wfm-sim train``."""
+
+    component: str
+    """'tokenizer', 'backbone' or 'decoder' (train them in this order)."""
+    data: str
+    """Episode store (zarr) to train on."""
+    out: str
+    """Model folder: created from ``preset`` on first use, updated in place afterwards."""
+    preset: str = "small"
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: int = 100
+    grad_clip: float = 1.0
+    device: str = "auto"
+    precision: str = "auto"
+    """'auto' (bf16 autocast on CUDA and bf16-capable CPUs), 'bf16' or 'fp32'."""
+    compile: bool = False
+    """torch.compile the component (worth it on GPU; costs ~20 s of compile on CPU)."""
+    num_workers: int = 1
+    eval_every: int = 250
+    eval_batches: int = 4
+    save_every: int = 250
+    seed: int = 0
+    resume: bool = False
+    val_fraction: float = 0.1
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.component not in COMPONENTS:
+            raise ValueError(f"component must be one of {COMPONENTS}, got {self.component!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+
+
+class StepSampler(Sampler):
+    """Batches as a pure function of the step: epoch permutations seeded by ``seed + epoch``.
+
+    Rank ``r`` of ``world`` takes slice r of each global batch of ``batch * world`` indices.
+    """
+
+    def __init__(self, n: int, batch: int, seed: int, start_step: int, steps: int, rank: int = 0, world: int = 1):
+        self.n, self.batch, self.seed, self.start, self.steps = n, batch, seed, start_step, steps
+        self.rank, self.world = rank, world
+
+    def indices(self, step: int) -> list[int]:
+        g = self.batch * self.world
+        per_epoch = max(1, self.n // g)
+        epoch, i = divmod(step, per_epoch)
+        perm = np.random.default_rng(self.seed + epoch).permutation(self.n)
+        if self.n < g:
+            perm = np.resize(perm, g)
+        chunk = perm[i * g : (i + 1) * g]
+        return chunk[self.rank * self.batch : (self.rank + 1) * self.batch].tolist()
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            yield self.indices(step)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+def config_for_data(preset_name: str, data: str, name: str = ""):
+    """A preset's config shaped to a store: its cameras, action space, fps and extras."""
+    r = EpisodeReader(data)
+    a = r.action_space
+    if a["type"] == "box":
+        action = ActionSpec("box", dim=a["shape"][0], low=tuple(a["low"]), high=tuple(a["high"]))
+    else:
+        action = ActionSpec("discrete", dim=1, low=(), high=(), n=a["n"])
+    cfg = preset(preset_name, cameras=r.cameras, action=action, success_head="success" in r.extras,
+                 fps=r.fps, name=name, source_env=str(r.attrs.get("source_env", "")))
+    if cfg.tokenizer.image_size != r.image_size:
+        raise StoreError(f"{data} has {r.image_size}px frames but preset {preset_name!r} expects {cfg.tokenizer.image_size}px")
+    return cfg
+
+
+def open_model(cfg: TrainConfig) -> WorldModel:
+    out = Path(cfg.out)
+    if (out / "config.json").is_file():
+        model = WorldModel.from_pretrained(out, device=cfg.device, precision=cfg.precision)
+        r = EpisodeReader(cfg.data)
+        if tuple(r.cameras) != model.cfg.cameras:
+            missing = [c for c in model.cfg.cameras if c not in r.cameras]
+            if missing:
+                raise StoreError(f"{cfg.data} lacks camera(s) {missing} that the model in {out} uses")
+        a = r.action_space
+        if a["type"] == "box" and a["shape"][0] != model.cfg.action.dim:
+            raise StoreError(f"{cfg.data} has {a['shape'][0]}-d actions; the model in {out} takes {model.cfg.action.dim}-d")
+        return model
+    torch.manual_seed(cfg.seed)
+    return WorldModel(config_for_data(cfg.preset, cfg.data, out.name)).setup(cfg.device, cfg.precision)
+
+
+def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> dict:
+    """Train one component. Returns the last logs (and eval metrics, when any ran)."""
+    out = Path(cfg.out)
+    device = resolve_device(cfg.device)
+    model = open_model(cfg)
+    task = TASKS[cfg.component](model, cfg.data, cfg.val_fraction, cfg.seed)
+    frozen_except(model, cfg.component)
+    module = task.module
+    if allreduce is not None:
+        allreduce.broadcast(module)
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    state_dir = out / "train_state" / cfg.component
+    step = 0
+    if cfg.resume and (state_dir / "state.json").is_file():
+        step, _ = load_train_state(state_dir, module, opt)
+    train_ds = task.dataset("train")
+    sampler = StepSampler(len(train_ds), cfg.batch_size, cfg.seed, step, cfg.steps, rank, world)
+    loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=task.collate,
+                        persistent_workers=False)
+    val_batches = _val_batches(task, cfg) if rank == 0 else []
+    run_step = torch.compile(task.loss) if cfg.compile else task.loss
+    log_path = state_dir / "metrics.jsonl"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.component}", disable=not (cfg.progress and rank == 0))
+    last: dict = {}
+    t0, seen = time.perf_counter(), 0
+    for batch in loader:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * world + rank)
+        with model.autocast():
+            res = run_step(batch.to(device), gen)
+        opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        if allreduce is not None:
+            allreduce.average_gradients(params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        step += 1
+        seen += batch.obs.shape[0] * world
+        rate = seen / (time.perf_counter() - t0)
+        last = {"step": step, "loss": res.loss.item(), "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"],
+                "samples_per_s": rate, **res.logs}
+        if rank == 0:
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", sps=f"{rate:.1f}")
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                last.update(evaluate(task, val_batches, device))
+            if step % 10 == 0 or step == cfg.steps or "val/loss" in last:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"component": cfg.component, **last}) + "\n")
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                _save(model, module, opt, step, state_dir, out, cfg)
+    bar.close()
+    return last
+
+
+def _val_batches(task, cfg: TrainConfig) -> list:
+    try:
+        val = task.dataset("val")
+    except StoreError:
+        return []
+    n = min(len(val), cfg.eval_batches * cfg.batch_size)
+    idx = np.linspace(0, len(val) - 1, n).astype(int)  # a fixed, spread-out held-out sample
+    return [task.collate([val[int(i)] for i in idx[j : j + cfg.batch_size]]) for j in range(0, n, cfg.batch_size)]
+
+
+@torch.no_grad()
+def evaluate(task, batches: list, device) -> dict:
+    if not batches:
+        return {}
+    task.module.eval()
+    sums: dict[str, float] = {}
+    for i, b in enumerate(batches):
+        gen = torch.Generator(device=device).manual_seed(10_000 + i)
+        with task.model.autocast():
+            logs = task.evaluate(b.to(device), gen)
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + v / len(batches)
+    task.module.train()
+    out = {f"val/{k}": v for k, v in sums.items()}
+    main = {"tokenizer": "l1", "backbone": "ce_sequential", "decoder": "edm_mse"}[task.name]
+    out["val/loss"] = sums.get(main, float("nan"))
+    return out
+
+
+def _save(model, module, opt, step, state_dir, out, cfg) -> None:
+    model.save_pretrained(out)
+    save_train_state(state_dir, module, opt, step, {"config": asdict(cfg)})

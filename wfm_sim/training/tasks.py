@@ -1,0 +1,185 @@
+"""What each trainable component learns from an episode store, behind one interface.
+
+A :class:`Task` names its module, builds train / held-out window datasets, turns a
+:class:`~wfm_sim.records.Batch` into a loss, and scores held-out batches. The one generic loop
+in :mod:`wfm_sim.training.loop` drives all three.
+
+Dimension legend: ``b`` batch, ``t`` frames, ``v`` views, ``H W`` pixels, ``k`` actions per
+latent frame, ``a`` action features.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+
+from wfm_sim.datasets.windows import WindowDataset, collate
+from wfm_sim.models.world_model import WorldModel
+from wfm_sim.records import Batch, LossAndLogs
+
+COMPONENTS = ("tokenizer", "backbone", "decoder")
+
+
+def to_video(obs: torch.Tensor) -> torch.Tensor:
+    """``(b, t, v, H, W, 3)`` uint8 -> ``(b*v, 3, t, H, W)`` float in [-1, 1]."""
+    return rearrange(obs, "b t v h w c -> (b v) c t h w").float() / 127.5 - 1
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) of ``(n, ...)`` images in [-1, 1], per image."""
+    mse = ((a.float().clamp(-1, 1) - b.float()) ** 2).flatten(1).mean(1) / 4
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+class Task:
+    """Base class: one trainable part of a :class:`WorldModel`."""
+
+    name = ""
+
+    def __init__(self, model: WorldModel, data: str, val_fraction: float = 0.1, seed: int = 0):
+        self.model, self.data, self.val_fraction, self.seed = model, data, val_fraction, seed
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return getattr(self.model, self.name)
+
+    def window(self) -> int:
+        raise NotImplementedError
+
+    def dataset(self, split: str) -> WindowDataset:
+        return WindowDataset(self.data, self.window(), split=split, val_fraction=self.val_fraction, seed=self.seed,
+                             cameras=self.model.cfg.cameras)
+
+    collate = staticmethod(collate)
+
+    def loss(self, batch: Batch, generator: torch.Generator) -> LossAndLogs:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
+        return {k: v for k, v in self.loss(batch, generator).logs.items()}
+
+
+class TokenizerTask(Task):
+    """Reconstruction of clips of ``1 + k`` frames (single frames for per-frame tokenizers)."""
+
+    name = "tokenizer"
+
+    def window(self) -> int:
+        k = self.model.cfg.tokenizer.temporal_downsample
+        return 1 if k == 1 else 1 + k
+
+    def loss(self, batch, generator):
+        return self.model.tokenizer(to_video(batch.obs))
+
+
+class BackboneTask(Task):
+    """Next-token + masked-token cross-entropy and reward / termination / success heads.
+
+    Tokens come from the frozen tokenizer, computed per batch. Windows hold ``T`` latent
+    frames: ``T`` frames for per-frame tokenizers, ``1 + k*T`` frames otherwise (the last latent
+    frame only supplies the actions of the one before).
+    """
+
+    name = "backbone"
+
+    def window(self) -> int:
+        k, t = self.model.cfg.tokenizer.temporal_downsample, self.model.cfg.backbone.max_frames
+        return t if k == 1 else 1 + k * t
+
+    def _inputs(self, batch: Batch):
+        m = self.model
+        k, T = m.cfg.tokenizer.temporal_downsample, m.cfg.backbone.max_frames
+        with torch.no_grad(), m.autocast():
+            b = batch.obs.shape[0]
+            tokens = m.tokenizer.encode(to_video(batch.obs))[0]
+            tokens = rearrange(tokens, "(b v) t h w -> b t v h w", b=b)[:, :T]
+        if k == 1:
+            actions = batch.action.unsqueeze(2)
+            reward, terminated, success = batch.reward, batch.terminated, batch.success
+        else:
+            actions = rearrange(batch.action[:, : k * T], "b (t k) ... -> b t k ...", k=k)
+            reward = rearrange(batch.reward[:, : k * T], "b (t k) -> b t k", k=k).sum(-1)
+            terminated = rearrange(batch.terminated[:, : k * T], "b (t k) -> b t k", k=k).any(-1)
+            success = None if batch.success is None else rearrange(batch.success[:, : k * T], "b (t k) -> b t k", k=k)[..., -1]
+        return tokens, actions, reward, terminated, success
+
+    def loss(self, batch, generator):
+        tokens, actions, reward, terminated, success = self._inputs(batch)
+        return self.model.backbone(tokens, actions, reward, terminated, success, generator=generator)
+
+    @torch.no_grad()
+    def evaluate(self, batch, generator):
+        logs = dict(self.loss(batch, generator).logs)
+        tokens, actions, reward, terminated, success = self._inputs(batch)
+        heads = self.model.backbone
+        ids, acts = heads.sequence(tokens, actions)
+        pos = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+        h = heads.forward_chunk(ids, acts, pos, "sequential")
+        out = heads.heads(h[:, heads.action_slots(tokens.shape[1], ids.device)])
+        logs["terminated_acc"] = ((out["terminated_logit"] > 0) == terminated).float().mean().item()
+        logs["reward_mae"] = (out["reward"] - reward).abs().mean().item()
+        if success is not None and "success_logit" in out:
+            logs["success_acc"] = ((out["success_logit"] > 0) == success).float().mean().item()
+        return logs
+
+
+class DecoderTask(Task):
+    """EDM loss on frame t given its tokens, the tokenizer's decode and frame t-1."""
+
+    name = "decoder"
+
+    def window(self) -> int:
+        if self.model.decoder is None:
+            raise ValueError("this model has no diffusion decoder to train")
+        if self.model.cfg.tokenizer.temporal_downsample != 1:
+            raise ValueError("the diffusion decoder trains on per-frame tokenizers (temporal_downsample=1)")
+        return 2
+
+    def _inputs(self, batch: Batch):
+        m = self.model
+        video = to_video(batch.obs)  # ((b v), 3, 2, H, W)
+        with torch.no_grad(), m.autocast():
+            tokens = m.tokenizer.encode(video[:, :, 1:])[0]  # ((b v), 1, h, w)
+            token_decode = m.tokenizer.decode(tokens).float()[:, :, 0]
+        return video[:, :, 1], tokens[:, 0], token_decode, video[:, :, 0]
+
+    def loss(self, batch, generator):
+        target, tokens, token_decode, prev = self._inputs(batch)
+        return self.model.decoder(target, tokens, token_decode, prev, generator=generator)
+
+    @torch.no_grad()
+    def evaluate(self, batch, generator):
+        logs = dict(self.loss(batch, generator).logs)
+        target, tokens, token_decode, prev = self._inputs(batch)
+        logs["psnr_token_decode"] = psnr(token_decode, target).mean().item()
+        for steps in sorted({1, self.model.decoder.cfg.steps}):
+            out = self.model.decoder.sample(tokens, token_decode, prev, steps=steps, generator=generator)
+            logs[f"psnr_diffusion_{steps}step"] = psnr(out, target).mean().item()
+        return logs
+
+
+TASKS = {"tokenizer": TokenizerTask, "backbone": BackboneTask, "decoder": DecoderTask}
+
+
+def lr_at(step: int, base: float, warmup: int, total: int) -> float:
+    """Linear warm-up then cosine decay to 10% of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def frozen_except(model: WorldModel, name: str) -> None:
+    """Train only component ``name``; the others stay fixed (and in eval mode)."""
+    for comp in COMPONENTS:
+        mod = getattr(model, comp)
+        if mod is None:
+            continue
+        mod.requires_grad_(comp == name)
+        mod.train(comp == name)
+
+
+__all__ = ["TASKS", "Task", "frozen_except", "lr_at", "psnr", "to_video"]
