@@ -22,3 +22,33 @@ def tiny_model(tiny_cfg):
 
     torch.manual_seed(0)
     return WorldModel(tiny_cfg).setup("cpu", "fp32").eval()
+
+
+@pytest.fixture(scope="session")
+def square_store(tmp_path_factory):
+    from wfm_sim.testing import square_world_store
+
+    return square_world_store(tmp_path_factory.mktemp("data") / "square.zarr", episodes=6, steps=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny world model folder (random weights) with contexts shipped beside it."""
+    from wfm_sim.models import WorldModel, preset
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    WorldModel(preset("tiny", success_head=True)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_with_contexts(tiny_model_dir, square_store, tmp_path_factory):
+    import shutil
+
+    from wfm_sim.envs.contexts import ContextBank
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-with-contexts"
+    shutil.copytree(tiny_model_dir, folder)
+    ContextBank.from_store(square_store, ("CAM_FRONT",), 2).save(folder)
+    return folder

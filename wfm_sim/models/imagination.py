@@ -57,19 +57,20 @@ class Imagination:
 
     # ----------------------------------------------------------------- resets
     def reset(self, rows: torch.Tensor, tokens: torch.Tensor, actions: torch.Tensor | None,
-              seeds: list[int]) -> None:
+              seeds: list[int] | None) -> None:
         """Start ``rows`` from context.
 
         Args:
             rows: ``(r,)`` int64 row indices.
             tokens: ``(r, C, n)`` int64 context tokens, ``1 <= C <= max_frames - 1``.
             actions: ``(r, C-1, k, a)`` actions between the context frames (None when C == 1).
-            seeds: one seed per row for its generator.
+            seeds: one seed per row for its generator; None keeps each row's generator running
+                (an autoreset continues the sub-env's random stream).
         """
         r, ctx = tokens.shape[:2]
         if not 1 <= ctx <= self.cfg.max_frames - 1:
             raise ValueError(f"context must hold 1..{self.cfg.max_frames - 1} latent frames, got {ctx}")
-        for i, s in zip(rows.tolist(), seeds):
+        for i, s in zip(rows.tolist(), seeds or []):
             self.generators[i].manual_seed(int(s))
         self.tokens[rows, :ctx] = tokens.to(self.device)
         if ctx > 1:
@@ -95,39 +96,51 @@ class Imagination:
 
     # ------------------------------------------------------------------- step
     @torch.no_grad()
-    def step(self, action: torch.Tensor) -> StepOutput:
-        """Advance every row by one latent frame.
+    def step(self, action: torch.Tensor, rows: torch.Tensor | None = None) -> StepOutput:
+        """Advance rows by one latent frame.
 
         Args:
-            action: ``(B, k, a)`` float32 or ``(B, k)`` int64, the action after each row's last frame.
+            action: ``(r, k, a)`` float32 or ``(r, k)`` int64, the action after each row's last frame.
+            rows: ``(r,)`` row indices to advance (default: all rows); the others are untouched.
         """
-        if bool((self.count == 0).any()):
+        idx = torch.arange(self.batch, device=self.device) if rows is None else rows.to(self.device)
+        sub = None if rows is None else idx
+        if bool((self.count[idx] == 0).any()):
             raise RuntimeError("step() called on rows that were never reset")
-        full = torch.nonzero(self.count >= self.cfg.max_frames).flatten()
+        full = idx[self.count[idx] >= self.cfg.max_frames]
         if full.numel():
             self._slide(full)
-        B, P = self.batch, self.pending
-        last = self.count - 1
-        rows_all = torch.arange(B, device=self.device)
-        self.actions[rows_all, last] = action.to(self.device, self.act_dtype)
-        ids = torch.cat((self.tokens[rows_all, last, self.n - P:], self.tokens.new_zeros(B, 1)), dim=1)
-        acts = self._no_action(B, P + 1)
-        acts[:, -1] = self.actions[rows_all, last]
-        pos = self.cache.lengths[:, None] + torch.arange(P + 1, device=self.device)
-        h = self._forward(ids, acts, pos, None, commit=True)
+        r, P = idx.numel(), self.pending
+        last = self.count[idx] - 1
+        self.actions[idx, last] = action.to(self.device, self.act_dtype)
+        ids = torch.cat((self.tokens[idx, last, self.n - P:], self.tokens.new_zeros(r, 1)), dim=1)
+        acts = self._no_action(r, P + 1)
+        acts[:, -1] = self.actions[idx, last]
+        pos = self.cache.lengths[idx][:, None] + torch.arange(P + 1, device=self.device)
+        h = self._forward(ids, acts, pos, sub, commit=True)
         heads = self.net.heads(h[:, -1])
-        frame, ent = self._generate(None, h[:, -1])
-        self.tokens[rows_all, self.count] = frame
-        self.count += 1
+        frame, ent = self._generate(sub, h[:, -1])
+        self.tokens[idx, self.count[idx]] = frame
+        self.count[idx] += 1
         c = self.cfg
         success = heads.get("success_logit")
         return StepOutput(
-            tokens=frame.view(B, c.num_views, c.grid, c.grid),
+            tokens=frame.view(r, c.num_views, c.grid, c.grid),
             reward=heads["reward"],
             terminated=heads["terminated_logit"] > 0,
             success=None if success is None else success > 0,
             entropy=ent,
         )
+
+    def history(self, rows: torch.Tensor, frames: int) -> torch.Tensor:
+        """The last ``frames`` latent frames of ``rows``: ``(r, frames, v, g, g)`` (rows need that many)."""
+        c = self.cfg
+        cnt = self.count[rows]
+        if bool((cnt < frames).any()):
+            raise ValueError(f"rows hold fewer than {frames} frames")
+        offs = cnt[:, None] - frames + torch.arange(frames, device=self.device)
+        out = self.tokens[rows[:, None], offs]
+        return out.view(rows.numel(), frames, c.num_views, c.grid, c.grid)
 
     # -------------------------------------------------------------- internals
     def _no_action(self, r: int, q: int) -> torch.Tensor:

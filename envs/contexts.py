@@ -1,0 +1,76 @@
+"""Where an imagined episode's first frames come from.
+
+* an episode store (``dataset=PATH``): context windows cut from real recorded episodes;
+* the contexts shipped beside a model (``contexts.safetensors``: real frames recorded from the
+  simulator the model learned), used when no dataset is given;
+* frames (and actions) the caller passes in ``reset(options={"frames": ..., "actions": ...})``.
+
+Dimension legend: ``M`` contexts, ``C`` context frames, ``V`` cameras, ``H W`` pixels, ``A`` action dim.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wfm_sim import checkpoint as ckpt
+
+CONTEXTS_FILE = "contexts.safetensors"
+
+
+class ContextBank:
+    """A pool of real context windows: ``frames (M, C, V, H, W, 3)`` uint8, ``actions (M, C-1, A)``."""
+
+    def __init__(self, frames: np.ndarray, actions: np.ndarray, origin: list[str]):
+        if frames.ndim != 6 or frames.dtype != np.uint8:
+            raise ValueError(f"context frames must be (M, C, V, H, W, 3) uint8, got {frames.dtype} {frames.shape}")
+        self.frames, self.actions, self.origin = frames, actions, origin
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @classmethod
+    def from_store(cls, path: str | Path, cameras: tuple[str, ...], context: int, per_episode: int = 4,
+                   max_contexts: int = 512) -> "ContextBank":
+        from wfm_sim.datasets.store import EpisodeReader, StoreError
+
+        r = EpisodeReader(path)
+        missing = [c for c in cameras if c not in r.cameras]
+        if missing:
+            raise StoreError(f"{path} lacks camera(s) {missing} this model needs; it has {list(r.cameras)}")
+        frames, actions, origin = [], [], []
+        for e in range(r.num_episodes):
+            lo, hi = r.episode_bounds(e)
+            if hi - lo < context:
+                continue
+            for s in np.linspace(lo, hi - context, per_episode).astype(int):
+                frames.append(np.stack([r.read(f"obs/{c}", s, s + context) for c in cameras], axis=1))
+                actions.append(r.read("action", s, s + context - 1))
+                origin.append(f"{path}#episode={e},step={s - lo}")
+            if len(frames) >= max_contexts:
+                break
+        if not frames:
+            raise StoreError(f"{path} has no episode with at least {context} steps to start from")
+        return cls(np.stack(frames), np.stack(actions), origin)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ContextBank | None":
+        path = Path(folder) / CONTEXTS_FILE
+        if not path.is_file():
+            return None
+        t = ckpt.load_tensors(path)
+        return cls(t["frames"].numpy(), t["actions"].numpy(), [f"{path}#{i}" for i in range(len(t["frames"]))])
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONTEXTS_FILE
+        ckpt.save_tensors(path, {"frames": torch.from_numpy(self.frames), "actions": torch.from_numpy(self.actions)},
+                          {"format": "wfm_sim.Contexts"})
+        return path
+
+    def pick(self, rng: np.random.Generator, index: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        i = int(rng.integers(len(self))) if index is None else int(index)
+        if not 0 <= i < len(self):
+            raise ValueError(f"context index {i} out of range [0, {len(self)})")
+        return self.frames[i], self.actions[i], self.origin[i]

@@ -1,0 +1,339 @@
+"""Gymnasium environments whose every frame comes from the world model.
+
+Dimension legend: ``N`` sub-envs, ``V`` cameras, ``H W`` pixels, ``g`` token grid, ``A`` action dim.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from wfm_sim.envs.contexts import ContextBank
+from wfm_sim.envs.inputs import batch_context, check_actions
+from wfm_sim.models.sampling import SamplingConfig
+from wfm_sim.models.world_model import WorldModel, resolve_pretrained
+from wfm_sim.viz import mosaic
+
+OBS_MODES = ("pixels", "tokens")
+
+
+def autoreset(mode: str | AutoresetMode) -> AutoresetMode:
+    """``AutoresetMode`` from an enum or a name like 'next_step', 'SameStep', 'disabled'."""
+    if isinstance(mode, AutoresetMode):
+        return mode
+    key = str(mode).replace("_", "").lower()
+    for m in AutoresetMode:
+        if m.value.lower() == key:
+            return m
+    raise ValueError(f"autoreset_mode must be one of {[m.value for m in AutoresetMode]} (or next_step/same_step/disabled), got {mode!r}")
+
+
+class ImaginedVectorEnv(VectorEnv):
+    """N imagined environments stepped together: one batched model call per step.
+
+    ## Description
+    A learned world model (video tokenizer + causal transformer + decoder) plays the simulator
+    it was trained on. ``reset`` starts every sub-env from real context frames (a dataset
+    episode, the contexts shipped with the model, or frames you pass); ``step`` predicts the
+    next frame of every camera, the reward and the termination.
+
+    ## Observation Space
+    ``pixels``: one camera ``Box(0, 255, (H, W, 3), uint8)``; several cameras a ``Dict`` keyed
+    by camera name. ``tokens``: ``Box(0, vocab-1, (V, g, g), int64)``, skipping pixel decoding.
+
+    ## Action Space
+    From the model config: ``Box(low, high, (A,), float32)`` or ``Discrete(n)``
+    (``(k, A)`` for tokenizers that group k frames). Out-of-bound, NaN or mis-shaped actions raise.
+
+    ## Rewards
+    The model's reward head for the action just taken.
+
+    ## Episode End
+    Terminated when the termination head fires; truncated after ``max_episode_steps``.
+
+    ## Arguments
+    num_envs, model (shipped name or folder, or a WorldModel), dataset (store for contexts),
+    decoder ('token' | 'diffusion'), diffusion_steps, mode ('sequential' | 'parallel'),
+    parallel_steps, obs_mode ('pixels' | 'tokens'), max_episode_steps, autoreset_mode
+    ('next_step' | 'same_step' | 'disabled'), sampling (SamplingConfig), device, precision,
+    torch_obs (keep tensors on the model's device), render_mode ('rgb_array').
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int = 1, model: str | Path | WorldModel | None = None, *,
+                 dataset: str | Path | None = None, decoder: str = "token", diffusion_steps: int | None = None,
+                 mode: str = "parallel", parallel_steps: int = 8, obs_mode: str = "pixels",
+                 max_episode_steps: int = 200, autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+                 sampling: SamplingConfig | None = None, device: str = "auto", precision: str = "auto",
+                 torch_obs: bool = False, render_mode: str | None = None, text_encoder=None):
+        if model is None:
+            raise ValueError("pass model=: a shipped model name ('driving', 'manipulation') or a model folder")
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        if decoder not in ("token", "diffusion"):
+            raise ValueError(f"decoder must be 'token' or 'diffusion', got {decoder!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.model = model if isinstance(model, WorldModel) else WorldModel.from_pretrained(model, device, precision)
+        self.model.eval()
+        if decoder == "diffusion" and self.model.decoder is None:
+            raise ValueError("this model has no diffusion decoder; use decoder='token'")
+        c = self.model.cfg
+        self.cfg, self.num_envs = c, int(num_envs)
+        self.decoder, self.diffusion_steps, self.obs_mode = decoder, diffusion_steps, obs_mode
+        self.max_episode_steps, self.torch_obs, self.render_mode = max_episode_steps, torch_obs, render_mode
+        self.metadata = {**self.metadata, "autoreset_mode": autoreset(autoreset_mode), "render_fps": c.fps}
+        self.cameras, self.context_frames = c.cameras, c.context_frames
+        folder = None if isinstance(model, WorldModel) else resolve_pretrained(model)
+        self.contexts = (ContextBank.from_store(dataset, c.cameras, c.context_frames) if dataset is not None
+                         else ContextBank.load(folder) if folder is not None else None)
+        self.text_encoder = text_encoder
+        text_emb = text_mask = None
+        if text_encoder is not None:
+            if c.backbone.text_dim != text_encoder.dim:
+                raise ValueError(f"the model takes {c.backbone.text_dim}-d text embeddings, the encoder gives {text_encoder.dim}")
+            # Per-row prompt buffers, filled by reset(options={"prompt": ...}); token 0 stays visible.
+            text_emb = torch.zeros(self.num_envs, text_encoder.max_tokens, text_encoder.dim, device=self.model.device)
+            text_mask = torch.zeros(self.num_envs, text_encoder.max_tokens, dtype=torch.bool, device=self.model.device)
+            text_mask[:, 0] = True
+        self._im = self.model.imagine(self.num_envs, mode=mode, sampling=sampling or SamplingConfig(),
+                                      parallel_steps=parallel_steps, text=text_emb, text_mask=text_mask)
+        self._build_spaces()
+        n, s = self.num_envs, c.tokenizer.image_size
+        dev = self.model.device
+        self._frames = torch.zeros((n, len(self.cameras), s, s, 3), dtype=torch.uint8, device=dev)
+        self._steps = np.zeros(n, dtype=np.int64)
+        self._done = np.zeros(n, dtype=bool)
+        self._reset_once = False
+        self._row_rngs = [np.random.default_rng(i) for i in range(n)]
+
+    # ----------------------------------------------------------------- spaces
+    def _build_spaces(self) -> None:
+        c = self.cfg
+        s, g, v = c.tokenizer.image_size, c.tokenizer.grid, len(c.cameras)
+        if self.obs_mode == "tokens":
+            obs = spaces.Box(0, c.tokenizer.vocab_size - 1, (v, g, g), np.int64)
+        elif v == 1:
+            obs = spaces.Box(0, 255, (s, s, 3), np.uint8)
+        else:
+            obs = spaces.Dict({cam: spaces.Box(0, 255, (s, s, 3), np.uint8) for cam in c.cameras})
+        k = c.backbone.action_group
+        if c.action.kind == "discrete":
+            act = spaces.Discrete(c.action.n) if k == 1 else spaces.MultiDiscrete([c.action.n] * k)
+        else:
+            lo, hi = np.asarray(c.action.low, np.float32), np.asarray(c.action.high, np.float32)
+            if k > 1:
+                lo, hi = np.tile(lo, (k, 1)), np.tile(hi, (k, 1))
+            act = spaces.Box(lo, hi, dtype=np.float32)
+        self.single_observation_space, self.single_action_space = obs, act
+        self.observation_space = gym.vector.utils.batch_space(obs, self.num_envs)
+        self.action_space = gym.vector.utils.batch_space(act, self.num_envs)
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)
+        rows = np.arange(self.num_envs) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
+        if mask is not None and np.asarray(mask).shape != (self.num_envs,):
+            raise ValueError(f"reset_mask must be a bool array of shape ({self.num_envs},)")
+        if isinstance(seed, int) or (seed is None and not self._reset_once):
+            base = seed if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+            seeds = [base + i for i in range(self.num_envs)]
+        elif seed is None:
+            seeds = None
+        else:
+            if len(seed) != self.num_envs:
+                raise ValueError(f"seed list must have {self.num_envs} entries, got {len(seed)}")
+            seeds = list(seed)
+        if seeds is not None:
+            super().reset(seed=seeds[0])
+            for i in rows:
+                self._row_rngs[i] = np.random.default_rng(seeds[i])
+        infos = self._reset_rows(rows, options, None if seeds is None else [seeds[i] for i in rows])
+        self._reset_once = True
+        return self._obs_all(), infos
+
+    def _reset_rows(self, rows: np.ndarray, options: dict, seeds: list[int] | None) -> dict:
+        if "prompt" in options:
+            return self._reset_from_prompt(rows, options, seeds)
+        frames, actions, origin = batch_context(self, rows, options)
+        t_rows = torch.as_tensor(rows, device=self.model.device)
+        tokens = self.model.encode(frames)  # (r, C', V, g, g)
+        k = self.cfg.backbone.action_group
+        acts = self.model.check_action(actions, (len(rows), tokens.shape[1] - 1)) if tokens.shape[1] > 1 else None
+        if acts is not None and k > 1:
+            raise ValueError("context actions for grouped tokenizers must be passed already grouped")
+        self._im.reset(t_rows, tokens.flatten(2), acts, seeds)
+        self._frames[t_rows] = frames[:, -1].to(self.model.device)
+        self._steps[rows] = 0
+        self._done[rows] = False
+        return {"context": np.asarray(origin, dtype=object), "_context": np.isin(np.arange(self.num_envs), rows)}
+
+    def _reset_from_prompt(self, rows: np.ndarray, options: dict, seeds: list[int] | None) -> dict:
+        if self.text_encoder is None:
+            raise ValueError("reset from a prompt needs a text-conditioned model and text_encoder= when making the env")
+        prompts = options.pop("prompt")
+        prompts = [prompts] * len(rows) if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != len(rows):
+            raise ValueError(f"give one prompt or {len(rows)} prompts, got {len(prompts)}")
+        emb, mask = self.text_encoder(prompts)
+        t_rows = torch.as_tensor(rows, device=self.model.device)
+        s = emb.shape[1]
+        self._im.text[t_rows] = 0
+        self._im.text_mask[t_rows] = False
+        self._im.text[t_rows, :s] = emb.to(self.model.device)
+        self._im.text_mask[t_rows, :s] = mask.to(self.model.device)
+        if seeds is None:
+            seeds = [int(self._row_rngs[i].integers(2**31)) for i in rows]
+        frame0 = self._im.reset_from_text(t_rows, seeds)
+        c = self.cfg
+        tokens = frame0.view(len(rows), 1, len(self.cameras), c.tokenizer.grid, c.tokenizer.grid)
+        self._frames[t_rows] = self.model.decode(tokens, "token")[:, -1]
+        self._steps[rows] = 0
+        self._done[rows] = False
+        return {"context": np.asarray([f"prompt: {p}" for p in prompts], dtype=object),
+                "_context": np.isin(np.arange(self.num_envs), rows)}
+
+    # ------------------------------------------------------------------- step
+    def step(self, actions):
+        if not self._reset_once:
+            raise RuntimeError("step() called before reset(): call reset(seed=...) first")
+        act = check_actions(self, actions)
+        n = self.num_envs
+        reward = np.zeros(n, np.float32)
+        terminated, truncated = np.zeros(n, bool), np.zeros(n, bool)
+        mode = self.metadata["autoreset_mode"]
+        infos: dict = {}
+        to_reset = np.flatnonzero(self._done) if mode == AutoresetMode.NEXT_STEP else np.zeros(0, int)
+        if mode == AutoresetMode.DISABLED and self._done.any():
+            raise RuntimeError(f"sub-envs {np.flatnonzero(self._done).tolist()} ended; reset them with "
+                               "reset(options={'reset_mask': mask}) before stepping (autoreset_mode=DISABLED)")
+        if to_reset.size:
+            infos.update(self._reset_rows(to_reset, {}, None))
+        rows = np.setdiff1d(np.arange(n), to_reset)
+        if rows.size:
+            out = self._advance(rows, act[torch.as_tensor(rows, device=act.device)])
+            reward[rows] = out.reward.float().cpu().numpy()
+            terminated[rows] = out.terminated.cpu().numpy()
+            self._steps[rows] += 1
+            truncated[rows] = (self._steps[rows] >= self.max_episode_steps) & ~terminated[rows]
+            mask = np.isin(np.arange(n), rows)
+            ent = np.zeros(n, np.float32)
+            ent[rows] = out.entropy.float().cpu().numpy()
+            infos.update({"entropy": ent, "_entropy": mask, "decoder": self.decoder})
+            if out.success is not None:
+                succ = np.zeros(n, bool)
+                succ[rows] = out.success.cpu().numpy()
+                infos.update({"success": succ, "_success": mask})
+        self._done = terminated | truncated
+        if mode == AutoresetMode.SAME_STEP and self._done.any():
+            ended = np.flatnonzero(self._done)
+            final = self._obs_all()
+            infos["final_obs"] = np.array([self._index_obs(final, i) if i in ended else None for i in range(n)], dtype=object)
+            infos["_final_obs"] = self._done.copy()
+            infos.update(self._reset_rows(ended, {}, None))
+            self._done[:] = False
+        return self._obs_all(), reward, terminated, truncated, infos
+
+    def _advance(self, rows: np.ndarray, actions: torch.Tensor):
+        t_rows = torch.as_tensor(rows, device=self.model.device)
+        out = self._im.step(actions, t_rows)
+        if self.obs_mode == "pixels":
+            self._frames[t_rows] = self._decode(t_rows, out.tokens)
+        return out
+
+    def _decode(self, t_rows: torch.Tensor, new_tokens: torch.Tensor) -> torch.Tensor:
+        tk = self.cfg.tokenizer
+        if tk.temporal_kernel == 1 and tk.temporal_downsample == 1:
+            history = new_tokens[:, None]
+        else:
+            history = self._im.history(t_rows, int(self._im.count[t_rows].min()))
+        gens = [self._im.generators[i] for i in t_rows.tolist()]
+        frames = self.model.decode(history, self.decoder, self.diffusion_steps, prev=self._frames[t_rows], generators=gens)
+        return frames[:, -1]
+
+    # ------------------------------------------------------------ observations
+    def _obs_all(self):
+        if self.obs_mode == "tokens":
+            last = self._im.count - 1
+            rows = torch.arange(self.num_envs, device=self.model.device)
+            tok = self._im.tokens[rows, last.clamp_min(0)].view(self.num_envs, len(self.cameras), self.cfg.tokenizer.grid, -1)
+            return tok.clone() if self.torch_obs else tok.cpu().numpy().copy()
+        # Copies: on CPU .numpy() would alias the buffer the next step overwrites.
+        frames = self._frames.clone() if self.torch_obs else self._frames.cpu().numpy().copy()
+        if len(self.cameras) == 1:
+            return frames[:, 0]
+        return {cam: frames[:, i] for i, cam in enumerate(self.cameras)}
+
+    @staticmethod
+    def _index_obs(obs, i):
+        return {k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i]
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        if self.obs_mode == "tokens":
+            last = (self._im.count - 1).clamp_min(0)
+            rows = torch.arange(self.num_envs, device=self.model.device)
+            tok = self._im.tokens[rows, last].view(self.num_envs, 1, len(self.cameras), self.cfg.tokenizer.grid, -1)
+            frames = self.model.decode(tok, "token")[:, -1].cpu().numpy()
+        else:
+            frames = self._frames.cpu().numpy()
+        return tuple(mosaic(list(f), list(self.cameras)) for f in frames)
+
+    def close_extras(self, **kwargs):
+        self._im = None
+
+
+class ImaginedEnv(gym.Env):
+    """One imagined environment: the ``num_envs=1`` case of :class:`ImaginedVectorEnv`.
+
+    Takes the same arguments (without ``num_envs``/``autoreset_mode``); see that class for the
+    spaces, rewards and episode end.
+    """
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, model=None, render_mode: str | None = None, **kwargs):
+        self._vec = ImaginedVectorEnv(1, model, autoreset_mode=AutoresetMode.DISABLED, render_mode=render_mode, **kwargs)
+        self.observation_space = self._vec.single_observation_space
+        self.action_space = self._vec.single_action_space
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": self._vec.cfg.fps}
+
+    @property
+    def model(self) -> WorldModel:
+        return self._vec.model
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        obs, info = self._vec.reset(seed=seed, options=options)
+        return self._first(obs), {k: v[0] for k, v in info.items() if not k.startswith("_")}
+
+    def step(self, action):
+        if self._vec._done[0]:
+            raise RuntimeError("the episode has ended (terminated or truncated): call reset() before step()")
+        action = np.asarray(action) if not isinstance(action, torch.Tensor) else action
+        if isinstance(self.action_space, spaces.Discrete) and np.ndim(action) == 0:
+            batched = np.asarray([action])
+        else:
+            if tuple(np.shape(action)) != self.action_space.shape:
+                raise ValueError(f"action must have shape {self.action_space.shape}, got {tuple(np.shape(action))}")
+            batched = action[None]
+        obs, r, term, trunc, info = self._vec.step(batched)
+        info = {k: (v[0] if isinstance(v, np.ndarray) else v) for k, v in info.items() if not k.startswith("_")}
+        return self._first(obs), float(r[0]), bool(term[0]), bool(trunc[0]), info
+
+    @staticmethod
+    def _first(obs):
+        return {k: v[0] for k, v in obs.items()} if isinstance(obs, dict) else obs[0]
+
+    def render(self):
+        frames = self._vec.render()
+        return None if frames is None else frames[0]
