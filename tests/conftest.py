@@ -6,7 +6,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Test models are tiny: one thread avoids OpenMP overhead that outweighs their matmuls.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
