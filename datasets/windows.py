@@ -99,6 +99,7 @@ def collate(items: list[dict[str, np.ndarray]]) -> Batch:
     """Stack window dicts into a :class:`Batch` of tensors."""
     stack = {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
     action = stack["action"]
-    return Batch(obs=stack["obs"], action=action.float() if action.is_floating_point() else action.long(),
+    return Batch(obs=stack.get("obs", torch.empty(0, dtype=torch.uint8)),
+                 action=action.float() if action.is_floating_point() else action.long(),
                  reward=stack["reward"], terminated=stack["terminated"].bool(),
-                 success=stack["success"].bool() if "success" in stack else None)
+                 success=stack["success"].bool() if "success" in stack else None, tokens=stack.get("tokens"))

@@ -25,6 +25,42 @@ def _dataset_info(args) -> None:
         print(f"contact sheet: {dataset_sheet(reader, args.sheet, episodes=args.sheet_episodes)}")
 
 
+def _train(args) -> None:
+    from wfm_sim.training.loop import TrainConfig, train
+
+    cfg = TrainConfig(component=args.component, data=args.data, out=args.out, preset=args.preset, steps=args.steps,
+                      batch_size=args.batch_size, lr=args.lr, device=args.device, precision=args.precision,
+                      compile=args.compile, num_workers=args.num_workers, eval_every=args.eval_every,
+                      save_every=args.save_every, seed=args.seed, resume=args.resume, progress=not args.quiet)
+    if args.ray_workers:
+        from wfm_sim.training.distributed import train_distributed
+
+        last = train_distributed(cfg, workers=args.ray_workers, use_gpu=args.device.startswith("cuda"))
+    else:
+        last = train(cfg)
+    print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in last.items()}))
+
+
+def _evaluate(args) -> None:
+    from pathlib import Path
+
+    from wfm_sim.evaluation.fidelity import EvalConfig, evaluate
+    from wfm_sim.evaluation.report import summary_table, write_report
+    from wfm_sim.models import SamplingConfig, WorldModel
+
+    model = WorldModel.from_pretrained(args.model, device=args.device, precision=args.precision)
+    cfg = EvalConfig(horizon=args.horizon, windows=args.windows, split=args.split, modes=tuple(args.modes),
+                     decoders=tuple(args.decoders), parallel_steps=args.parallel_steps,
+                     diffusion_steps=args.diffusion_steps, sampling=SamplingConfig(temperature=args.temperature,
+                                                                                    top_k=args.top_k), seed=args.seed)
+    report, videos = evaluate(model, args.data, cfg)
+    report["model"] = str(args.model)
+    out = Path(args.out or Path(str(args.model)) / "eval")
+    paths = write_report(report, videos, out, fps=model.cfg.fps / 2)
+    print(summary_table(report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from wfm_sim.datasets.sources import SOURCES
 
@@ -52,6 +88,43 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--sheet", default=None, help="write a contact sheet PNG here")
     info.add_argument("--sheet-episodes", type=int, default=3, help="episodes shown on the sheet")
     info.set_defaults(func=_dataset_info)
+    t = sub.add_parser("train", help="train one component (tokenizer, then backbone, then decoder)")
+    t.add_argument("component", choices=["tokenizer", "backbone", "decoder"])
+    t.add_argument("--data", required=True, help="episode store to train on")
+    t.add_argument("--out", required=True, help="model folder (created from --preset on first use)")
+    t.add_argument("--preset", default="small", help="model size when creating the folder: tiny, small, small-mv, base, large")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    t.add_argument("--precision", default="auto", help="auto (bf16 on CUDA and bf16-capable CPUs), bf16, fp32")
+    t.add_argument("--compile", action="store_true", help="torch.compile the component (GPU)")
+    t.add_argument("--num-workers", type=int, default=1, help="DataLoader workers")
+    t.add_argument("--eval-every", type=int, default=250)
+    t.add_argument("--save-every", type=int, default=250)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from the folder's train state")
+    t.add_argument("--ray-workers", type=int, default=0, help="> 0: data-parallel on Ray Train with this many workers")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="open-loop fidelity against real episodes: JSON, plot, side-by-side mp4")
+    e.add_argument("model", help="shipped model name or model folder")
+    e.add_argument("--data", required=True, help="held-out episode store of the model's simulator")
+    e.add_argument("--split", default="all", choices=["all", "val", "train"], help="'val' for a training store's held-out episodes")
+    e.add_argument("--horizon", type=int, default=8)
+    e.add_argument("--windows", type=int, default=32)
+    e.add_argument("--modes", nargs="+", default=["sequential", "parallel"])
+    e.add_argument("--decoders", nargs="+", default=["token", "diffusion"])
+    e.add_argument("--parallel-steps", type=int, default=8)
+    e.add_argument("--diffusion-steps", type=int, default=None)
+    e.add_argument("--temperature", type=float, default=1.0)
+    e.add_argument("--top-k", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--precision", default="auto")
+    e.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
+    e.set_defaults(func=_evaluate)
     return p
 
 

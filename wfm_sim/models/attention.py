@@ -49,13 +49,17 @@ class ChunkContext:
         commit: advance the rows' lengths after the forward.
     """
 
-    def __init__(self, cache: KVCache | None, rows: torch.Tensor | None, inner_mask: torch.Tensor,
-                 commit: bool):
+    def __init__(self, cache: KVCache | None, rows: torch.Tensor | None, inner_mask: torch.Tensor | None,
+                 commit: bool, causal: bool = False):
         self.cache, self.rows, self.commit = cache, rows, commit
-        self.inner_mask = inner_mask
+        self.inner_mask, self.is_causal = inner_mask, causal
         if cache is None:
-            self.mask = inner_mask.unsqueeze(1)
+            if causal != (inner_mask is None):
+                raise ValueError("pass either an inner mask or causal=True for a cache-free forward")
+            self.mask = None if causal else inner_mask.unsqueeze(1)
             return
+        if inner_mask is None:
+            raise ValueError("a cached forward needs an inner mask")
         b, q, _ = inner_mask.shape
         lengths = cache.lengths if rows is None else cache.lengths[rows]
         if int(lengths.max()) + q > cache.max_len:
@@ -115,7 +119,8 @@ class SelfAttention(nn.Module):
         k_all = repeat(k_all, "b k g e -> b (g r) k e", r=h // g).to(q.dtype)
         v_all = repeat(v_all, "b k g e -> b (g r) k e", r=h // g).to(q.dtype)
         out = F.scaled_dot_product_attention(
-            q, k_all, v_all, attn_mask=ctx.mask, dropout_p=self.dropout if self.training else 0.0
+            q, k_all, v_all, attn_mask=ctx.mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=ctx.is_causal,
         )
         return self.proj(rearrange(out, "b h q e -> b q (h e)"))
 

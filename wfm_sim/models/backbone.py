@@ -72,6 +72,8 @@ class BackboneConfig:
     """0: reward regression; 3: classify the reward's sign (-, 0, +), as IRIS does."""
     success_head: bool = False
     """Predict task success (manipulation)."""
+    reward_scale: float = 1.0
+    """Rewards are regressed as ``reward / reward_scale`` (set from the data's max |reward|)."""
     parallel_fraction: float = 0.5
     """Share of each training batch trained with the masked frame-causal objective."""
     rope_theta: float = 10000.0
@@ -82,6 +84,8 @@ class BackboneConfig:
             raise ValueError(f"dim ({self.dim}) % heads ({self.heads}) and heads % kv_heads ({self.kv_heads}) must be 0")
         if self.reward_classes not in (0, 3):
             raise ValueError(f"reward_classes must be 0 (regression) or 3 (sign classes), got {self.reward_classes}")
+        if self.reward_scale <= 0:
+            raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
         if not 0.0 <= self.parallel_fraction <= 1.0:
             raise ValueError(f"parallel_fraction must lie in [0, 1], got {self.parallel_fraction}")
         if self.num_actions == 0 and self.action_dim < 1:
@@ -237,7 +241,10 @@ class Backbone(nn.Module):
         Without a cache this is the full-sequence forward (``pos`` must then start at 0).
         """
         x = self.embed(ids, actions, pos)
-        ctx = ChunkContext(cache, rows, self.layout.mask(pos, mode), commit)
+        # A full token-causal sequence needs no explicit mask: SDPA's is_causal path is faster.
+        causal = cache is None and mode == "sequential"
+        inner = None if causal else self.layout.mask(pos, mode)
+        ctx = ChunkContext(cache, rows, inner, commit, causal=causal)
         rope = self.rope.angles(self.layout.rope_pos[pos])
         for i, blk in enumerate(self.blocks):
             x = blk(x, rope, ctx, i, text, text_mask)
@@ -253,7 +260,8 @@ class Backbone(nn.Module):
             out["reward_logits"] = r
             out["reward"] = r.argmax(-1).float() - 1.0  # classes are sign -1, 0, +1
         else:
-            out["reward"] = r[..., 0]
+            out["reward_normed"] = r[..., 0]
+            out["reward"] = r[..., 0] * self.cfg.reward_scale
         if self.cfg.success_head:
             out["success_logit"] = done[..., 1]
         return out
@@ -345,7 +353,8 @@ class Backbone(nn.Module):
             target = (torch.sign(reward) + 1).long()
             r_loss = (F.cross_entropy(out["reward_logits"].flatten(0, 1), target.flatten(), reduction="none") * vf.flatten()).sum() / denom
         else:
-            r_loss = (F.mse_loss(out["reward"], reward.float(), reduction="none") * vf).sum() / denom
+            target = reward.float() / self.cfg.reward_scale
+            r_loss = (F.mse_loss(out["reward_normed"], target, reduction="none") * vf).sum() / denom
         d_loss = (F.binary_cross_entropy_with_logits(out["terminated_logit"], terminated.float(), reduction="none") * vf).sum() / denom
         logs = {"reward_loss": r_loss.item(), "terminated_loss": d_loss.item()}
         loss = r_loss + d_loss

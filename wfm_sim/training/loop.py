@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +105,18 @@ def config_for_data(preset_name: str, data: str, name: str = ""):
         action = ActionSpec("box", dim=a["shape"][0], low=tuple(a["low"]), high=tuple(a["high"]))
     else:
         action = ActionSpec("discrete", dim=1, low=(), high=(), n=a["n"])
+    size = preset(preset_name).tokenizer.image_size
+    if size != r.image_size:
+        raise StoreError(f"{data} has {r.image_size}px frames but preset {preset_name!r} expects {size}px")
     cfg = preset(preset_name, cameras=r.cameras, action=action, success_head="success" in r.extras,
                  fps=r.fps, name=name, source_env=str(r.attrs.get("source_env", "")))
-    if cfg.tokenizer.image_size != r.image_size:
-        raise StoreError(f"{data} has {r.image_size}px frames but preset {preset_name!r} expects {cfg.tokenizer.image_size}px")
-    return cfg
+    return replace(cfg, backbone=replace(cfg.backbone, reward_scale=reward_scale(r)))
+
+
+def reward_scale(reader: EpisodeReader) -> float:
+    """The data's max |reward| (rewards are regressed in units of it)."""
+    stats = reader.attrs.get("stats", {}).get("reward")
+    return float(max(abs(stats["min"][0]), abs(stats["max"][0]), 1e-3)) if stats else 1.0
 
 
 def open_model(cfg: TrainConfig) -> WorldModel:
@@ -135,6 +142,8 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     device = resolve_device(cfg.device)
     model = open_model(cfg)
     task = TASKS[cfg.component](model, cfg.data, cfg.val_fraction, cfg.seed)
+    if cfg.component == "backbone":
+        task.cache_folder = out / "train_state" / "backbone"
     frozen_except(model, cfg.component)
     module = task.module
     if allreduce is not None:
@@ -145,6 +154,10 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     step = 0
     if cfg.resume and (state_dir / "state.json").is_file():
         step, _ = load_train_state(state_dir, module, opt)
+    elif cfg.component == "backbone":  # a fresh backbone learns rewards in units of this data's scale
+        bb = replace(model.cfg.backbone, reward_scale=reward_scale(EpisodeReader(cfg.data)))
+        model.cfg = replace(model.cfg, backbone=bb)
+        model.backbone.cfg = bb
     train_ds = task.dataset("train")
     sampler = StepSampler(len(train_ds), cfg.batch_size, cfg.seed, step, cfg.steps, rank, world)
     loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=task.collate,
@@ -169,7 +182,7 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
-        seen += batch.obs.shape[0] * world
+        seen += batch.reward.shape[0] * world
         rate = seen / (time.perf_counter() - t0)
         last = {"step": step, "loss": res.loss.item(), "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"],
                 "samples_per_s": rate, **res.logs}

@@ -85,17 +85,34 @@ class BackboneTask(Task):
 
     name = "backbone"
 
+    cache_folder = None
+    """Where the per-frame token cache lives (set by the training loop); None: tokenize per batch."""
+
     def window(self) -> int:
         k, t = self.model.cfg.tokenizer.temporal_downsample, self.model.cfg.backbone.max_frames
         return t if k == 1 else 1 + k * t
 
+    def dataset(self, split: str) -> WindowDataset:
+        tk = self.model.cfg.tokenizer
+        if self.cache_folder is None or tk.temporal_downsample != 1 or tk.temporal_kernel != 1:
+            return super().dataset(split)
+        from wfm_sim.training.token_cache import TokenWindowDataset, store_tokens
+
+        if getattr(self, "_tokens", None) is None:
+            self._tokens = store_tokens(self.model, self.data, self.cache_folder)
+        return TokenWindowDataset(self._tokens, self.data, self.window(), split=split, val_fraction=self.val_fraction,
+                                  seed=self.seed, cameras=self.model.cfg.cameras)
+
     def _inputs(self, batch: Batch):
         m = self.model
         k, T = m.cfg.tokenizer.temporal_downsample, m.cfg.backbone.max_frames
-        with torch.no_grad(), m.autocast():
-            b = batch.obs.shape[0]
-            tokens = m.tokenizer.encode(to_video(batch.obs))[0]
-            tokens = rearrange(tokens, "(b v) t h w -> b t v h w", b=b)[:, :T]
+        if batch.tokens is not None:
+            tokens = batch.tokens[:, :T]
+        else:
+            with torch.no_grad(), m.autocast():
+                b = batch.obs.shape[0]
+                tokens = m.tokenizer.encode(to_video(batch.obs))[0]
+                tokens = rearrange(tokens, "(b v) t h w -> b t v h w", b=b)[:, :T]
         if k == 1:
             actions = batch.action.unsqueeze(2)
             reward, terminated, success = batch.reward, batch.terminated, batch.success

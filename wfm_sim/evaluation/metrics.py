@@ -1,0 +1,42 @@
+"""Image metrics on uint8 frames: PSNR and SSIM (Wang et al. 2004, 11x11 Gaussian window, sigma 1.5).
+
+Dimension legend: ``n`` images, ``H W`` pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    """``(n, H, W, 3)`` uint8 -> ``(n, 3, H, W)`` float in [0, 1]."""
+    return x.permute(0, 3, 1, 2).float() / 255.0
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (dB) of two ``(n, H, W, 3)`` uint8 batches; identical images give 100 dB."""
+    mse = ((_float(a) - _float(b)) ** 2).flatten(1).mean(1)
+    return (-10 * torch.log10(mse.clamp_min(1e-10))).clamp(max=100.0)
+
+
+def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM of two ``(n, H, W, 3)`` uint8 batches (mean over channels and pixels)."""
+    x, y = _float(a), _float(b)
+    c = x.shape[1]
+    w = _gaussian().to(x.device).expand(c, 1, 11, 11)
+    conv = lambda t: F.conv2d(t, w, groups=c, padding=5)
+    mx, my = conv(x), conv(y)
+    sxx = conv(x * x) - mx**2
+    syy = conv(y * y) - my**2
+    sxy = conv(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(1)
