@@ -66,7 +66,8 @@ class RoadCentroidDriver:
     def reset(self, seed: int | None = None) -> None:
         pass
 
-    def __call__(self, obs, env=None) -> np.ndarray:
+    def __call__(self, obs, rng=None, t: int = 0) -> np.ndarray:
+        """One action for one observation, or ``(n, 3)`` actions for a batch."""
         img = obs[self.camera] if isinstance(obs, dict) else obs
         img = np.asarray(img)
         if img.ndim == 4:  # a batch

@@ -39,7 +39,10 @@ def tiny_model_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("models") / "tiny"
-    WorldModel(preset("tiny", success_head=True)).save_pretrained(folder)
+    model = WorldModel(preset("tiny", success_head=True))
+    # Random heads would end episodes at random; bias termination off so rollouts have length.
+    torch.nn.init.constant_(model.backbone.head_done[-1].bias, -8.0)
+    model.save_pretrained(folder)
     return folder
 
 

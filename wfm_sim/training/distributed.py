@@ -9,7 +9,10 @@ process group uses gloo; on GPUs, NCCL with one GPU per worker.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -46,8 +49,7 @@ def _worker(config: dict) -> None:
     cfg = TrainConfig(**config)
     if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
         cfg = TrainConfig(**{**config, "device": f"cuda:{ctx.get_local_rank()}"})
-    last = train(cfg, rank=rank, world=world, allreduce=AllReduce(world))
-    ray.train.report({k: v for k, v in last.items() if isinstance(v, (int, float))})
+    train(cfg, rank=rank, world=world, allreduce=AllReduce(world))
 
 
 def train_distributed(cfg: TrainConfig, workers: int = 2, use_gpu: bool = False, storage: str | None = None) -> dict:
@@ -57,7 +59,9 @@ def train_distributed(cfg: TrainConfig, workers: int = 2, use_gpu: bool = False,
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # Ray Train's controller and scheduling actors need CPU slots beside the workers: on a
+        # single machine, offer at least workers + 2 logical CPUs or the worker group waits.
+        ray.init(num_cpus=max(os.cpu_count() or 1, workers + 2), include_dashboard=False, log_to_driver=False)
     trainer = TorchTrainer(
         _worker,
         train_loop_config=asdict(cfg),
@@ -68,4 +72,5 @@ def train_distributed(cfg: TrainConfig, workers: int = 2, use_gpu: bool = False,
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    return dict(result.metrics or {})
+    log = Path(cfg.out) / "train_state" / cfg.component / "metrics.jsonl"  # written by rank 0
+    return json.loads(log.read_text().splitlines()[-1]) if log.is_file() else {}

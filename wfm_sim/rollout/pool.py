@@ -1,0 +1,157 @@
+"""A pool of rollout workers on Ray: requests in, complete episodes out, in request order.
+
+The pool splits a request into chunks of episodes (episode i always has seed ``seed + i``),
+hands chunks to idle workers, and collects each chunk's episodes exactly once. A worker that
+dies mid-chunk is replaced and its chunk rerun; after ``max_retries`` reruns of one chunk the
+caller gets a :class:`RolloutError`. Policy weights go into Ray's object store once per request.
+Works the same on a laptop (``ray.init(num_cpus=2)``) and a cluster (``ray.init(address="auto")``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from wfm_sim.datasets.episode import Episode
+from wfm_sim.rollout.worker import Chunk, PolicySpec, RolloutWorker
+
+
+class RolloutError(RuntimeError):
+    """Rollouts could not be completed (a chunk failed more than ``max_retries`` times)."""
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """What to imagine."""
+
+    episodes: int
+    horizon: int
+    seed: int = 0
+    """Episode i is seeded ``seed + i``: the same seeds give the same episodes on any number of workers."""
+    policy: PolicySpec = field(default_factory=PolicySpec)
+    reset_options: dict = field(default_factory=dict)
+    """Passed to every env reset (e.g. ``{"episode": 3}`` to start from one dataset context)."""
+
+    def __post_init__(self):
+        if self.episodes < 1 or self.horizon < 1:
+            raise ValueError("episodes and horizon must be >= 1")
+
+
+class RolloutPool:
+    """N Ray actors, each a :class:`RolloutWorker`.
+
+    Args:
+        model: shipped model name or model folder (visible to every node).
+        workers: number of actors (model replicas).
+        envs_per_worker: imagined envs batched inside each actor.
+        num_gpus: GPUs per actor (0 = CPU; 0.25 puts four replicas on one GPU).
+        num_cpus: CPUs per actor.
+        max_retries: reruns of a chunk whose worker died, before giving up.
+        env_kwargs: more :class:`ImaginedVectorEnv` arguments for every worker.
+    """
+
+    def __init__(self, model: str = "driving", workers: int = 2, envs_per_worker: int = 8, num_gpus: float = 0.0,
+                 num_cpus: float = 1.0, max_retries: int = 3, env_kwargs: dict | None = None):
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False)
+        self.ray = ray
+        self.model, self.envs, self.max_retries = str(model), envs_per_worker, max_retries
+        self.env_kwargs = dict(env_kwargs or {})
+        device = "cuda" if num_gpus > 0 else "cpu"
+        self._actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(RolloutWorker)
+        self._device = device
+        self.workers = [self._spawn() for _ in range(workers)]
+        self.ray.get([w.ready.remote() for w in self.workers])
+        self.replacements = 0
+
+    def _spawn(self):
+        return self._actor_cls.remote(self.model, self.envs, self.env_kwargs, self._device)
+
+    def info(self) -> list[dict]:
+        return self.ray.get([w.ready.remote() for w in self.workers])
+
+    def _chunks(self, req: RolloutRequest) -> list[Chunk]:
+        ids = np.arange(req.episodes)
+        size = self.envs
+        return [Chunk(i, tuple(int(x) for x in ids[s : s + size]), tuple(int(req.seed + x) for x in ids[s : s + size]),
+                      req.horizon, dict(req.reset_options)) for i, s in enumerate(range(0, req.episodes, size))]
+
+    def iter_chunks(self, req: RolloutRequest, on_result: Callable[[int], None] | None = None) -> Iterator[list[Episode]]:
+        """Yield each chunk's episodes in request order as soon as that order allows."""
+        ray = self.ray
+        spec = req.policy
+        if spec.kind == "conv" and not isinstance(spec.state, ray.ObjectRef):
+            spec = PolicySpec("conv", state=ray.put(spec.state))  # weights enter the object store once
+        pending = list(self._chunks(req))[::-1]
+        attempts: dict[int, int] = {}
+        in_flight: dict = {}  # ObjectRef -> (worker index, chunk)
+        done: dict[int, list[Episode]] = {}
+        nxt = 0
+        idle = list(range(len(self.workers)))
+        total = len(pending)
+        while nxt < total:
+            while idle and pending:
+                w, c = idle.pop(), pending.pop()
+                ref = self.workers[w].run.remote(c, spec)
+                in_flight[ref] = (w, c)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ref = ready[0]
+            w, c = in_flight.pop(ref)
+            try:
+                index, episodes = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                attempts[c.index] = attempts.get(c.index, 0) + 1
+                if attempts[c.index] > self.max_retries:
+                    raise RolloutError(f"chunk {c.index} (episodes {c.episode_ids[0]}..{c.episode_ids[-1]}) failed "
+                                       f"{attempts[c.index]} times; last error: {e}") from e
+                self.workers[w] = self._spawn()  # replace the dead replica, rerun its chunk
+                self.replacements += 1
+                pending.append(c)
+                idle.append(w)
+                continue
+            idle.append(w)
+            if index not in done:  # a chunk's episodes are kept exactly once
+                done[index] = episodes
+            if on_result is not None:
+                on_result(index)
+            while nxt in done:
+                yield done.pop(nxt)
+                nxt += 1
+
+    def run(self, req: RolloutRequest, progress: bool = False, on_result=None) -> list[Episode]:
+        """All episodes of ``req``, in request order."""
+        out: list[Episode] = []
+        with tqdm(total=req.episodes, desc="imagine", unit="ep", disable=not progress) as bar:
+            for eps in self.iter_chunks(req, on_result):
+                out += eps
+                bar.update(len(eps))
+        return out
+
+    def run_to_store(self, req: RolloutRequest, path: str | Path, progress: bool = True, fps: float | None = None) -> int:
+        """Stream episodes into a zarr store (request order) instead of holding them all in memory."""
+        from wfm_sim.datasets.store import EpisodeWriter
+
+        info = self.ray.get(self.workers[0].spec.remote())
+        writer = EpisodeWriter(path, tuple(info["cameras"]), info["image_size"], info["action_space"],
+                               fps or info["fps"], f"wfm_sim imagined: {self.model}",
+                               extras={"success": ((), "bool")} if info["success"] else None,
+                               metadata={"generator": "wfm_sim.rollout", "model": self.model, "seed": req.seed})
+        written = 0
+        with tqdm(total=req.episodes, desc="imagine -> zarr", unit="ep", disable=not progress) as bar:
+            for eps in self.iter_chunks(req):
+                for ep in eps:
+                    writer.write_episode(ep)
+                    written += 1
+                bar.update(len(eps))
+        return written
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            self.ray.kill(w)
+        self.workers = []
