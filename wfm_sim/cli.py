@@ -61,6 +61,67 @@ def _evaluate(args) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def _demo(args) -> None:
+    from wfm_sim.demo import run_demo
+
+    res = run_demo(args.model, steps=args.steps, envs=args.envs, out=args.out, seed=args.seed, decoder=args.decoder,
+                   mode=args.mode, device=args.device)
+    print(f"imagined {res['envs']} x {res['steps']} steps of {args.model}: {res['env_steps_per_s']:.1f} env steps/s, "
+          f"{res['frames_per_s']:.1f} camera frames/s")
+    print(f"wrote {res['video']} and {res['contact_sheet']}")
+
+
+def _policy_spec(name: str, horizon: int):
+    from pathlib import Path
+
+    import numpy as np
+
+    from wfm_sim.rollout import PolicySpec
+
+    if name == "random":
+        return PolicySpec("random")
+    if name == "driver":
+        from wfm_sim.policies import RoadCentroidDriver
+
+        return PolicySpec("callable", obj=RoadCentroidDriver())
+    path = Path(name)
+    if path.suffix == ".npy" and path.is_file():
+        plan = np.load(path, allow_pickle=False)
+        if plan.shape[-2] < horizon:
+            raise ValueError(f"plan {path} has {plan.shape[-2]} steps, fewer than --horizon {horizon}")
+        return PolicySpec("plan", plan=plan)
+    if (path / "config.json").is_file():
+        from wfm_sim.policies import ConvPolicy
+
+        pol = ConvPolicy.from_pretrained(path)
+        return PolicySpec("conv", state=(vars(pol.cfg), pol.state_dict()))
+    raise ValueError(f"--policy must be random, driver, a .npy plan (T, A) or a ConvPolicy folder; got {name!r}")
+
+
+def _rollout(args) -> None:
+    import time
+
+    import ray
+
+    from wfm_sim.rollout import RolloutPool, RolloutRequest
+
+    spec = _policy_spec(args.policy, args.horizon)  # fail on a bad policy before starting Ray
+    ray.init(address=args.address, include_dashboard=False, log_to_driver=False) if args.address else \
+        ray.init(include_dashboard=False, log_to_driver=False)
+    pool = RolloutPool(args.model, workers=args.workers, envs_per_worker=args.envs_per_worker,
+                       num_gpus=args.gpus_per_worker, env_kwargs={"decoder": args.decoder, "mode": args.mode,
+                                                                   "max_episode_steps": args.horizon})
+    t0 = time.perf_counter()
+    n = pool.run_to_store(RolloutRequest(args.episodes, args.horizon, seed=args.seed, policy=spec), args.out,
+                          progress=not args.quiet)
+    from wfm_sim.datasets.store import EpisodeReader
+
+    frames = EpisodeReader(args.out).num_steps
+    print(f"wrote {n} imagined episodes ({frames} steps) to {args.out} in {time.perf_counter() - t0:.1f} s "
+          f"with {args.workers} workers")
+    pool.shutdown()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from wfm_sim.datasets.sources import SOURCES
 
@@ -125,6 +186,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", default="auto")
     e.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
     e.set_defaults(func=_evaluate)
+    dm = sub.add_parser("demo", help="imagined multi-camera drive with the shipped model: mp4 + PNG + frames/s")
+    dm.add_argument("--model", default="driving", help="shipped model name or folder (default: driving)")
+    dm.add_argument("--steps", type=int, default=48)
+    dm.add_argument("--envs", type=int, default=2)
+    dm.add_argument("--out", default="demo")
+    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--decoder", default="token", choices=["token", "diffusion"])
+    dm.add_argument("--mode", default="parallel", choices=["sequential", "parallel"])
+    dm.add_argument("--device", default="auto")
+    dm.set_defaults(func=_demo)
+
+    ro = sub.add_parser("rollout", help="imagined episodes on Ray workers, streamed into a zarr store")
+    ro.add_argument("--model", default="driving", help="shipped model name or folder (default: driving)")
+    ro.add_argument("--policy", default="random", help="random, driver, a .npy plan (T, A), or a ConvPolicy folder")
+    ro.add_argument("--episodes", type=int, required=True)
+    ro.add_argument("--horizon", type=int, required=True)
+    ro.add_argument("--workers", type=int, default=2, help="model replicas (Ray actors)")
+    ro.add_argument("--envs-per-worker", type=int, default=8)
+    ro.add_argument("--gpus-per-worker", type=float, default=0.0, help="0 = CPU; 0.25 = four replicas per GPU")
+    ro.add_argument("--out", required=True)
+    ro.add_argument("--seed", type=int, default=0)
+    ro.add_argument("--decoder", default="token", choices=["token", "diffusion"])
+    ro.add_argument("--mode", default="parallel", choices=["sequential", "parallel"])
+    ro.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster); default: local")
+    ro.add_argument("--quiet", action="store_true")
+    ro.set_defaults(func=_rollout)
     return p
 
 
