@@ -111,6 +111,7 @@ class ImaginedVectorEnv(VectorEnv):
         self._steps = np.zeros(n, dtype=np.int64)
         self._done = np.zeros(n, dtype=bool)
         self._reset_once = False
+        self._row_context: dict[int, tuple] = {}  # caller contexts, reused by autoresets
         self._row_rngs = [np.random.default_rng(i) for i in range(n)]
 
     # ----------------------------------------------------------------- spaces
@@ -163,6 +164,11 @@ class ImaginedVectorEnv(VectorEnv):
         if "prompt" in options:
             return self._reset_from_prompt(rows, options, seeds)
         frames, actions, origin = batch_context(self, rows, options)
+        for j, i in enumerate(rows):  # remember caller contexts; dataset contexts are re-drawn
+            if "frames" in options:
+                self._row_context[int(i)] = ("frames", frames[j].numpy(), actions[j].numpy())
+            else:
+                self._row_context.pop(int(i), None)
         t_rows = torch.as_tensor(rows, device=self.model.device)
         tokens = self.model.encode(frames)  # (r, C', V, g, g)
         k = self.cfg.backbone.action_group
@@ -174,6 +180,15 @@ class ImaginedVectorEnv(VectorEnv):
         self._steps[rows] = 0
         self._done[rows] = False
         return {"context": np.asarray(origin, dtype=object), "_context": np.isin(np.arange(self.num_envs), rows)}
+
+    def _context_options(self, rows: np.ndarray) -> dict:
+        """Reset options for autoresetting ``rows``: each row's last caller context, if it had one."""
+        ctx = [self._row_context.get(int(i)) for i in rows]
+        if any(c is None for c in ctx):
+            return {}
+        if ctx[0][0] == "prompt":
+            return {"prompt": [c[1] for c in ctx]}
+        return {"frames": np.stack([c[1] for c in ctx]), "actions": np.stack([c[2] for c in ctx])}
 
     def _reset_from_prompt(self, rows: np.ndarray, options: dict, seeds: list[int] | None) -> dict:
         if self.text_encoder is None:
@@ -191,6 +206,8 @@ class ImaginedVectorEnv(VectorEnv):
         self._im.text_mask[t_rows, :s] = mask.to(self.model.device)
         if seeds is None:
             seeds = [int(self._row_rngs[i].integers(2**31)) for i in rows]
+        for i, p in zip(rows, prompts):
+            self._row_context[int(i)] = ("prompt", p)
         frame0 = self._im.reset_from_text(t_rows, seeds)
         c = self.cfg
         tokens = frame0.view(len(rows), 1, len(self.cameras), c.tokenizer.grid, c.tokenizer.grid)
@@ -215,7 +232,7 @@ class ImaginedVectorEnv(VectorEnv):
             raise RuntimeError(f"sub-envs {np.flatnonzero(self._done).tolist()} ended; reset them with "
                                "reset(options={'reset_mask': mask}) before stepping (autoreset_mode=DISABLED)")
         if to_reset.size:
-            infos.update(self._reset_rows(to_reset, {}, None))
+            infos.update(self._reset_rows(to_reset, self._context_options(to_reset), None))
         rows = np.setdiff1d(np.arange(n), to_reset)
         if rows.size:
             out = self._advance(rows, act[torch.as_tensor(rows, device=act.device)])
@@ -237,7 +254,7 @@ class ImaginedVectorEnv(VectorEnv):
             final = self._obs_all()
             infos["final_obs"] = np.array([self._index_obs(final, i) if i in ended else None for i in range(n)], dtype=object)
             infos["_final_obs"] = self._done.copy()
-            infos.update(self._reset_rows(ended, {}, None))
+            infos.update(self._reset_rows(ended, self._context_options(ended), None))
             self._done[:] = False
         return self._obs_all(), reward, terminated, truncated, infos
 

@@ -158,6 +158,15 @@ def test_caller_context_frames_and_actions(tiny_model_dir):
         env.reset()
 
 
+def test_autoreset_reuses_the_callers_context(tiny_model_dir):
+    env = ImaginedVectorEnv(2, str(tiny_model_dir), max_episode_steps=1)
+    frames = np.random.default_rng(1).integers(0, 255, (2, 1, 1, 16, 16, 3), dtype=np.uint8)  # one context per env
+    env.reset(seed=0, options={"frames": frames})
+    env.step(np.zeros((2, 3), np.float32))  # truncates both (max_episode_steps=1)
+    obs, *_ = env.step(np.zeros((2, 3), np.float32))  # NEXT_STEP autoreset from each env's own context
+    assert np.array_equal(obs, frames[:, -1, 0])
+
+
 def test_missing_camera_in_context_is_named(tmp_path):
     model = WorldModel(preset("tiny", cameras=("CAM_FRONT", "CAM_BACK")))
     env = ImaginedEnv(model=model)

@@ -1,0 +1,65 @@
+"""Ray rollout throughput for 1 and 2 workers, and model memory per preset (to size replicas).
+
+    python benchmarks/bench_rollout.py [--model driving] [--episodes 8] [--horizon 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from common import emit, machine
+
+
+def memory_rows() -> list[dict]:
+    """Parameter bytes (bf16 and fp32) and KV-cache bytes per imagined env for each preset."""
+    from wfm_sim.models import WorldModel, preset
+
+    rows = []
+    for name, cams in (("small", 1), ("small-mv", 4), ("base", 6), ("large", 6)):
+        cfg = preset(name, cameras=tuple(f"CAM_{i}" for i in range(cams)))
+        with torch.device("meta"):
+            m = WorldModel(cfg)
+        params = sum(p.numel() for p in m.parameters())
+        bb = cfg.backbone
+        kv = bb.depth * bb.max_len * bb.kv_heads * (bb.dim // bb.heads) * 2 * 2  # bf16 k and v
+        rows.append({"preset": name, "cameras": cams, "params_M": params / 1e6, "weights_GiB_bf16": params * 2 / 2**30,
+                     "kv_cache_MiB_per_env": kv / 2**20, "tokens_per_step": bb.frame_tokens})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="driving")
+    ap.add_argument("--episodes", type=int, default=8)
+    ap.add_argument("--horizon", type=int, default=8)
+    ap.add_argument("--envs-per-worker", type=int, default=4)
+    args = ap.parse_args()
+    import ray
+
+    from wfm_sim.rollout import RolloutPool, RolloutRequest
+
+    info = machine()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    rows = []
+    for workers in (1, 2):
+        pool = RolloutPool(args.model, workers=workers, envs_per_worker=args.envs_per_worker, num_cpus=1)
+        req = RolloutRequest(args.episodes, args.horizon, seed=0)
+        pool.run(RolloutRequest(workers, 2, seed=999))  # warm-up
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            pool.run_to_store(req, f"{tmp}/r.zarr", progress=False)
+        dt = time.perf_counter() - t0
+        cams = len(pool.info()[0] and ray.get(pool.workers[0].spec.remote())["cameras"])
+        rows.append({"workers": workers, "episodes": args.episodes, "steps": args.episodes * args.horizon,
+                     "env_steps_s": args.episodes * args.horizon / dt, "frames_s": args.episodes * args.horizon * cams / dt})
+        pool.shutdown()
+    emit(f"ray rollouts ({args.model})", rows, info)
+    emit("model memory per preset", memory_rows(), info)
+
+
+if __name__ == "__main__":
+    main()
