@@ -37,9 +37,11 @@ def test_one_euler_step_is_one_denoiser_call():
     tokens = torch.randint(0, 64, (2, 4, 4))
     frames = torch.rand(2, 3, 16, 16) * 2 - 1
     out = dec.sample(tokens, frames, frames, steps=1, generator=torch.Generator().manual_seed(1))
-    x = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(1)) * 80.0
-    ref = dec.denoise(x, torch.full((2,), 80.0), dec.cond(tokens, frames, frames))[0].clamp(-1, 1)
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)  # x - (x - D) cancels |x| ~ 80
+    smax = dec.cfg.sigma_max
+    x = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(1)) * smax
+    residual = dec.denoise(x, torch.full((2,), smax), dec.cond(tokens, frames, frames))[0]
+    ref = (residual + frames).clamp(-1, 1)  # the decoder diffuses frame - prev
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)  # x - (x - D) cancels |x| ~ sigma_max
 
 
 def test_per_row_generators_make_rows_independent():
@@ -70,6 +72,24 @@ def test_decoder_learns_a_fixed_batch():
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
 
 
+def test_residual_decoder_keeps_a_static_frame():
+    """Trained on frames that do not move, it returns the previous frame nearly exactly."""
+    torch.manual_seed(0)
+    dec = DiffusionDecoder(CFG)
+    opt = torch.optim.Adam(dec.parameters(), lr=2e-3)
+    tokens = torch.randint(0, 64, (8, 4, 4))
+    frames = torch.rand(8, 3, 16, 16) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        out = dec(frames, tokens, frames, frames, generator=g)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    sample = dec.sample(tokens, frames, frames, steps=1, generator=torch.Generator().manual_seed(1))
+    mse = ((sample - frames) ** 2).mean() / 4
+    assert -10 * torch.log10(mse) > 35  # dB on the [0, 1] scale
+
+
 def test_missing_conditioning_is_named():
     dec = DiffusionDecoder(CFG)
     with pytest.raises(ValueError, match="prev"):
@@ -78,3 +98,5 @@ def test_missing_conditioning_is_named():
         dec.cond(torch.zeros(1, 5, 5, dtype=torch.long), None, None)
     with pytest.raises(ValueError, match="sampler"):
         DecoderConfig(sampler="ddim")
+    with pytest.raises(ValueError, match="predict_residual"):
+        DecoderConfig(cond_prev_frame=False)

@@ -44,11 +44,16 @@ class DecoderConfig:
     """Also condition on the tokenizer's decode of the tokens."""
     cond_prev_frame: bool = True
     """Also condition on the previous frame."""
+    predict_residual: bool = True
+    """Diffuse ``frame - prev`` instead of the frame (needs cond_prev_frame): what does not move
+    is an exact zero target, so static pixels are kept exactly instead of re-synthesised."""
     sigma_data: float = 0.5
     p_mean: float = -0.4
     p_std: float = 1.2
     sigma_min: float = 0.002
-    sigma_max: float = 80.0
+    sigma_max: float = 5.0
+    """Where sampling starts. Few-step samplers need it inside the training distribution of
+    sigma (log-normal p_mean, p_std): DIAMOND uses 5. Cosmos' 80 suits its 15-35 steps."""
     rho: float = 7.0
     steps: int = 3
     """Default sampler steps."""
@@ -64,6 +69,8 @@ class DecoderConfig:
             raise ValueError("need 0 < sigma_min < sigma_max")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.predict_residual and not self.cond_prev_frame:
+            raise ValueError("predict_residual needs cond_prev_frame=True (the residual is relative to it)")
 
 
 def edm_scalings(sigma: torch.Tensor, sigma_data: float):
@@ -190,7 +197,7 @@ class DiffusionDecoder(nn.Module):
     def forward(self, frames, tokens, token_decode=None, prev=None, generator=None) -> LossAndLogs:
         """EDM training loss for ``(b, 3, H, W)`` target frames in [-1, 1]."""
         c = self.cfg
-        x0 = frames.float()
+        x0 = frames.float() - (prev.float() if c.predict_residual else 0.0)
         b = x0.shape[0]
         sigma = (c.p_mean + c.p_std * torch.randn(b, device=x0.device, generator=generator)).exp()
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
@@ -227,4 +234,6 @@ class DiffusionDecoder(nn.Module):
                 d2 = (x_next - self.denoise(x_next, s_next.expand(b), cond)[0]) / s_next
                 x_next = x + (s_next - s) * (d + d2) / 2
             x = x_next
+        if c.predict_residual:
+            x = x + prev.float()
         return x.clamp(-1, 1)
