@@ -47,3 +47,6 @@ def test_cli_collect_and_info(tmp_path, capsys):
     assert summary["episodes"] == 2 and summary["frames"] == 6 and summary["cameras"] == ["CAM_TOP"]
     assert (tmp_path / "sheet.png").stat().st_size > 1000
     assert main(["collect", "carracing", "--episodes", "1", "--out", str(out), "--policy", "nope", "--quiet"]) == 2
+    capsys.readouterr()
+    assert main(["dataset", "merge", str(out), str(out), "--out", str(tmp_path / "m.zarr"), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 2  # the same store twice is merged once

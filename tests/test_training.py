@@ -99,3 +99,16 @@ def test_bad_data_errors(tmp_path, square_store):
         train(_cfg(wide, tmp_path / "m", "backbone", steps=1))
     with pytest.raises(StoreError, match="px frames"):
         train(_cfg(square_store, tmp_path / "s", "tokenizer", preset="small"))
+
+
+def test_two_components_can_share_a_model_folder(tmp_path, square_store):
+    """A backbone trainer saving must not overwrite the decoder another trainer just saved."""
+    out = tmp_path / "m"
+    train(_cfg(square_store, out, "tokenizer", steps=1))
+    bb = train.__globals__["open_model"](_cfg(square_store, out, "backbone"))  # stale copy held by one trainer
+    train(_cfg(square_store, out, "decoder", steps=2))
+    decoder_on_disk = WorldModel.from_pretrained(out, device="cpu").decoder.state_dict()
+    train.__globals__["save_component"](bb, out, "backbone")
+    after = WorldModel.from_pretrained(out, device="cpu")
+    assert all(torch.equal(after.decoder.state_dict()[k], v) for k, v in decoder_on_disk.items())
+    assert all(torch.equal(after.backbone.state_dict()[k], v) for k, v in bb.backbone.state_dict().items())

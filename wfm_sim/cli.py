@@ -25,6 +25,14 @@ def _dataset_info(args) -> None:
         print(f"contact sheet: {dataset_sheet(reader, args.sheet, episodes=args.sheet_episodes)}")
 
 
+def _dataset_merge(args) -> None:
+    from wfm_sim.datasets.store import EpisodeReader, merge_stores
+
+    added = merge_stores(args.sources, args.out, progress=not args.quiet)
+    r = EpisodeReader(args.out)
+    print(json.dumps({"added_episodes": added, "episodes": r.num_episodes, "frames": r.num_steps}))
+
+
 def _train(args) -> None:
     from wfm_sim.training.loop import TrainConfig, train
 
@@ -149,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--sheet", default=None, help="write a contact sheet PNG here")
     info.add_argument("--sheet-episodes", type=int, default=3, help="episodes shown on the sheet")
     info.set_defaults(func=_dataset_info)
+    merge = dsub.add_parser("merge", help="append the episodes of several stores (e.g. one per Ray actor) to one")
+    merge.add_argument("sources", nargs="+", help="stores to merge, in order")
+    merge.add_argument("--out", required=True, help="destination store (created or appended to)")
+    merge.add_argument("--quiet", action="store_true")
+    merge.set_defaults(func=_dataset_merge)
     t = sub.add_parser("train", help="train one component (tokenizer, then backbone, then decoder)")
     t.add_argument("component", choices=["tokenizer", "backbone", "decoder"])
     t.add_argument("--data", required=True, help="episode store to train on")

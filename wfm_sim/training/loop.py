@@ -230,5 +230,29 @@ def evaluate(task, batches: list, device) -> dict:
 
 
 def _save(model, module, opt, step, state_dir, out, cfg) -> None:
-    model.save_pretrained(out)
+    save_component(model, out, cfg.component)
     save_train_state(state_dir, module, opt, step, {"config": asdict(cfg)})
+
+
+def save_component(model: WorldModel, out: Path, component: str) -> None:
+    """Write ``component``'s weights and config section into the model folder, keeping the other
+    components as they are on disk: trainers of different components may share one folder."""
+    import fcntl
+
+    from wfm_sim import checkpoint as ckpt
+    from wfm_sim.models.world_model import FORMAT
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "model.safetensors").is_file():
+            model.save_pretrained(out)
+            return
+        state = ckpt.load_tensors(out / "model.safetensors")
+        prefix = component + "."
+        mine = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+        state = {k: v for k, v in state.items() if not k.startswith(prefix)} | mine
+        meta = ckpt.read_json(out / "config.json", FORMAT)
+        meta["config"][component] = ckpt.to_dict(getattr(model.cfg, component))
+        ckpt.save_tensors(out / "model.safetensors", state, {"format": FORMAT})
+        ckpt.atomic_write_json(out / "config.json", meta)

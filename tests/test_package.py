@@ -1,0 +1,35 @@
+"""Packaging: envs/, policies/, datasets/ install inside wfm_sim (never as top-level names)."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IMPORTS = "import wfm_sim.envs, wfm_sim.datasets, wfm_sim.policies, wfm_sim.rollout, gymnasium as gym; " \
+          "assert 'wfm_sim/Driving-v0' in gym.registry; import importlib.util as u; " \
+          "assert u.find_spec('wfm_sim.datasets').origin.endswith('__init__.py')"
+
+
+def test_installed_package_imports_from_outside_the_repo(tmp_path):
+    out = subprocess.run([sys.executable, "-c", IMPORTS], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_wheel_has_only_the_wfm_sim_top_level_package(tmp_path):
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT),
+                            "-w", str(tmp_path)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    wheel = next(tmp_path.glob("*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"wfm_sim", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
+    for sub in ("envs", "datasets", "policies"):
+        assert f"wfm_sim/{sub}/__init__.py" in names
+    target = tmp_path / "site"
+    inst = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                          capture_output=True, text=True)
+    assert inst.returncode == 0, inst.stderr
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", IMPORTS + "; import wfm_sim; assert wfm_sim.__file__.startswith(%r)" % str(target)],
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
