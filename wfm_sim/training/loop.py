@@ -151,9 +151,10 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     state_dir = out / "train_state" / cfg.component
-    step = 0
+    step, elapsed0 = 0, 0.0
     if cfg.resume and (state_dir / "state.json").is_file():
-        step, _ = load_train_state(state_dir, module, opt)
+        step, extra = load_train_state(state_dir, module, opt)
+        elapsed0 = float(extra.get("elapsed_s", 0.0))
     elif cfg.component == "backbone":  # a fresh backbone learns rewards in units of this data's scale
         bb = replace(model.cfg.backbone, reward_scale=reward_scale(EpisodeReader(cfg.data)))
         model.cfg = replace(model.cfg, backbone=bb)
@@ -185,7 +186,7 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
         seen += batch.reward.shape[0] * world
         rate = seen / (time.perf_counter() - t0)
         last = {"step": step, "loss": res.loss.item(), "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"],
-                "samples_per_s": rate, **res.logs}
+                "samples_per_s": rate, "elapsed_s": elapsed0 + time.perf_counter() - t0, "time": time.time(), **res.logs}
         if rank == 0:
             bar.update(1)
             bar.set_postfix(loss=f"{last['loss']:.4f}", sps=f"{rate:.1f}")
@@ -195,7 +196,7 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"component": cfg.component, **last}) + "\n")
             if step % cfg.save_every == 0 or step == cfg.steps:
-                _save(model, module, opt, step, state_dir, out, cfg)
+                _save(model, module, opt, step, state_dir, out, cfg, last["elapsed_s"])
     bar.close()
     return last
 
@@ -229,9 +230,9 @@ def evaluate(task, batches: list, device) -> dict:
     return out
 
 
-def _save(model, module, opt, step, state_dir, out, cfg) -> None:
+def _save(model, module, opt, step, state_dir, out, cfg, elapsed: float) -> None:
     save_component(model, out, cfg.component)
-    save_train_state(state_dir, module, opt, step, {"config": asdict(cfg)})
+    save_train_state(state_dir, module, opt, step, {"config": asdict(cfg), "elapsed_s": elapsed})
 
 
 def save_component(model: WorldModel, out: Path, component: str) -> None:
