@@ -1,0 +1,70 @@
+"""Model cards: what a shipped model was trained on, how, for how long, and how well it does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from wfm_sim.models.world_model import WorldModel
+
+
+def _last_lines(path: Path) -> tuple[dict, dict]:
+    """Last training line and last line with held-out metrics of a metrics.jsonl."""
+    last, val = {}, {}
+    for line in path.read_text().splitlines():
+        d = json.loads(line)
+        last = d
+        if any(k.startswith("val/") for k in d):
+            val = d
+    return last, val
+
+
+def training_summary(run: Path) -> dict:
+    out = {}
+    for comp in ("tokenizer", "backbone", "decoder"):
+        path = run / "train_state" / comp / "metrics.jsonl"
+        if path.is_file():
+            last, val = _last_lines(path)
+            state = json.loads((run / "train_state" / comp / "state.json").read_text())
+            out[comp] = {"steps": last.get("step"), "elapsed_s": state.get("extra", {}).get("elapsed_s"),
+                         "config": state.get("extra", {}).get("config", {}),
+                         "held_out": {k[4:]: round(v, 4) for k, v in val.items() if k.startswith("val/")}}
+    return out
+
+
+def model_card(model: WorldModel, name: str, data: dict, training: dict, report: dict, commands: list[str]) -> str:
+    c = model.cfg
+    n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    lines = [f"# {name}", "", f"World model of `{c.source_env}` ({', '.join(c.cameras)}; {c.tokenizer.image_size}x"
+             f"{c.tokenizer.image_size} frames at {c.fps:g} Hz), trained by wfm_sim on CPU.", "",
+             "## Architecture", "",
+             f"- tokenizer: {n(model.tokenizer):.2f}M params, {c.tokenizer.grid}x{c.tokenizer.grid} tokens per view, "
+             f"FSQ {list(c.tokenizer.levels)} ({c.tokenizer.vocab_size} codes)",
+             f"- backbone: {n(model.backbone):.2f}M params, width {c.backbone.dim}, depth {c.backbone.depth}, "
+             f"context {c.backbone.max_frames} frames x {c.backbone.block} positions",
+             f"- diffusion decoder: {n(model.decoder):.2f}M params, residual on the previous frame, "
+             f"{c.decoder.steps} Euler step(s) by default" if model.decoder is not None else "- no diffusion decoder",
+             "", "## Data", "", "```", json.dumps(data, indent=2), "```", "", "## Training", "", "```", *commands, "```", ""]
+    for comp, t in training.items():
+        mins = (t["elapsed_s"] or 0) / 60
+        lines.append(f"- {comp}: {t['steps']} steps, {mins:.0f} min wall time; held-out: "
+                     + ", ".join(f"{k} {v}" for k, v in t["held_out"].items()))
+    lines += ["", "## Open-loop fidelity (held-out episodes)", "",
+              f"{report['windows']} windows, context {report['context_frames']} frames, horizon {report['horizon']}, "
+              f"sampling {report['sampling']}, parallel decoding in {report['parallel_steps']} steps.", "",
+              "| method | " + " | ".join(f"PSNR@{h}" for h in range(1, report["horizon"] + 1)) + " |",
+              "| --- |" + " --- |" * report["horizon"]]
+    for k, r in report["results"].items():
+        lines.append(f"| {k} | " + " | ".join(f"{v:.2f}" for v in r["psnr_mean"]) + " |")
+    lines += ["", "| method | " + " | ".join(f"SSIM@{h}" for h in range(1, report["horizon"] + 1)) + " |",
+              "| --- |" + " --- |" * report["horizon"]]
+    for k, r in report["results"].items():
+        lines.append(f"| {k} | " + " | ".join(f"{v:.3f}" for v in r["ssim_mean"]) + " |")
+    lines += ["", "Controllability (mean PSNR with true minus shuffled actions): "
+              + ", ".join(f"{k} {v:+.2f} dB" for k, v in report["controllability_delta_psnr"].items()), "",
+              "Decoding real frames from their own tokens: "
+              + ", ".join(f"{k} {v['psnr']:.2f} dB / SSIM {v['ssim']:.3f}" for k, v in report["decoder_reconstruction"].items()),
+              "", "Heads along the rollout: " + ", ".join(
+                  f"{k}: " + ", ".join(f"{m} {r[m]:.3f}" for m in ("reward_mae", "terminated_acc", "success_acc") if m in r)
+                  for k, r in report["results"].items() if "reward_mae" in r), ""]
+    return "\n".join(lines)
