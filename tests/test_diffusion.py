@@ -55,20 +55,26 @@ def test_per_row_generators_make_rows_independent():
     torch.testing.assert_close(both[1:2], alone, atol=1e-5, rtol=0)
 
 
-def test_decoder_learns_a_fixed_batch():
-    torch.manual_seed(0)
-    dec = DiffusionDecoder(CFG)
+def _fit(dec, tokens, frames, token_decode, prev, iters):
+    """Adam on one fixed batch; returns the EDM mse of every iteration."""
     opt = torch.optim.Adam(dec.parameters(), lr=2e-3)
-    tokens = torch.randint(0, 64, (8, 4, 4))
-    frames = torch.rand(8, 3, 16, 16) * 2 - 1
     g = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(60):
-        out = dec(frames, tokens, frames * 0.5, frames.roll(1, 0), generator=g)
+    for _ in range(iters):
+        out = dec(frames, tokens, token_decode, prev, generator=g)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
         losses.append(out.logs["edm_mse"])
+    return losses
+
+
+def test_decoder_learns_a_fixed_batch():
+    torch.manual_seed(0)
+    dec = DiffusionDecoder(CFG)
+    tokens = torch.randint(0, 64, (8, 4, 4))
+    frames = torch.rand(8, 3, 16, 16) * 2 - 1
+    losses = _fit(dec, tokens, frames, frames * 0.5, frames.roll(1, 0), 60)
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
 
 
@@ -76,15 +82,9 @@ def test_residual_decoder_keeps_a_static_frame():
     """Trained on frames that do not move, it returns the previous frame nearly exactly."""
     torch.manual_seed(0)
     dec = DiffusionDecoder(CFG)
-    opt = torch.optim.Adam(dec.parameters(), lr=2e-3)
     tokens = torch.randint(0, 64, (8, 4, 4))
     frames = torch.rand(8, 3, 16, 16) * 2 - 1
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        out = dec(frames, tokens, frames, frames, generator=g)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
+    _fit(dec, tokens, frames, frames, frames, 150)
     sample = dec.sample(tokens, frames, frames, steps=1, generator=torch.Generator().manual_seed(1))
     mse = ((sample - frames) ** 2).mean() / 4
     assert -10 * torch.log10(mse) > 35  # dB on the [0, 1] scale
