@@ -184,3 +184,18 @@ def test_config_mismatch_is_reported():
 
 def test_imagination_is_the_rollout_type(tiny_model):
     assert isinstance(tiny_model.imagine(1), Imagination)
+
+
+@pytest.mark.parametrize("storage,atol", [("bf16", 2e-2), ("int8", 3e-2)])
+def test_compact_storage_round_trip_is_close(tiny_model, tmp_path, storage, atol):
+    d = tiny_model.save_pretrained(tmp_path / storage, storage=storage)
+    full = tiny_model.save_pretrained(tmp_path / "fp32")
+    assert (d / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    loaded = WorldModel.from_pretrained(d, device="cpu", precision="fp32")
+    a, b = tiny_model.state_dict(), loaded.state_dict()
+    for k in a:
+        if a[k].is_floating_point():
+            rel = (a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-8)
+            assert rel < atol, (k, float(rel))
+        else:
+            assert torch.equal(a[k], b[k])

@@ -82,6 +82,46 @@ def read_json(path: Path, fmt: str) -> dict:
     return obj
 
 
+STORAGES = ("fp32", "bf16", "int8")
+SCALE_SUFFIX = ".__int8_scale"
+
+
+def pack_state(state: dict[str, torch.Tensor], storage: str) -> dict[str, torch.Tensor]:
+    """Cast weights for storage: fp32, bf16, or int8 weight-only quantisation of every matrix /
+    conv kernel / embedding with >= 1024 entries (symmetric, one fp32 scale per output channel)
+    with the remaining small float tensors (norms, biases) in bf16. Non-float tensors stay as is."""
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+    out = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if not v.is_floating_point() or storage == "fp32":
+            out[k] = v
+        elif storage == "bf16":
+            out[k] = v.to(torch.bfloat16)
+        elif v.ndim >= 2 and v.numel() >= 1024:
+            flat = v.float().reshape(v.shape[0], -1)
+            scale = flat.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+            out[k] = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(v.shape)
+            out[k + SCALE_SUFFIX] = scale
+        else:
+            out[k] = v.to(torch.bfloat16)
+    return out
+
+
+def unpack_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`pack_state` (int8 entries are dequantised to fp32)."""
+    out = {}
+    for k, v in tensors.items():
+        if k.endswith(SCALE_SUFFIX):
+            continue
+        scale = tensors.get(k + SCALE_SUFFIX)
+        if scale is not None:
+            v = (v.float().reshape(v.shape[0], -1) * scale[:, None]).reshape(v.shape)
+        out[k] = v.float() if v.is_floating_point() else v
+    return out
+
+
 def to_dict(cfg: Any) -> Any:
     """Dataclass tree -> JSON-ready dict (tuples become lists)."""
     if dataclasses.is_dataclass(cfg):
