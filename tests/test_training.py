@@ -112,3 +112,29 @@ def test_two_components_can_share_a_model_folder(tmp_path, square_store):
     after = WorldModel.from_pretrained(out, device="cpu")
     assert all(torch.equal(after.decoder.state_dict()[k], v) for k, v in decoder_on_disk.items())
     assert all(torch.equal(after.backbone.state_dict()[k], v) for k, v in bb.backbone.state_dict().items())
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path, square_store):
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        from wfm_sim.training.loop import TrainConfig, train
+        print(train(TrainConfig("tokenizer", {str(square_store)!r}, {str(tmp_path / 'm')!r}, preset="tiny", steps=100000,
+                                batch_size=2, save_every=100000, eval_every=100000, progress=False, num_workers=0)),
+              flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    log = tmp_path / "m" / "train_state" / "tokenizer" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not log.is_file() and time.time() < deadline:  # first line at step 10
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "stopped_early" in out
+    state = json.loads((tmp_path / "m" / "train_state" / "tokenizer" / "state.json").read_text())
+    assert state["step"] >= 10

@@ -170,6 +170,7 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.component}", disable=not (cfg.progress and rank == 0))
     last: dict = {}
     t0, seen = time.perf_counter(), 0
+    stop = _StopFlag()
     for batch in loader:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
@@ -195,10 +196,37 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
             if step % 10 == 0 or step == cfg.steps or "val/loss" in last:
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"component": cfg.component, **last}) + "\n")
-            if step % cfg.save_every == 0 or step == cfg.steps:
+            if step % cfg.save_every == 0 or step == cfg.steps or stop.requested:
                 _save(model, module, opt, step, state_dir, out, cfg, last["elapsed_s"])
+        if stop.requested:
+            last["stopped_early"] = True
+            break
+    stop.restore()
     bar.close()
     return last
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT ask the loop to finish its step, checkpoint and return (preemption-safe)."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested = False
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def _val_batches(task, cfg: TrainConfig) -> list:
