@@ -14,8 +14,33 @@ import torch
 from common import emit, machine
 
 
+MEASURE = """
+import resource, sys, numpy as np, torch
+from wfm_sim.envs import ImaginedVectorEnv
+from wfm_sim.models import WorldModel, preset
+name, cams, envs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model = WorldModel(preset(name, cameras=tuple(f"CAM_{i}" for i in range(cams)))).setup("cpu", "fp32")
+env = ImaginedVectorEnv(envs, model)
+s = model.cfg.tokenizer.image_size
+env.reset(seed=0, options={"frames": np.zeros((1, cams, s, s, 3), np.uint8)})
+env.step(np.zeros((envs, 3), np.float32))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def measured_mib(name: str, cams: int, envs: int) -> float:
+    """Peak resident memory (MiB) added by one replica with ``envs`` imagined envs after a step."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MEASURE, name, str(cams), str(envs)], capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else float("nan")
+
+
 def memory_rows() -> list[dict]:
-    """Parameter bytes (bf16 and fp32) and KV-cache bytes per imagined env for each preset."""
+    """Parameters, bf16 weight bytes and KV-cache bytes per imagined env for each preset; for the
+    CPU presets also the measured peak memory of a replica with 16 envs after one step."""
     from wfm_sim.models import WorldModel, preset
 
     rows = []
@@ -27,7 +52,8 @@ def memory_rows() -> list[dict]:
         bb = cfg.backbone
         kv = bb.depth * bb.max_len * bb.kv_heads * (bb.dim // bb.heads) * 2 * 2  # bf16 k and v
         rows.append({"preset": name, "cameras": cams, "params_M": params / 1e6, "weights_GiB_bf16": params * 2 / 2**30,
-                     "kv_cache_MiB_per_env": kv / 2**20, "tokens_per_step": bb.frame_tokens})
+                     "kv_cache_MiB_per_env": kv / 2**20, "tokens_per_step": bb.frame_tokens,
+                     "measured_MiB_16_envs": measured_mib(name, cams, 16) if name.startswith("small") else float("nan")})
     return rows
 
 
