@@ -1,0 +1,69 @@
+"""Metrics, pictures, camera clipping and simple policies."""
+
+import numpy as np
+import pytest
+import torch
+
+from wfm_sim.datasets.car_cameras import _clip_near
+from wfm_sim.evaluation.metrics import psnr, ssim
+from wfm_sim.policies import PlanPolicy, RandomPolicy, RoadCentroidDriver
+from wfm_sim.viz import contact_sheet, mosaic, read_mp4, write_mp4
+
+
+def test_psnr_and_ssim_identities():
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    assert torch.allclose(psnr(a, a), torch.full((3,), 100.0))
+    assert torch.allclose(ssim(a, a), torch.ones(3), atol=1e-5)
+    noisy = (a.int() + torch.from_numpy(rng.integers(-20, 21, a.shape))).clamp(0, 255).to(torch.uint8)
+    very = (a.int() + torch.from_numpy(rng.integers(-80, 81, a.shape))).clamp(0, 255).to(torch.uint8)
+    assert (psnr(a, noisy) > psnr(a, very)).all() and (ssim(a, noisy) > ssim(a, very)).all()
+    # PSNR of a constant offset of 16 levels: 20 log10(255 / 16).
+    off = (a.int().clamp(0, 239) + 16).to(torch.uint8)
+    base = a.clamp(0, 239)
+    assert float(psnr(base, off)[0]) == pytest.approx(20 * np.log10(255 / 16), abs=1e-3)
+
+
+def test_mp4_round_trip_and_mosaic(tmp_path):
+    frames = [np.full((16, 24, 3), 10 * i, np.uint8) for i in range(5)]
+    write_mp4(tmp_path / "v.mp4", frames, fps=5)
+    back = read_mp4(tmp_path / "v.mp4")
+    assert len(back) == 5 and back[0].shape == (16, 24, 3)
+    assert abs(int(back[3].mean()) - 30) <= 3
+    m = mosaic({"A": frames[1], "B": frames[2], "C": frames[3], "D": frames[4]})
+    assert m.shape == (2 * 16 + 1, 2 * 24 + 1, 3)
+    sheet = contact_sheet([[frames[0], frames[1]], [frames[2], frames[3]]], ["row 0", "row 1"])
+    assert sheet.ndim == 3 and sheet.shape[1] >= 2 * 24 * 2
+
+
+def test_near_plane_clipping():
+    square = np.array([[-1.0, -1.0], [3.0, -1.0], [3.0, 1.0], [-1.0, 1.0]])  # forward, left
+    clipped = _clip_near(square, 0.5)
+    assert clipped[:, 0].min() == pytest.approx(0.5) and clipped[:, 0].max() == pytest.approx(3.0)
+    assert len(_clip_near(square - [10, 0], 0.5)) == 0
+
+
+def test_road_driver_steers_toward_the_road():
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[..., 1] = 200  # grass
+    img[32:, 44:60] = 105  # grey road, lower right
+    steer, gas, brake = RoadCentroidDriver()({"CAM_FRONT": img})
+    assert steer > 0.5 and gas > 0
+    steer_left = RoadCentroidDriver()({"CAM_FRONT": img[:, ::-1]})[0]
+    assert steer_left < -0.5
+    batch = RoadCentroidDriver()({"CAM_FRONT": np.stack([img, img[:, ::-1]])})
+    assert batch.shape == (2, 3) and batch[0, 0] > 0 > batch[1, 0]
+
+
+def test_random_and_plan_policies_are_per_episode():
+    import gymnasium as gym
+
+    space = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32))
+    pol = RandomPolicy(space)
+    a = pol(None, [np.random.default_rng(1), np.random.default_rng(2)])
+    b = pol(None, [np.random.default_rng(2)])
+    assert a.shape == (2, 3) and np.array_equal(a[1], b[0]) and all(space.contains(x) for x in a)
+    plan = PlanPolicy(np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert np.array_equal(plan(None, [None, None], t=1), [[3, 4, 5], [3, 4, 5]])
+    with pytest.raises(IndexError, match="2 steps"):
+        plan(None, [None], t=2)
