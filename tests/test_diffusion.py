@@ -7,7 +7,8 @@ import torch
 
 from wfm_sim.models.diffusion import DecoderConfig, DiffusionDecoder, edm_scalings, karras_sigmas
 
-CFG = DecoderConfig(image_size=16, vocab_size=64, grid=4, base_channels=8, channel_mult=(1, 2), token_embed_dim=4)
+CFG = DecoderConfig(image_size=16, vocab_size=64, grid=4, base_channels=8, channel_mult=(1, 2), token_embed_dim=4,
+                    prev_noise=0.0)
 
 
 def test_edm_scalings_match_the_paper():
@@ -39,8 +40,8 @@ def test_one_euler_step_is_one_denoiser_call():
     out = dec.sample(tokens, frames, frames, steps=1, generator=torch.Generator().manual_seed(1))
     smax = dec.cfg.sigma_max
     x = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(1)) * smax
-    residual = dec.denoise(x, torch.full((2,), smax), dec.cond(tokens, frames, frames))[0]
-    ref = (residual + frames).clamp(-1, 1)  # the decoder diffuses frame - prev
+    residual = dec.denoise(x, torch.full((2,), smax), dec.cond(tokens, frames, frames), torch.zeros(2))[0]
+    ref = (residual + frames).clamp(-1, 1)  # the decoder diffuses frame - token decode
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)  # x - (x - D) cancels |x| ~ sigma_max
 
 
@@ -79,7 +80,7 @@ def test_decoder_learns_a_fixed_batch():
 
 
 def test_residual_decoder_keeps_a_static_frame():
-    """Trained on frames that do not move, it returns the previous frame nearly exactly."""
+    """Trained where frame, previous frame and token decode agree, it returns the frame nearly exactly."""
     torch.manual_seed(0)
     dec = DiffusionDecoder(CFG)
     tokens = torch.randint(0, 64, (8, 4, 4))
@@ -90,6 +91,21 @@ def test_residual_decoder_keeps_a_static_frame():
     assert -10 * torch.log10(mse) > 35  # dB on the [0, 1] scale
 
 
+def test_previous_frame_noise_augmentation_is_used_in_training():
+    dec = DiffusionDecoder(CFG)
+    tokens = torch.randint(0, 64, (4, 4, 4))
+    frames = torch.rand(4, 3, 16, 16) * 2 - 1
+    seen = []
+    orig = dec.cond
+    dec.cond = lambda t, td, prev: seen.append(prev) or orig(t, td, prev)
+    dec(frames, tokens, frames, frames, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(seen[0], frames) and (seen[0] - frames).abs().max() < 1.5
+    dec.cfg = DecoderConfig(**{**vars(CFG), "prev_noise_max": 0.0})
+    seen.clear()
+    dec(frames, tokens, frames, frames, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen[0], frames)
+
+
 def test_missing_conditioning_is_named():
     dec = DiffusionDecoder(CFG)
     with pytest.raises(ValueError, match="prev"):
@@ -98,5 +114,7 @@ def test_missing_conditioning_is_named():
         dec.cond(torch.zeros(1, 5, 5, dtype=torch.long), None, None)
     with pytest.raises(ValueError, match="sampler"):
         DecoderConfig(sampler="ddim")
-    with pytest.raises(ValueError, match="predict_residual"):
-        DecoderConfig(cond_prev_frame=False)
+    with pytest.raises(ValueError, match="residual='prev' needs cond_prev_frame"):
+        DecoderConfig(cond_prev_frame=False, residual="prev")
+    with pytest.raises(ValueError, match="residual must be"):
+        DecoderConfig(residual="prev_frame")

@@ -44,9 +44,16 @@ class DecoderConfig:
     """Also condition on the tokenizer's decode of the tokens."""
     cond_prev_frame: bool = True
     """Also condition on the previous frame."""
-    predict_residual: bool = True
-    """Diffuse ``frame - prev`` instead of the frame (needs cond_prev_frame): what does not move
-    is an exact zero target, so static pixels are kept exactly instead of re-synthesised."""
+    residual: str = "token_decode"
+    """What the decoder diffuses the residual from: 'token_decode' (the tokenizer's decode of
+    the same tokens: recomputed every step, so errors cannot compound through it), 'prev' (the
+    previous frame) or 'none' (diffuse the frame itself)."""
+    prev_noise_max: float = 0.2
+    """Training augmentation: the previous frame is seen with Gaussian noise of a level drawn
+    from U(0, prev_noise_max), embedded beside sigma (GameNGen), so that at inference the
+    decoder treats its own previous outputs as hints rather than truth (no drift)."""
+    prev_noise: float = 0.05
+    """Noise level put on the previous frame at inference."""
     sigma_data: float = 0.5
     p_mean: float = -0.4
     p_std: float = 1.2
@@ -69,8 +76,12 @@ class DecoderConfig:
             raise ValueError("need 0 < sigma_min < sigma_max")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.predict_residual and not self.cond_prev_frame:
-            raise ValueError("predict_residual needs cond_prev_frame=True (the residual is relative to it)")
+        if self.residual not in ("token_decode", "prev", "none"):
+            raise ValueError(f"residual must be 'token_decode', 'prev' or 'none', got {self.residual!r}")
+        if self.residual == "prev" and not self.cond_prev_frame:
+            raise ValueError("residual='prev' needs cond_prev_frame=True (the residual is relative to it)")
+        if self.residual == "token_decode" and not self.cond_token_decode:
+            raise ValueError("residual='token_decode' needs cond_token_decode=True")
 
 
 def edm_scalings(sigma: torch.Tensor, sigma_data: float):
@@ -171,6 +182,7 @@ class DiffusionDecoder(nn.Module):
         self.noise_emb = nn.Sequential(FourierEmbed(emb), nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.unet = UNet(cin, cfg, emb)
         self.uncertainty = nn.Linear(emb, 1)  # u(sigma), EDM2's learned loss weighting
+        self.aug_emb = nn.Sequential(FourierEmbed(emb), nn.Linear(emb, emb)) if cfg.cond_prev_frame else None
 
     def cond(self, tokens: torch.Tensor, token_decode: torch.Tensor | None, prev: torch.Tensor | None) -> torch.Tensor:
         """Conditioning planes ``(b, c, H, W)`` from ``(b, h, w)`` tokens and optional frames."""
@@ -186,22 +198,51 @@ class DiffusionDecoder(nn.Module):
                 planes.append(frame.to(e.dtype))
         return torch.cat(planes, dim=1)
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``D(x; sigma)`` for ``(b, 3, H, W)`` x and ``(b,)`` sigma; also returns ``u(sigma)``."""
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor,
+                aug: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``D(x; sigma)`` for ``(b, 3, H, W)`` x and ``(b,)`` sigma; also returns ``u(sigma)``.
+
+        ``aug`` is the ``(b,)`` noise level on the previous frame in ``cond`` (default 0).
+        """
         sigma = sigma.float()
         c_skip, c_out, c_in, c_noise = (s[:, None, None, None] for s in edm_scalings(sigma, self.cfg.sigma_data))
         emb = self.noise_emb(c_noise.flatten())
+        if self.aug_emb is not None:
+            emb = emb + self.aug_emb(torch.zeros_like(sigma) if aug is None else aug.float())
         f = self.unet(torch.cat(((c_in * x.float()).to(cond.dtype), cond), dim=1), emb.to(cond.dtype))
         return c_skip * x.float() + c_out * f.float(), self.uncertainty(emb).float().flatten()
+
+    def _prev_and_base(self, b: int, device, token_decode, prev, levels, generator):
+        """Noise-augmented previous frame and the residual base for a batch."""
+        c = self.cfg
+        prev_in = None
+        if c.cond_prev_frame:
+            if prev is None:
+                raise ValueError("this diffusion decoder needs prev: the (b, 3, H, W) previous frame")
+            prev_in = prev.float()
+            if bool((levels > 0).any()):
+                noise = self._randn(prev_in.shape, device, generator)
+                prev_in = prev_in + levels[:, None, None, None] * noise
+        base = {"prev": prev_in, "token_decode": None if token_decode is None else token_decode.float(), "none": None}[c.residual]
+        return prev_in, (0.0 if base is None else base)
+
+    @staticmethod
+    def _randn(shape, device, generator):
+        if isinstance(generator, (list, tuple)):  # one generator per row: rows independent of batching
+            return torch.stack([torch.randn(shape[1:], device=device, generator=g) for g in generator])
+        return torch.randn(shape, device=device, generator=generator)
 
     def forward(self, frames, tokens, token_decode=None, prev=None, generator=None) -> LossAndLogs:
         """EDM training loss for ``(b, 3, H, W)`` target frames in [-1, 1]."""
         c = self.cfg
-        x0 = frames.float() - (prev.float() if c.predict_residual else 0.0)
-        b = x0.shape[0]
-        sigma = (c.p_mean + c.p_std * torch.randn(b, device=x0.device, generator=generator)).exp()
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        denoised, u = self.denoise(x0 + sigma[:, None, None, None] * noise, sigma, self.cond(tokens, token_decode, prev))
+        b, dev = frames.shape[0], frames.device
+        levels = torch.rand(b, device=dev, generator=generator) * c.prev_noise_max
+        prev_in, base = self._prev_and_base(b, dev, token_decode, prev, levels, generator)
+        x0 = frames.float() - base
+        sigma = (c.p_mean + c.p_std * torch.randn(b, device=dev, generator=generator)).exp()
+        noise = torch.randn(x0.shape, device=dev, generator=generator)
+        cond = self.cond(tokens, token_decode, prev_in)
+        denoised, u = self.denoise(x0 + sigma[:, None, None, None] * noise, sigma, cond, levels)
         weight = (sigma**2 + c.sigma_data**2) / (sigma * c.sigma_data) ** 2
         mse = ((denoised - x0) ** 2).mean(dim=(1, 2, 3))
         loss = (weight / u.exp() * mse + u).mean()
@@ -217,23 +258,19 @@ class DiffusionDecoder(nn.Module):
         c = self.cfg
         steps = c.steps if steps is None else steps
         sampler = c.sampler if sampler is None else sampler
-        cond = self.cond(tokens, token_decode, prev)
-        b = tokens.shape[0]
-        sigmas = karras_sigmas(steps, c.sigma_min, c.sigma_max, c.rho).to(cond.device)
-        shape = (3, c.image_size, c.image_size)
-        if isinstance(generator, (list, tuple)):  # one generator per row: rows independent of batching
-            x = torch.stack([torch.randn(shape, device=cond.device, generator=g) for g in generator])
-        else:
-            x = torch.randn((b,) + shape, device=cond.device, generator=generator)
-        x = x * sigmas[0]
+        b, dev = tokens.shape[0], tokens.device
+        levels = torch.full((b,), c.prev_noise, device=dev)
+        prev_in, base = self._prev_and_base(b, dev, token_decode, prev, levels, generator)
+        cond = self.cond(tokens, token_decode, prev_in)
+        sigmas = karras_sigmas(steps, c.sigma_min, c.sigma_max, c.rho).to(dev)
+        x = self._randn((b, 3, c.image_size, c.image_size), dev, generator) * sigmas[0]
         for i in range(steps):
             s, s_next = sigmas[i], sigmas[i + 1]
-            d = (x - self.denoise(x, s.expand(b), cond)[0]) / s
+            d = (x - self.denoise(x, s.expand(b), cond, levels)[0]) / s
             x_next = x + (s_next - s) * d
             if sampler == "heun" and s_next > 0:
-                d2 = (x_next - self.denoise(x_next, s_next.expand(b), cond)[0]) / s_next
+                d2 = (x_next - self.denoise(x_next, s_next.expand(b), cond, levels)[0]) / s_next
                 x_next = x + (s_next - s) * (d + d2) / 2
             x = x_next
-        if c.predict_residual:
-            x = x + prev.float()
+        x = x + base
         return x.clamp(-1, 1)

@@ -44,7 +44,7 @@ _DECODERS = {
     "small": DecoderConfig(image_size=64, base_channels=32, channel_mult=(1, 2, 2), token_embed_dim=16),
     "small-mv": DecoderConfig(image_size=64, base_channels=32, channel_mult=(1, 2, 2), token_embed_dim=16),
     "base": DecoderConfig(image_size=640, base_channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2,
-                          token_embed_dim=32, cond_prev_frame=False, predict_residual=False, steps=4),
+                          token_embed_dim=32, cond_prev_frame=False, steps=4),
 }
 _DECODERS["large"] = _DECODERS["base"]
 
