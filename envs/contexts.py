@@ -33,7 +33,7 @@ class ContextBank:
 
     @classmethod
     def from_store(cls, path: str | Path, cameras: tuple[str, ...], context: int, per_episode: int = 4,
-                   max_contexts: int = 512) -> "ContextBank":
+                   max_contexts: int = 512, episodes: list[int] | None = None) -> "ContextBank":
         from wfm_sim.datasets.store import EpisodeReader, StoreError
 
         r = EpisodeReader(path)
@@ -41,8 +41,8 @@ class ContextBank:
         if missing:
             raise StoreError(f"{path} lacks camera(s) {missing} this model needs; it has {list(r.cameras)}")
         frames, actions, origin = [], [], []
-        for e in range(r.num_episodes):
-            lo, hi = r.episode_bounds(e)
+        for e in (range(r.num_episodes) if episodes is None else episodes):
+            lo, hi = r.episode_bounds(int(e))
             if hi - lo < context:
                 continue
             for s in np.linspace(lo, hi - context, per_episode).astype(int):

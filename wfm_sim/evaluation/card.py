@@ -42,8 +42,9 @@ def model_card(model: WorldModel, name: str, data: dict, training: dict, report:
              f"FSQ {list(c.tokenizer.levels)} ({c.tokenizer.vocab_size} codes)",
              f"- backbone: {n(model.backbone):.2f}M params, width {c.backbone.dim}, depth {c.backbone.depth}, "
              f"context {c.backbone.max_frames} frames x {c.backbone.block} positions",
-             f"- diffusion decoder: {n(model.decoder):.2f}M params, residual on the previous frame, "
-             f"{c.decoder.steps} Euler step(s) by default" if model.decoder is not None else "- no diffusion decoder",
+             f"- diffusion decoder: {n(model.decoder):.2f}M params, residual over the {c.decoder.residual.replace('_', ' ')}, "
+             f"previous frame as a noise-augmented hint, {c.decoder.steps} Euler step(s) by default"
+             if model.decoder is not None else "- no diffusion decoder",
              "", "## Data", "", "```", json.dumps(data, indent=2), "```", "", "## Training", "", "```", *commands, "```", ""]
     for comp, t in training.items():
         mins = (t["elapsed_s"] or 0) / 60

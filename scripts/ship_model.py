@@ -1,0 +1,76 @@
+"""Export a trained run as a shipped model: int8 weights, real held-out contexts, the evaluation
+of the shipped artifact itself (JSON, plot, side-by-side mp4) and a model card.
+
+    python scripts/ship_model.py RUN_DIR NAME --data STORE [--steps 1] [--mode parallel]
+
+Writes wfm_sim/pretrained/NAME/{config.json, model.safetensors, contexts.safetensors, README.md}
+and docs/eval_NAME.{png,mp4}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from wfm_sim.datasets.windows import split_episodes
+from wfm_sim.datasets.store import EpisodeReader
+from wfm_sim.envs.contexts import ContextBank
+from wfm_sim.evaluation.card import model_card, training_summary
+from wfm_sim.evaluation.fidelity import EvalConfig, evaluate
+from wfm_sim.evaluation.report import summary_table, write_report
+from wfm_sim.models import SamplingConfig, WorldModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run")
+    ap.add_argument("name")
+    ap.add_argument("--data", required=True, help="the training store (its held-out episodes are used)")
+    ap.add_argument("--steps", type=int, default=1, help="default diffusion steps of the shipped decoder")
+    ap.add_argument("--contexts", type=int, default=12)
+    ap.add_argument("--windows", type=int, default=48)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--storage", default="int8")
+    args = ap.parse_args()
+
+    run, out = Path(args.run), ROOT / "wfm_sim" / "pretrained" / args.name
+    model = WorldModel.from_pretrained(run, device="cpu", precision="fp32")
+    model.cfg = replace(model.cfg, name=args.name, decoder=replace(model.cfg.decoder, steps=args.steps))
+    model.decoder.cfg = model.cfg.decoder
+    shutil.rmtree(out, ignore_errors=True)
+    model.save_pretrained(out, storage=args.storage)
+    reader = EpisodeReader(args.data)
+    _, val = split_episodes(reader.num_episodes, 0.1, 0)
+    bank = ContextBank.from_store(args.data, model.cfg.cameras, model.cfg.context_frames, per_episode=1,
+                                  episodes=[int(e) for e in val[: args.contexts]])
+    bank.save(out)
+
+    shipped = WorldModel.from_pretrained(out, device="cpu", precision="fp32")
+    cfg = EvalConfig(horizon=8, windows=args.windows, split="val", sampling=SamplingConfig(temperature=args.temperature))
+    report, videos = evaluate(shipped, args.data, cfg)
+    report["model"] = args.name
+    paths = write_report(report, videos, run / "eval_shipped", fps=model.cfg.fps / 2)
+    shutil.copy(paths["plot"], ROOT / "docs" / f"eval_{args.name}.png")
+    shutil.copy(paths["video"], ROOT / "docs" / f"eval_{args.name}.mp4")
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    summary = reader.summary()
+    data = {k: summary[k] for k in ("episodes", "frames", "cameras", "fps", "source_env", "episode_length")}
+    data["recorded_with"] = f"wfm-sim collect {reader.attrs.get('source')} (policy {reader.attrs.get('policy')})"
+    train = training_summary(run)
+    cmds = [f"wfm-sim train {c} --data {args.data} --out {run} " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in t["config"].items() if k in ("preset", "steps", "batch_size", "lr"))
+        for c, t in train.items()]
+    cmds.append(f"python scripts/ship_model.py {run} {args.name} --data {args.data} --steps {args.steps}")
+    (out / "README.md").write_text(model_card(shipped, args.name, data, train, report, cmds))
+    print(summary_table(report))
+    sizes = {p.name: p.stat().st_size for p in out.iterdir()}
+    print("shipped", out, sizes)
+
+
+if __name__ == "__main__":
+    main()
