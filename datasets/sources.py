@@ -157,11 +157,15 @@ def _make_metaworld(task: str, size: int, camera: str = "corner2") -> SourceEnv:
 
 
 def _metaworld_policies(task: str):
-    def expert(seed: int, noise: float = 0.2):
+    def expert(seed: int, max_noise: float = 0.6):
+        """The scripted expert plus Gaussian noise whose scale is drawn per episode in
+        [0, max_noise]: from clean demonstrations to heavy exploration, so the next frame
+        depends on the action taken and not only on the motion already visible."""
         from metaworld.policies import ENV_POLICY_MAP
 
         rng = np.random.default_rng(seed)
         pol = ENV_POLICY_MAP[task]()
+        noise = rng.uniform(0.0, max_noise)
 
         def act(obs, env):
             a = pol.get_action(env._last) + rng.normal(0, noise, 4)
@@ -194,7 +198,7 @@ def _box(low, high):
 
 
 CAR_REPEAT = 4  # CarRacing runs at 50 Hz: record 12.5 Hz so consecutive frames differ
-MW_REPEAT = 2  # Meta-World runs at 80 Hz: record 40 Hz
+MW_REPEAT = 8  # Meta-World runs at 80 Hz: record 10 Hz, a robot-policy control rate where steps differ
 CAR_ACTION = _box([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0])
 SOURCES: dict[str, Source] = {}
 
@@ -215,7 +219,7 @@ for _task in ("push-v3", "reach-v3", "pick-place-v3"):
     _register(Source(f"metaworld-{_task[:-3]}", "Meta-World/MT1:" + _task, f"Meta-World {_task}, scripted expert + noise",
                      80.0 / MW_REPEAT, ("corner2",), _box([-1.0] * 4, [1.0] * 4),
                      (lambda t: lambda size: _make_metaworld(t, size))(_task), _metaworld_policies(_task), "expert",
-                     extras={"success": ((), "bool")}, max_steps=80))
+                     extras={"success": ((), "bool")}, max_steps=50))
 _register(Source("pusher", "Pusher-v5", "MuJoCo Pusher-v5 arm, random torques", 20.0, ("CAM_MAIN",),
                  _box([-2.0] * 7, [2.0] * 7), _make_pusher, {"random": _random_policy(lambda env: env.env.action_space)},
                  "random", max_steps=100))
