@@ -138,3 +138,11 @@ def test_sigterm_checkpoints_and_stops(tmp_path, square_store):
     assert proc.returncode == 0 and "stopped_early" in out
     state = json.loads((tmp_path / "m" / "train_state" / "tokenizer" / "state.json").read_text())
     assert state["step"] >= 10
+
+
+def test_tokenizer_from_another_model(tmp_path, square_store):
+    train(_cfg(square_store, tmp_path / "a", "tokenizer", steps=2))
+    train(_cfg(square_store, tmp_path / "b", "backbone", steps=1, tokenizer_from=str(tmp_path / "a")))
+    a = WorldModel.from_pretrained(tmp_path / "a", device="cpu").tokenizer.state_dict()
+    b = WorldModel.from_pretrained(tmp_path / "b", device="cpu").tokenizer.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

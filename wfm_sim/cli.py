@@ -39,7 +39,8 @@ def _train(args) -> None:
     cfg = TrainConfig(component=args.component, data=args.data, out=args.out, preset=args.preset, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, device=args.device, precision=args.precision,
                       compile=args.compile, num_workers=args.num_workers, eval_every=args.eval_every,
-                      save_every=args.save_every, seed=args.seed, resume=args.resume, progress=not args.quiet)
+                      save_every=args.save_every, seed=args.seed, resume=args.resume, progress=not args.quiet,
+                      tokenizer_from=args.tokenizer_from)
     if args.ray_workers:
         from wfm_sim.training.distributed import train_distributed
 
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from the folder's train state")
     t.add_argument("--ray-workers", type=int, default=0, help="> 0: data-parallel on Ray Train with this many workers")
+    t.add_argument("--tokenizer-from", default=None, help="when creating --out, reuse this model folder's tokenizer")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
 

@@ -61,6 +61,9 @@ class TrainConfig:
     resume: bool = False
     val_fraction: float = 0.1
     progress: bool = True
+    tokenizer_from: str | None = None
+    """When creating ``out``: take the tokenizer (weights and config) from this model folder
+    (e.g. one trained on other recordings of the same simulator and cameras)."""
 
     def __post_init__(self):
         if self.component not in COMPONENTS:
@@ -133,7 +136,15 @@ def open_model(cfg: TrainConfig) -> WorldModel:
             raise StoreError(f"{cfg.data} has {a['shape'][0]}-d actions; the model in {out} takes {model.cfg.action.dim}-d")
         return model
     torch.manual_seed(cfg.seed)
-    return WorldModel(config_for_data(cfg.preset, cfg.data, out.name)).setup(cfg.device, cfg.precision)
+    model_cfg = config_for_data(cfg.preset, cfg.data, out.name)
+    if cfg.tokenizer_from is None:
+        return WorldModel(model_cfg).setup(cfg.device, cfg.precision)
+    donor = WorldModel.from_pretrained(cfg.tokenizer_from, device="cpu", precision="fp32")
+    if donor.cfg.cameras != model_cfg.cameras:
+        raise StoreError(f"--tokenizer-from {cfg.tokenizer_from} has cameras {donor.cfg.cameras}, the data {model_cfg.cameras}")
+    model = WorldModel(replace(model_cfg, tokenizer=donor.cfg.tokenizer))
+    model.tokenizer.load_state_dict(donor.tokenizer.state_dict())
+    return model.setup(cfg.device, cfg.precision)
 
 
 def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> dict:
