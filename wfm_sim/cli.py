@@ -131,11 +131,8 @@ def _rollout(args) -> None:
     pool.shutdown()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_collect(sub) -> None:
     from wfm_sim.datasets.sources import SOURCES
-
-    p = argparse.ArgumentParser(prog="wfm-sim", description="World-foundation-model simulator tools")
-    sub = p.add_subparsers(dest="command", required=True)
 
     lines = "\n".join(f"  {n:16s} {s.description} (policies: {', '.join(s.policies)})" for n, s in SOURCES.items())
     c = sub.add_parser("collect", help="record episodes from a real simulator into a zarr store",
@@ -151,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_collect)
 
+
+def _add_dataset(sub) -> None:
     d = sub.add_parser("dataset", help="inspect episode stores")
     dsub = d.add_subparsers(dest="dataset_command", required=True)
     info = dsub.add_parser("info", help="print a summary of a store; optionally write a PNG contact sheet")
@@ -163,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="destination store (created or appended to)")
     merge.add_argument("--quiet", action="store_true")
     merge.set_defaults(func=_dataset_merge)
+
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train one component (tokenizer, then backbone, then decoder)")
     t.add_argument("component", choices=["tokenizer", "backbone", "decoder"])
     t.add_argument("--data", required=True, help="episode store to train on")
@@ -184,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
 
+
+def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="open-loop fidelity against real episodes: JSON, plot, side-by-side mp4")
     e.add_argument("model", help="shipped model name or model folder")
     e.add_argument("--data", required=True, help="held-out episode store of the model's simulator")
@@ -201,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", default="auto")
     e.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
     e.set_defaults(func=_evaluate)
+
+
+def _add_demo(sub) -> None:
     dm = sub.add_parser("demo", help="imagined multi-camera drive with the shipped model: mp4 + PNG + frames/s")
     dm.add_argument("--model", default="driving", help="shipped model name or folder (default: driving)")
     dm.add_argument("--steps", type=int, default=48)
@@ -212,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--device", default="auto")
     dm.set_defaults(func=_demo)
 
+
+def _add_rollout(sub) -> None:
     ro = sub.add_parser("rollout", help="imagined episodes on Ray workers, streamed into a zarr store")
     ro.add_argument("--model", default="driving", help="shipped model name or folder (default: driving)")
     ro.add_argument("--policy", default="random", help="random, driver, a .npy plan (T, A), or a ConvPolicy folder")
@@ -227,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster); default: local")
     ro.add_argument("--quiet", action="store_true")
     ro.set_defaults(func=_rollout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wfm-sim", description="World-foundation-model simulator tools")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_collect, _add_dataset, _add_train, _add_evaluate, _add_demo, _add_rollout):
+        add(sub)
     return p
 
 
