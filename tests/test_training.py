@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -146,3 +148,20 @@ def test_tokenizer_from_another_model(tmp_path, square_store):
     a = WorldModel.from_pretrained(tmp_path / "a", device="cpu").tokenizer.state_dict()
     b = WorldModel.from_pretrained(tmp_path / "b", device="cpu").tokenizer.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_backbone_trains_on_a_multicamera_store(tmp_path):
+    from wfm_sim.testing import square_world_store
+    from wfm_sim.training.token_cache import store_tokens
+
+    store = square_world_store(tmp_path / "two.zarr", episodes=4, steps=6, cameras=("CAM_FRONT", "CAM_BACK"))
+    train(_cfg(store, tmp_path / "m", "tokenizer", steps=1))
+    last = train(_cfg(store, tmp_path / "m", "backbone", steps=2))
+    assert last["step"] == 2
+    model = WorldModel.from_pretrained(tmp_path / "m", device="cpu", precision="fp32")
+    cached = store_tokens(model, str(store), tmp_path / "m" / "train_state" / "backbone", progress=False)
+    from wfm_sim.datasets import EpisodeReader
+
+    ep = EpisodeReader(store).episode(0)
+    frames = torch.from_numpy(np.stack([ep.obs["CAM_FRONT"][:2], ep.obs["CAM_BACK"][:2]], axis=1))[None]
+    assert np.array_equal(cached[:2], model.encode(frames)[0].numpy())  # cache == WorldModel.encode

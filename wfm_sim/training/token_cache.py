@@ -50,8 +50,10 @@ def store_tokens(model: WorldModel, data: str | Path, folder: str | Path, batch:
     for v, cam in enumerate(cams):
         arr = r.arrays[f"obs/{cam}"]
         for s in range(0, n, batch):
-            frames = torch.from_numpy(arr[s : min(n, s + batch)])  # (b, H, W, 3)
-            out[s : s + len(frames), v] = model.encode(frames[:, None, None])[:, 0, 0].cpu().numpy()
+            frames = torch.from_numpy(arr[s : min(n, s + batch)]).to(model.device)  # (b, H, W, 3)
+            video = frames.permute(0, 3, 1, 2)[:, :, None].float() / 127.5 - 1  # (b, 3, 1, H, W)
+            with model.autocast():
+                out[s : s + len(frames), v] = model.tokenizer.encode(video)[0][:, 0].cpu().numpy()
             bar.update(len(frames))
     bar.close()
     Path(folder).mkdir(parents=True, exist_ok=True)
