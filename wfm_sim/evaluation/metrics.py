@@ -20,6 +20,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (-10 * torch.log10(mse.clamp_min(1e-10))).clamp(max=100.0)
 
 
+def psnr_signed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (dB) of float images in [-1, 1] (``a`` is clamped), as training logs it."""
+    mse = ((a.float().clamp(-1, 1) - b.float()) ** 2).flatten(1).mean(1) / 4
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
 def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float32) - size // 2
     g = torch.exp(-(x**2) / (2 * sigma**2))

@@ -10,7 +10,7 @@ Dimension legend: ``b`` batch, ``t`` frames, ``t'`` latent frames, ``v`` camera 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -251,9 +251,6 @@ class WorldModel(nn.Module):
         state = ckpt.unpack_state(ckpt.load_tensors(path / "model.safetensors"))
         load_state_strict(model, state, path / "model.safetensors")
         return model.eval().setup(device, precision)
-
-    def with_config(self, **changes) -> WorldModelConfig:
-        return replace(self.cfg, **changes)
 
 
 def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:

@@ -16,6 +16,7 @@ import torch
 from einops import rearrange
 
 from wfm_sim.datasets.windows import WindowDataset, collate
+from wfm_sim.evaluation.metrics import psnr_signed as psnr
 from wfm_sim.models.world_model import WorldModel
 from wfm_sim.records import Batch, LossAndLogs
 
@@ -25,12 +26,6 @@ COMPONENTS = ("tokenizer", "backbone", "decoder")
 def to_video(obs: torch.Tensor) -> torch.Tensor:
     """``(b, t, v, H, W, 3)`` uint8 -> ``(b*v, 3, t, H, W)`` float in [-1, 1]."""
     return rearrange(obs, "b t v h w c -> (b v) c t h w").float() / 127.5 - 1
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR (dB) of ``(n, ...)`` images in [-1, 1], per image."""
-    mse = ((a.float().clamp(-1, 1) - b.float()) ** 2).flatten(1).mean(1) / 4
-    return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
 class Task:
