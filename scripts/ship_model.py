@@ -62,8 +62,8 @@ def main() -> None:
     data = {k: summary[k] for k in ("episodes", "frames", "cameras", "fps", "source_env", "episode_length")}
     data["recorded_with"] = f"wfm-sim collect {reader.attrs.get('source')} (policy {reader.attrs.get('policy')})"
     train = training_summary(run)
-    cmds = [f"wfm-sim train {c} --data {args.data} --out {run} " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in t["config"].items() if k in ("preset", "steps", "batch_size", "lr"))
+    cmds = [f"wfm-sim train {c} --data {t['config'].get('data', args.data)} --out {t['config'].get('out', run)} " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in t["config"].items() if k in ("preset", "steps", "batch_size", "lr", "tokenizer_from") and v)
         for c, t in train.items()]
     cmds.append(f"python scripts/ship_model.py {run} {args.name} --data {args.data} --steps {args.steps}")
     (out / "README.md").write_text(model_card(shipped, args.name, data, train, report, cmds))

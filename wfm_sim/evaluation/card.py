@@ -20,9 +20,18 @@ def _last_lines(path: Path) -> tuple[dict, dict]:
 
 
 def training_summary(run: Path) -> dict:
+    """Steps, wall time, config and last held-out metrics of each component trained in ``run``
+    (a tokenizer taken with ``--tokenizer-from`` is read from the run it came from)."""
     out = {}
     for comp in ("tokenizer", "backbone", "decoder"):
         path = run / "train_state" / comp / "metrics.jsonl"
+        if not path.is_file() and comp == "tokenizer":
+            backbone = run / "train_state" / "backbone" / "state.json"
+            source = json.loads(backbone.read_text()).get("extra", {}).get("config", {}).get("tokenizer_from") \
+                if backbone.is_file() else None
+            if source:
+                out.update({k: v for k, v in training_summary(Path(source)).items() if k == "tokenizer"})
+            continue
         if path.is_file():
             last, val = _last_lines(path)
             state = json.loads((run / "train_state" / comp / "state.json").read_text())
