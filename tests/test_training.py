@@ -148,6 +148,11 @@ def test_tokenizer_from_another_model(tmp_path, square_store):
     a = WorldModel.from_pretrained(tmp_path / "a", device="cpu").tokenizer.state_dict()
     b = WorldModel.from_pretrained(tmp_path / "b", device="cpu").tokenizer.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    from wfm_sim.evaluation.card import training_summary
+
+    summary = training_summary(tmp_path / "b")  # the model card names where the tokenizer was trained
+    assert summary["tokenizer"]["steps"] == 2 and summary["tokenizer"]["config"]["out"] == str(tmp_path / "a")
+    assert summary["backbone"]["steps"] == 1
 
 
 def test_backbone_trains_on_a_multicamera_store(tmp_path):
