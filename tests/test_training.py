@@ -35,6 +35,10 @@ def test_train_save_load_evaluate_end_to_end(tmp_path):
                                       "shuffled_actions/parallel/token"}
     assert len(report["results"]["sequential/token"]["psnr_mean"]) == 2
     assert videos["real"].shape[:2] == (3, 2)
+    only, _ = evaluate(model, str(store), EvalConfig(horizon=2, windows=3, batch=3, modes=("parallel",),
+                                                     decoders=("diffusion",)))
+    assert set(only["controllability_delta_psnr"]) == {"parallel/diffusion"}  # measured with the decoder asked for
+    assert "parallel/token" not in only["results"]
     lines = (out / "train_state" / "backbone" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 4
 

@@ -138,6 +138,9 @@ def evaluate(model: WorldModel, data: str, cfg: EvalConfig = EvalConfig()) -> tu
     # Shuffle actions across windows (roll by one: every window gets another window's actions).
     shuffled = torch.cat((batch.action[:, :C - 1], torch.roll(batch.action[:, C - 1 :], 1, dims=0)), dim=1)
     decoders = [d for d in cfg.decoders if d == "token" or model.decoder is not None]
+    if not decoders:
+        raise ValueError(f"no decoder to evaluate: asked for {list(cfg.decoders)}, the model has no diffusion decoder")
+    probe = decoders[0]  # the decoder the shuffled-action baseline (controllability) is measured with
     for mode in cfg.modes:
         for dec in decoders:
             t0 = time.perf_counter()
@@ -146,12 +149,12 @@ def evaluate(model: WorldModel, data: str, cfg: EvalConfig = EvalConfig()) -> tu
             results[f"{mode}/{dec}"] = {**frame_scores(out["frames"], real), **head_scores(out, batch, C, H),
                                         "frames_per_s": fps}
             videos[f"{mode}/{dec}"] = out["frames"]
-        sh = rollout(model, batch, mode, "token", cfg, actions=shuffled)
-        results[f"shuffled_actions/{mode}/token"] = frame_scores(sh["frames"], real)
+        sh = rollout(model, batch, mode, probe, cfg, actions=shuffled)
+        results[f"shuffled_actions/{mode}/{probe}"] = frame_scores(sh["frames"], real)
     control = {}
     for mode in cfg.modes:
-        t, s = results[f"{mode}/token"]["psnr_mean"], results[f"shuffled_actions/{mode}/token"]["psnr_mean"]
-        control[f"{mode}/token"] = float(np.mean(np.asarray(t) - np.asarray(s)))
+        t, s = results[f"{mode}/{probe}"]["psnr_mean"], results[f"shuffled_actions/{mode}/{probe}"]["psnr_mean"]
+        control[f"{mode}/{probe}"] = float(np.mean(np.asarray(t) - np.asarray(s)))
     report = {
         "data": str(data), "split": cfg.split, "windows": int(batch.obs.shape[0]), "horizon": H,
         "context_frames": C, "cameras": list(model.cfg.cameras), "sampling": vars(cfg.sampling),
