@@ -15,22 +15,24 @@ from common import emit, machine
 
 
 MEASURE = """
-import resource, sys, numpy as np, torch
+import os, sys, numpy as np, torch
 from wfm_sim.envs import ImaginedVectorEnv
 from wfm_sim.models import WorldModel, preset
+def rss():  # resident memory now, MiB (not the peak: imports may have peaked higher)
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 name, cams, envs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = rss()
 model = WorldModel(preset(name, cameras=tuple(f"CAM_{i}" for i in range(cams)))).setup("cpu", "fp32")
 env = ImaginedVectorEnv(envs, model)
 s = model.cfg.tokenizer.image_size
 env.reset(seed=0, options={"frames": np.zeros((1, cams, s, s, 3), np.uint8)})
 env.step(np.zeros((envs, 3), np.float32))
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+print(rss() - before)
 """
 
 
 def measured_mib(name: str, cams: int, envs: int) -> float:
-    """Peak resident memory (MiB) added by one replica with ``envs`` imagined envs after a step."""
+    """Resident memory (MiB) added by one replica with ``envs`` imagined envs after a step."""
     import subprocess
     import sys
 
@@ -40,7 +42,7 @@ def measured_mib(name: str, cams: int, envs: int) -> float:
 
 def memory_rows() -> list[dict]:
     """Parameters, bf16 weight bytes and KV-cache bytes per imagined env for each preset; for the
-    CPU presets also the measured peak memory of a replica with 16 envs after one step."""
+    CPU presets also the measured resident memory of a replica with 16 and 64 envs after one step (fp32)."""
     from wfm_sim.models import WorldModel, preset
 
     rows = []
@@ -53,7 +55,8 @@ def memory_rows() -> list[dict]:
         kv = bb.depth * bb.max_len * bb.kv_heads * (bb.dim // bb.heads) * 2 * 2  # bf16 k and v
         rows.append({"preset": name, "cameras": cams, "params_M": params / 1e6, "weights_GiB_bf16": params * 2 / 2**30,
                      "kv_cache_MiB_per_env": kv / 2**20, "tokens_per_step": bb.frame_tokens,
-                     "measured_MiB_16_envs": measured_mib(name, cams, 16) if name.startswith("small") else float("nan")})
+                     **{f"measured_MiB_{e}_envs": measured_mib(name, cams, e) if name.startswith("small") else float("nan")
+                        for e in (16, 64)}})
     return rows
 
 

@@ -25,6 +25,11 @@ def test_wheel_has_only_the_wfm_sim_top_level_package(tmp_path):
     assert {n.split("/")[0] for n in names} == {"wfm_sim", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
     for sub in ("envs", "datasets", "policies"):
         assert f"wfm_sim/{sub}/__init__.py" in names
+    from wfm_sim.models import shipped_models
+
+    for name in shipped_models():  # every model shipped in the checkout is in the wheel, whole
+        for f in ("config.json", "model.safetensors", "contexts.safetensors", "README.md"):
+            assert f"wfm_sim/pretrained/{name}/{f}" in names, f"{name}/{f} missing from the wheel"
     target = tmp_path / "site"
     inst = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                           capture_output=True, text=True)
@@ -33,3 +38,14 @@ def test_wheel_has_only_the_wfm_sim_top_level_package(tmp_path):
     out = subprocess.run([sys.executable, "-c", IMPORTS + "; import wfm_sim; assert wfm_sim.__file__.startswith(%r)" % str(target)],
                          cwd=tmp_path, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
+
+
+def test_every_shipped_model_is_listed_as_a_data_package():
+    import tomllib
+
+    from wfm_sim.models import shipped_models
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for name in shipped_models():
+        assert f"wfm_sim.pretrained.{name}" in cfg["packages"], f"add wfm_sim.pretrained.{name} to pyproject packages"
+        assert "*.safetensors" in cfg["package-data"][f"wfm_sim.pretrained.{name}"]

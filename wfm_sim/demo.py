@@ -38,7 +38,7 @@ def run_demo(model: str = "driving", steps: int = 48, envs: int = 2, out: str | 
     out = Path(out)
     video = write_mp4(out / "demo.mp4", [np.concatenate([f[t] for f in frames], axis=0) for t in range(steps + 1)],
                       fps=env.cfg.fps / 2, scale=2)
-    picks = np.linspace(0, steps, 8).astype(int)
+    picks = [int(t) for t in np.linspace(0, steps, 8)]
     sheet = save_png(out / "demo_contact_sheet.png",
                      contact_sheet([[frames[i][t] for t in picks] for i in range(envs)],
                                    [f"imagined episode {i} (seed {seed + i}), steps {list(picks)}" for i in range(envs)]))

@@ -56,8 +56,8 @@ def model_card(model: WorldModel, name: str, data: dict, training: dict, report:
              if model.decoder is not None else "- no diffusion decoder",
              "", "## Data", "", "```", json.dumps(data, indent=2), "```", "", "## Training", "", "```", *commands, "```", ""]
     for comp, t in training.items():
-        mins = (t["elapsed_s"] or 0) / 60
-        lines.append(f"- {comp}: {t['steps']} steps, {mins:.0f} min wall time; held-out: "
+        wall = f"{t['elapsed_s'] / 60:.0f} min wall time" if t["elapsed_s"] else "wall time not recorded"
+        lines.append(f"- {comp}: {t['steps']} steps, {wall}; held-out: "
                      + ", ".join(f"{k} {v}" for k, v in t["held_out"].items()))
     lines += ["", "## Open-loop fidelity (held-out episodes)", "",
               f"{report['windows']} windows, context {report['context_frames']} frames, horizon {report['horizon']}, "
