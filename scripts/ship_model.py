@@ -47,7 +47,7 @@ def main() -> None:
     reader = EpisodeReader(args.data)
     _, val = split_episodes(reader.num_episodes, 0.1, 0)
     bank = ContextBank.from_store(args.data, model.cfg.cameras, model.cfg.context_frames, per_episode=1,
-                                  episodes=[int(e) for e in val[: args.contexts]])
+                                  episodes=list(val[: args.contexts]))
     bank.save(out)
 
     shipped = WorldModel.from_pretrained(out, device="cpu", precision="fp32")

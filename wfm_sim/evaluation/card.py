@@ -29,8 +29,9 @@ def training_summary(run: Path) -> dict:
             backbone = run / "train_state" / "backbone" / "state.json"
             source = json.loads(backbone.read_text()).get("extra", {}).get("config", {}).get("tokenizer_from") \
                 if backbone.is_file() else None
-            if source:
-                out.update({k: v for k, v in training_summary(Path(source)).items() if k == "tokenizer"})
+            donor = training_summary(Path(source)) if source else {}
+            if "tokenizer" in donor:
+                out["tokenizer"] = donor["tokenizer"]
             continue
         if path.is_file():
             last, val = _last_lines(path)

@@ -212,7 +212,7 @@ class DiffusionDecoder(nn.Module):
         f = self.unet(torch.cat(((c_in * x.float()).to(cond.dtype), cond), dim=1), emb.to(cond.dtype))
         return c_skip * x.float() + c_out * f.float(), self.uncertainty(emb).float().flatten()
 
-    def _prev_and_base(self, b: int, device, token_decode, prev, levels, generator):
+    def _prev_and_base(self, device, token_decode, prev, levels, generator):
         """Noise-augmented previous frame and the residual base for a batch."""
         c = self.cfg
         prev_in = None
@@ -237,7 +237,7 @@ class DiffusionDecoder(nn.Module):
         c = self.cfg
         b, dev = frames.shape[0], frames.device
         levels = torch.rand(b, device=dev, generator=generator) * c.prev_noise_max
-        prev_in, base = self._prev_and_base(b, dev, token_decode, prev, levels, generator)
+        prev_in, base = self._prev_and_base(dev, token_decode, prev, levels, generator)
         x0 = frames.float() - base
         sigma = (c.p_mean + c.p_std * torch.randn(b, device=dev, generator=generator)).exp()
         noise = torch.randn(x0.shape, device=dev, generator=generator)
@@ -260,7 +260,7 @@ class DiffusionDecoder(nn.Module):
         sampler = c.sampler if sampler is None else sampler
         b, dev = tokens.shape[0], tokens.device
         levels = torch.full((b,), c.prev_noise, device=dev)
-        prev_in, base = self._prev_and_base(b, dev, token_decode, prev, levels, generator)
+        prev_in, base = self._prev_and_base(dev, token_decode, prev, levels, generator)
         cond = self.cond(tokens, token_decode, prev_in)
         sigmas = karras_sigmas(steps, c.sigma_min, c.sigma_max, c.rho).to(dev)
         x = self._randn((b, 3, c.image_size, c.image_size), dev, generator) * sigmas[0]

@@ -30,6 +30,11 @@ FORMAT_VERSION = 1
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 
 
+def to_video(frames: torch.Tensor) -> torch.Tensor:
+    """``(b, t, v, H, W, 3)`` uint8 -> ``(b*v, 3, t, H, W)`` float in [-1, 1], the tokenizer's input."""
+    return rearrange(frames, "b t v h w c -> (b v) c t h w").float() / 127.5 - 1
+
+
 @dataclass(frozen=True)
 class ActionSpec:
     """The action space the model was trained with."""
@@ -133,7 +138,7 @@ class WorldModel(nn.Module):
         """``(b, t, v, H, W, 3)`` uint8 -> ``(b, t', v, g, g)`` int64 token ids."""
         self._check_frames(frames)
         b = frames.shape[0]
-        x = rearrange(frames.to(self.device), "b t v h w c -> (b v) c t h w").float() / 127.5 - 1
+        x = to_video(frames.to(self.device))
         with self.autocast():
             tokens = self.tokenizer.encode(x)[0]
         return rearrange(tokens, "(b v) t h w -> b t v h w", b=b)
@@ -189,7 +194,7 @@ class WorldModel(nn.Module):
         if self.decoder.cfg.cond_prev_frame:
             if prev is None:
                 raise ValueError("this diffusion decoder needs prev: the (b, v, H, W, 3) uint8 previous frame")
-            prev_f = rearrange(prev.to(self.device), "b v h w c -> (b v) c h w").float() / 127.5 - 1
+            prev_f = to_video(prev.to(self.device)[:, None])[:, :, 0]
         gens = None if generators is None else [g for g in generators for _ in range(v)]
         with self.autocast():
             out = self.decoder.sample(last_tokens, token_video[:, :, 0], prev_f, steps, gens)

@@ -17,15 +17,10 @@ from einops import rearrange
 
 from wfm_sim.datasets.windows import WindowDataset, collate
 from wfm_sim.evaluation.metrics import psnr_signed as psnr
-from wfm_sim.models.world_model import WorldModel
+from wfm_sim.models.world_model import WorldModel, to_video
 from wfm_sim.records import Batch, LossAndLogs
 
 COMPONENTS = ("tokenizer", "backbone", "decoder")
-
-
-def to_video(obs: torch.Tensor) -> torch.Tensor:
-    """``(b, t, v, H, W, 3)`` uint8 -> ``(b*v, 3, t, H, W)`` float in [-1, 1]."""
-    return rearrange(obs, "b t v h w c -> (b v) c t h w").float() / 127.5 - 1
 
 
 class Task:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from wfm_sim import checkpoint as ckpt
 from wfm_sim.datasets.store import EpisodeReader
 from wfm_sim.datasets.windows import WindowDataset
-from wfm_sim.models.world_model import WorldModel
+from wfm_sim.models.world_model import WorldModel, to_video
 
 
 def tokenizer_digest(model: WorldModel) -> str:
@@ -50,10 +50,9 @@ def store_tokens(model: WorldModel, data: str | Path, folder: str | Path, batch:
     for v, cam in enumerate(cams):
         arr = r.arrays[f"obs/{cam}"]
         for s in range(0, n, batch):
-            frames = torch.from_numpy(arr[s : min(n, s + batch)]).to(model.device)  # (b, H, W, 3)
-            video = frames.permute(0, 3, 1, 2)[:, :, None].float() / 127.5 - 1  # (b, 3, 1, H, W)
+            frames = torch.from_numpy(arr[s : min(n, s + batch)]).to(model.device)  # (b, H, W, 3) of one camera
             with model.autocast():
-                out[s : s + len(frames), v] = model.tokenizer.encode(video)[0][:, 0].cpu().numpy()
+                out[s : s + len(frames), v] = model.tokenizer.encode(to_video(frames[:, None, None]))[0][:, 0].cpu().numpy()
             bar.update(len(frames))
     bar.close()
     Path(folder).mkdir(parents=True, exist_ok=True)
