@@ -27,6 +27,7 @@ class Episode:
         truncated: ``(T,)`` bool, cut by a time limit after ``action[i]``.
         extras: optional per-step arrays with time on axis 0 (``success``, ``ego_pose``, ``state``).
         seed: the reset seed, when known.
+        origin: where the episode started (a real env's seed, or an imagined env's context).
     """
 
     obs: dict[str, np.ndarray]
@@ -36,6 +37,7 @@ class Episode:
     truncated: np.ndarray
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     seed: int | None = None
+    origin: str | None = None
 
     def __len__(self) -> int:
         return int(self.reward.shape[0])

@@ -10,6 +10,7 @@ Dimension legend: ``M`` contexts, ``C`` context frames, ``V`` cameras, ``H W`` p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,47 @@ import torch
 from wfm_sim import checkpoint as ckpt
 
 CONTEXTS_FILE = "contexts.safetensors"
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a world is now: its last frames and the actions between them.
+
+    A real env gives one with :meth:`~wfm_sim.envs.real.RealEnv.context`; an imagined env
+    starts from it with ``reset(options={"context": ctx})`` (or a list, one per sub-env), so
+    the same start state plays out in both worlds.
+
+    Attributes:
+        frames: camera name -> ``(C, H, W, 3)`` uint8, oldest first.
+        actions: ``(C-1, A)`` float32 (Box) or ``(C-1,)`` int64 (Discrete), the actions between them.
+        origin: where it came from (``"CarRacing-v3 seed=3 step=1"``), kept in the imagined env's info.
+    """
+
+    frames: dict[str, np.ndarray]
+    actions: np.ndarray
+    origin: str = ""
+
+    def __post_init__(self):
+        lengths = {c: np.shape(f)[0] for c, f in self.frames.items()}
+        if not self.frames or len(set(lengths.values())) != 1:
+            raise ValueError(f"a context needs the same number of frames for every camera, got {lengths}")
+        c = next(iter(lengths.values()))
+        if len(self.actions) != c - 1:
+            raise ValueError(f"a context of {c} frames needs {c - 1} actions between them, got {len(self.actions)}")
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return tuple(self.frames)
+
+    def __len__(self) -> int:
+        return len(self.actions) + 1
+
+    def last(self, frames: int) -> "Context":
+        """The most recent ``frames`` frames (and the actions between them)."""
+        if not 1 <= frames <= len(self):
+            raise ValueError(f"this context holds {len(self)} frames; asked for the last {frames}")
+        acts = self.actions[len(self) - frames:] if frames > 1 else self.actions[:0]
+        return Context({c: f[-frames:] for c, f in self.frames.items()}, acts, self.origin)
 
 
 class ContextBank:

@@ -15,6 +15,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from wfm_sim.envs.contexts import ContextBank
 from wfm_sim.envs.inputs import batch_context, check_actions
+from wfm_sim.envs.spaces import action_space, pixel_space, token_space
+from wfm_sim.models.rollout_core import RolloutCore
 from wfm_sim.models.sampling import SamplingConfig
 from wfm_sim.models.world_model import WorldModel, resolve_pretrained
 from wfm_sim.viz import mosaic
@@ -56,6 +58,14 @@ class ImaginedVectorEnv(VectorEnv):
     ## Episode End
     Terminated when the termination head fires; truncated after ``max_episode_steps``.
 
+    ## Determinism
+    ``reset(seed=s)`` seeds one ``torch.Generator`` per sub-env (sub-env i gets ``s + i``): the
+    same seeds, actions and batch layout (number of sub-envs, which rows step together) give
+    bit-identical rollouts, and a row's result does not depend on what the other rows hold.
+    A sub-env of a batch of N is *not* promised to equal a single env with the same seed: CPU
+    and GPU matmul kernels sum in a different order for other batch sizes, the last bits
+    differ, and sampled tokens can then diverge.
+
     ## Arguments
     num_envs, model (shipped name or folder, or a WorldModel), dataset (store for contexts),
     decoder ('token' | 'diffusion'), diffusion_steps, mode ('sequential' | 'parallel'),
@@ -76,14 +86,10 @@ class ImaginedVectorEnv(VectorEnv):
             raise ValueError("pass model=: a shipped model name ('driving', 'manipulation') or a model folder")
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
-        if decoder not in ("token", "diffusion"):
-            raise ValueError(f"decoder must be 'token' or 'diffusion', got {decoder!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.model = model if isinstance(model, WorldModel) else WorldModel.from_pretrained(model, device, precision)
         self.model.eval()
-        if decoder == "diffusion" and self.model.decoder is None:
-            raise ValueError("this model has no diffusion decoder; use decoder='token'")
         c = self.model.cfg
         self.cfg, self.num_envs = c, int(num_envs)
         self.decoder, self.diffusion_steps, self.obs_mode = decoder, diffusion_steps, obs_mode
@@ -102,12 +108,10 @@ class ImaginedVectorEnv(VectorEnv):
             text_emb = torch.zeros(self.num_envs, text_encoder.max_tokens, text_encoder.dim, device=self.model.device)
             text_mask = torch.zeros(self.num_envs, text_encoder.max_tokens, dtype=torch.bool, device=self.model.device)
             text_mask[:, 0] = True
-        self._im = self.model.imagine(self.num_envs, mode=mode, sampling=sampling or SamplingConfig(),
-                                      parallel_steps=parallel_steps, text=text_emb, text_mask=text_mask)
+        self._core = RolloutCore(self.model, self.num_envs, mode, sampling or SamplingConfig(), parallel_steps, decoder,
+                                 diffusion_steps, decode=obs_mode == "pixels", text=text_emb, text_mask=text_mask)
         self._build_spaces()
-        n, s = self.num_envs, c.tokenizer.image_size
-        dev = self.model.device
-        self._frames = torch.zeros((n, len(self.cameras), s, s, 3), dtype=torch.uint8, device=dev)
+        n = self.num_envs
         self._steps = np.zeros(n, dtype=np.int64)
         self._done = np.zeros(n, dtype=bool)
         self._reset_once = False
@@ -117,21 +121,13 @@ class ImaginedVectorEnv(VectorEnv):
     # ----------------------------------------------------------------- spaces
     def _build_spaces(self) -> None:
         c = self.cfg
-        s, g, v = c.tokenizer.image_size, c.tokenizer.grid, len(c.cameras)
         if self.obs_mode == "tokens":
-            obs = spaces.Box(0, c.tokenizer.vocab_size - 1, (v, g, g), np.int64)
-        elif v == 1:
-            obs = spaces.Box(0, 255, (s, s, 3), np.uint8)
+            obs = token_space(c.cameras, c.tokenizer.grid, c.tokenizer.vocab_size)
         else:
-            obs = spaces.Dict({cam: spaces.Box(0, 255, (s, s, 3), np.uint8) for cam in c.cameras})
-        k = c.backbone.action_group
-        if c.action.kind == "discrete":
-            act = spaces.Discrete(c.action.n) if k == 1 else spaces.MultiDiscrete([c.action.n] * k)
-        else:
-            lo, hi = np.asarray(c.action.low, np.float32), np.asarray(c.action.high, np.float32)
-            if k > 1:
-                lo, hi = np.tile(lo, (k, 1)), np.tile(hi, (k, 1))
-            act = spaces.Box(lo, hi, dtype=np.float32)
+            obs = pixel_space(c.cameras, c.tokenizer.image_size)
+        a = c.action
+        spec = {"type": "discrete", "n": a.n} if a.kind == "discrete" else {"type": "box", "low": a.low, "high": a.high}
+        act = action_space(spec, c.backbone.action_group)
         self.single_observation_space, self.single_action_space = obs, act
         self.observation_space = gym.vector.utils.batch_space(obs, self.num_envs)
         self.action_space = gym.vector.utils.batch_space(act, self.num_envs)
@@ -165,18 +161,11 @@ class ImaginedVectorEnv(VectorEnv):
             return self._reset_from_prompt(rows, options, seeds)
         frames, actions, origin = batch_context(self, rows, options)
         for j, i in enumerate(rows):  # remember caller contexts; dataset contexts are re-drawn
-            if "frames" in options:
+            if "frames" in options or "context" in options:
                 self._row_context[int(i)] = ("frames", frames[j].numpy(), actions[j].numpy())
             else:
                 self._row_context.pop(int(i), None)
-        t_rows = torch.as_tensor(rows, device=self.model.device)
-        tokens = self.model.encode(frames)  # (r, C', V, g, g)
-        k = self.cfg.backbone.action_group
-        acts = self.model.check_action(actions, (len(rows), tokens.shape[1] - 1)) if tokens.shape[1] > 1 else None
-        if acts is not None and k > 1:
-            raise ValueError("context actions for grouped tokenizers must be passed already grouped")
-        self._im.reset(t_rows, tokens.flatten(2), acts, seeds)
-        self._frames[t_rows] = frames[:, -1].to(self.model.device)
+        self._core.reset(rows, frames, actions if frames.shape[1] > 1 else None, seeds)
         self._steps[rows] = 0
         self._done[rows] = False
         return {"context": np.asarray(origin, dtype=object), "_context": np.isin(np.arange(self.num_envs), rows)}
@@ -199,19 +188,16 @@ class ImaginedVectorEnv(VectorEnv):
             raise ValueError(f"give one prompt or {len(rows)} prompts, got {len(prompts)}")
         emb, mask = self.text_encoder(prompts)
         t_rows = torch.as_tensor(rows, device=self.model.device)
-        s = emb.shape[1]
-        self._im.text[t_rows] = 0
-        self._im.text_mask[t_rows] = False
-        self._im.text[t_rows, :s] = emb.to(self.model.device)
-        self._im.text_mask[t_rows, :s] = mask.to(self.model.device)
+        s, im = emb.shape[1], self._core.im
+        im.text[t_rows] = 0
+        im.text_mask[t_rows] = False
+        im.text[t_rows, :s] = emb.to(self.model.device)
+        im.text_mask[t_rows, :s] = mask.to(self.model.device)
         if seeds is None:
             seeds = [int(self._row_rngs[i].integers(2**31)) for i in rows]
         for i, p in zip(rows, prompts):
             self._row_context[int(i)] = ("prompt", p)
-        frame0 = self._im.reset_from_text(t_rows, seeds)
-        c = self.cfg
-        tokens = frame0.view(len(rows), 1, len(self.cameras), c.tokenizer.grid, c.tokenizer.grid)
-        self._frames[t_rows] = self.model.decode(tokens, "token")[:, -1]
+        self._core.reset_from_text(t_rows, seeds)
         self._steps[rows] = 0
         self._done[rows] = False
         return {"context": np.asarray([f"prompt: {p}" for p in prompts], dtype=object),
@@ -235,7 +221,7 @@ class ImaginedVectorEnv(VectorEnv):
             infos.update(self._reset_rows(to_reset, self._context_options(to_reset), None))
         rows = np.setdiff1d(np.arange(n), to_reset)
         if rows.size:
-            out = self._advance(rows, act[torch.as_tensor(rows, device=act.device)])
+            out = self._core.step(act[torch.as_tensor(rows, device=act.device)], rows)
             reward[rows] = out.reward.float().cpu().numpy()
             terminated[rows] = out.terminated.cpu().numpy()
             self._steps[rows] += 1
@@ -258,32 +244,13 @@ class ImaginedVectorEnv(VectorEnv):
             self._done[:] = False
         return self._obs_all(), reward, terminated, truncated, infos
 
-    def _advance(self, rows: np.ndarray, actions: torch.Tensor):
-        t_rows = torch.as_tensor(rows, device=self.model.device)
-        out = self._im.step(actions, t_rows)
-        if self.obs_mode == "pixels":
-            self._frames[t_rows] = self._decode(t_rows, out.tokens)
-        return out
-
-    def _decode(self, t_rows: torch.Tensor, new_tokens: torch.Tensor) -> torch.Tensor:
-        tk = self.cfg.tokenizer
-        if tk.temporal_kernel == 1 and tk.temporal_downsample == 1:
-            history = new_tokens[:, None]
-        else:
-            history = self._im.history(t_rows, int(self._im.count[t_rows].min()))
-        gens = [self._im.generators[i] for i in t_rows.tolist()]
-        frames = self.model.decode(history, self.decoder, self.diffusion_steps, prev=self._frames[t_rows], generators=gens)
-        return frames[:, -1]
-
     # ------------------------------------------------------------ observations
     def _obs_all(self):
         if self.obs_mode == "tokens":
-            last = self._im.count - 1
-            rows = torch.arange(self.num_envs, device=self.model.device)
-            tok = self._im.tokens[rows, last.clamp_min(0)].view(self.num_envs, len(self.cameras), self.cfg.tokenizer.grid, -1)
+            tok = self._core.last_tokens()
             return tok.clone() if self.torch_obs else tok.cpu().numpy().copy()
         # Copies: on CPU .numpy() would alias the buffer the next step overwrites.
-        frames = self._frames.clone() if self.torch_obs else self._frames.cpu().numpy().copy()
+        frames = self._core.frames.clone() if self.torch_obs else self._core.frames.cpu().numpy().copy()
         if len(self.cameras) == 1:
             return frames[:, 0]
         return {cam: frames[:, i] for i, cam in enumerate(self.cameras)}
@@ -296,16 +263,13 @@ class ImaginedVectorEnv(VectorEnv):
         if self.render_mode != "rgb_array":
             return None
         if self.obs_mode == "tokens":
-            last = (self._im.count - 1).clamp_min(0)
-            rows = torch.arange(self.num_envs, device=self.model.device)
-            tok = self._im.tokens[rows, last].view(self.num_envs, 1, len(self.cameras), self.cfg.tokenizer.grid, -1)
-            frames = self.model.decode(tok, "token")[:, -1].cpu().numpy()
+            frames = self.model.decode(self._core.last_tokens()[:, None], "token")[:, -1].cpu().numpy()
         else:
-            frames = self._frames.cpu().numpy()
+            frames = self._core.frames.cpu().numpy()
         return tuple(mosaic(list(f), list(self.cameras)) for f in frames)
 
     def close_extras(self, **kwargs):
-        self._im = None
+        self._core = None
 
 
 class ImaginedEnv(gym.Env):

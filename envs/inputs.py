@@ -5,34 +5,35 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from gymnasium import spaces
+
+from wfm_sim.envs.contexts import Context
+from wfm_sim.envs.spaces import check_actions as check_action_values
 
 
 def check_actions(env, actions) -> torch.Tensor:
     """``(N, A)`` Box / ``(N,)`` Discrete actions -> a ``(N, k, ...)`` tensor on the model's device."""
-    space, n = env.single_action_space, env.num_envs
-    a = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
-    want = (n,) + space.shape
-    if a.shape != want:
-        raise ValueError(f"actions must have shape {want} (num_envs={n}, action shape {space.shape}), got {a.shape}")
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise TypeError(f"actions must be numeric, got dtype {a.dtype}")
-    if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
-        if not np.issubdtype(a.dtype, np.integer):
-            raise TypeError(f"discrete actions must be integers, got dtype {a.dtype}")
-        hi = space.n if isinstance(space, spaces.Discrete) else space.nvec
-        if (a < 0).any() or (a >= hi).any():
-            raise ValueError(f"discrete actions must lie in [0, {hi}), got {a.tolist()}")
-    else:
-        if not np.isfinite(a).all():
-            raise ValueError(f"actions contain NaN or inf: {a.tolist()}")
-        tol = 1e-6
-        bad = (a < space.low - tol) | (a > space.high + tol)
-        if bad.any():
-            raise ValueError(f"actions outside the action space bounds low={space.low.tolist()} "
-                             f"high={space.high.tolist()}: got {a.tolist()}")
+    a = check_action_values(env.single_action_space, actions, (env.num_envs,),
+                            f"actions (num_envs={env.num_envs})")
     t = torch.as_tensor(a, device=env.model.device)
-    return env.model.check_action(t, (n,))
+    return env.model.check_action(t, (env.num_envs,))
+
+
+def _from_contexts(env, ctx, r: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``Context`` objects (one, or one per row) -> frames ``(r, C, V, H, W, 3)`` and actions."""
+    ctxs = [ctx] * r if isinstance(ctx, Context) else list(ctx)
+    if len(ctxs) != r or not all(isinstance(c, Context) for c in ctxs):
+        raise ValueError(f"options['context'] must be a Context or a list of {r} Contexts (one per sub-env reset)")
+    for c in ctxs:
+        if set(c.cameras) != set(env.cameras):
+            raise ValueError(f"the context has cameras {list(c.cameras)}, but this model sees {list(env.cameras)}: "
+                             "start it from an env of the same camera rig (its real twin)")
+    c_max = env.cfg.backbone.max_frames - 1
+    n = min(len(c) for c in ctxs)
+    ctxs = [c.last(min(n, c_max)) for c in ctxs]
+    frames = np.stack([np.stack([c.frames[cam] for cam in env.cameras], axis=1) for c in ctxs])
+    frames = _as_frames(env, frames, r)
+    acts = np.stack([np.asarray(c.actions) for c in ctxs])
+    return frames, torch.as_tensor(acts), [c.origin for c in ctxs]
 
 
 def _as_frames(env, frames, r: int) -> torch.Tensor:
@@ -62,9 +63,11 @@ def _as_frames(env, frames, r: int) -> torch.Tensor:
 def batch_context(env, rows: np.ndarray, options: dict):
     """Context frames, actions and a description for the sub-envs ``rows``."""
     r = len(rows)
-    unknown = set(options) - {"frames", "actions", "episode"}
+    unknown = set(options) - {"frames", "actions", "episode", "context"}
     if unknown:
-        raise ValueError(f"unknown reset options {sorted(unknown)}; use frames/actions, episode, prompt or reset_mask")
+        raise ValueError(f"unknown reset options {sorted(unknown)}; use context, frames/actions, episode, prompt or reset_mask")
+    if "context" in options:
+        return _from_contexts(env, options["context"], r)
     if "frames" in options:
         frames = _as_frames(env, options["frames"], r)
         c = frames.shape[1]

@@ -1,6 +1,15 @@
-"""Policies for imagined and real envs (installed as ``wfm_sim.policies``)."""
+"""Policies for real and imagined envs alike (installed as ``wfm_sim.policies``).
 
-from wfm_sim.policies.base import ConvPolicy, ConvPolicyConfig, PlanPolicy, RandomPolicy
+Every policy is batched, ``policy(obs) -> actions`` with ``policy.reset(seeds, rows)`` at the
+start of episodes; scripted experts (:class:`ScriptedPolicy`) read the real simulator's state
+and are called ``policy(obs, info)``. See :mod:`wfm_sim.policies.base`.
+"""
+
+from wfm_sim.policies.base import (ConvPolicy, ConvPolicyConfig, PlanPolicy, Policy, RandomPolicy, ScriptedPolicy,
+                                   SeededPolicy)
 from wfm_sim.policies.driving import RoadCentroidDriver, TrackFollower
+from wfm_sim.policies.manipulation import MetaWorldExpert
+from wfm_sim.policies.registry import make_policy
 
-__all__ = ["ConvPolicy", "ConvPolicyConfig", "PlanPolicy", "RandomPolicy", "RoadCentroidDriver", "TrackFollower"]
+__all__ = ["ConvPolicy", "ConvPolicyConfig", "MetaWorldExpert", "PlanPolicy", "Policy", "RandomPolicy",
+           "RoadCentroidDriver", "ScriptedPolicy", "SeededPolicy", "TrackFollower", "make_policy"]

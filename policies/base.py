@@ -1,9 +1,16 @@
-"""Policies that act on batches of observations from an imagined (or real) env.
+"""The one policy interface, for real and imagined envs alike.
 
-Every policy here is ``policy(obs, rng) -> actions``: ``obs`` is the env's batched observation
-(an array, or a dict of arrays keyed by camera), ``rng`` a list of per-episode
-``np.random.Generator`` (so a stochastic policy draws the same actions for an episode whatever
-batch or worker it runs in), and ``actions`` a ``(n, ...)`` array.
+A :class:`Policy` is batched: ``policy(obs) -> actions`` maps a vector env's observation (an
+array ``(n, ...)``, or a dict of arrays keyed by camera) to ``(n, ...)`` actions.
+``policy.reset(seeds, rows)`` starts episodes: row ``rows[j]`` begins an episode seeded
+``seeds[j]``, and a stochastic policy draws that episode's randomness from its own generator
+(``np.random.default_rng([seed, 7])``), so an episode's actions do not depend on the batch,
+the worker or the other episodes beside it. The same object drives a real twin, an imagined
+env, a Ray worker and the recorder.
+
+A :class:`ScriptedPolicy` is the other kind: a scripted expert that reads the simulator's
+privileged state, ``policy(obs, info) -> actions`` with ``info["privileged"]``. Only real
+twins have that state; an imagined env does not, and a scripted policy says so.
 
 Dimension legend: ``n`` episodes in the batch, ``T`` plan steps, ``A`` action dim.
 """
@@ -12,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,34 +28,121 @@ from torch import nn
 from wfm_sim import checkpoint as ckpt
 
 
-class RandomPolicy:
+def batch_size(obs) -> int:
+    """Rows in a batched observation (an array or a dict of arrays)."""
+    if isinstance(obs, dict):
+        return len(next(iter(obs.values())))
+    return len(obs)
+
+
+class Policy:
+    """Base class: batched ``obs -> actions`` with per-episode randomness."""
+
+    privileged = False
+    """True for scripted policies that read ``info["privileged"]`` (real simulators only)."""
+
+    def reset(self, seeds: Sequence[int], rows: Sequence[int] | None = None,
+              episodes: Sequence[int] | None = None) -> None:
+        """Start episodes: row ``rows[j]`` (default ``j``) begins episode ``episodes[j]`` seeded ``seeds[j]``."""
+
+    def __call__(self, obs) -> np.ndarray:
+        raise NotImplementedError
+
+    @staticmethod
+    def _rows(seeds, rows) -> list[int]:
+        rows = list(range(len(seeds))) if rows is None else [int(r) for r in rows]
+        if len(rows) != len(seeds):
+            raise ValueError(f"reset got {len(seeds)} seeds for {len(rows)} rows")
+        return rows
+
+
+class SeededPolicy(Policy):
+    """A policy with one ``np.random.Generator`` per row, seeded per episode by :meth:`reset`."""
+
+    def __init__(self):
+        self._rngs: dict[int, np.random.Generator] = {}
+
+    def reset(self, seeds, rows=None, episodes=None) -> None:
+        for r, s in zip(self._rows(seeds, rows), seeds):
+            self._rngs[r] = np.random.default_rng([int(s), 7])
+
+    def rngs(self, n: int) -> list[np.random.Generator]:
+        missing = [r for r in range(n) if r not in self._rngs]
+        if missing:
+            raise RuntimeError(f"{type(self).__name__}: rows {missing} have no episode seed; call "
+                               "policy.reset(seeds) at the start of every episode (one seed per row)")
+        return [self._rngs[r] for r in range(n)]
+
+
+class RandomPolicy(SeededPolicy):
     """Uniform actions within the Box bounds (or uniform choices for Discrete)."""
 
     def __init__(self, space):
+        super().__init__()
         self.space = space
 
-    def __call__(self, obs, rng: list[np.random.Generator], t: int = 0) -> np.ndarray:
-        s = self.space
+    def __call__(self, obs) -> np.ndarray:
+        s, gens = self.space, self.rngs(batch_size(obs))
         if hasattr(s, "n"):
-            return np.asarray([int(g.integers(s.n)) for g in rng])
-        return np.stack([g.uniform(s.low, s.high).astype(np.float32) for g in rng])
+            return np.asarray([int(g.integers(s.n)) for g in gens])
+        return np.stack([g.uniform(s.low, s.high).astype(np.float32) for g in gens])
 
 
-class PlanPolicy:
-    """A fixed action sequence: ``(T, A)`` for every episode or ``(n, T, A)`` per episode."""
+class PlanPolicy(Policy):
+    """A fixed open-loop action sequence: ``(T, A)`` for every episode, or ``(E, T, A)`` with
+    episode ``e`` of a request playing ``plan[e]``. Each row keeps its own step counter."""
 
     def __init__(self, plan: np.ndarray):
         self.plan = np.asarray(plan)
+        if self.plan.ndim not in (2, 3):
+            raise ValueError(f"a plan must be (T, A) or (episodes, T, A), got shape {self.plan.shape}")
+        self._t: dict[int, int] = {}
+        self._episode: dict[int, int] = {}
 
     def __len__(self) -> int:
-        return self.plan.shape[-2] if self.plan.ndim == 3 else self.plan.shape[0]
+        return self.plan.shape[-2]
 
-    def __call__(self, obs, rng, t: int = 0, rows: np.ndarray | None = None) -> np.ndarray:
-        if t >= len(self):
-            raise IndexError(f"the plan has {len(self)} steps; step {t} asked for more")
-        if self.plan.ndim == 3:
-            return self.plan[rows if rows is not None else slice(None), t]
-        return np.repeat(self.plan[t][None], len(rng), axis=0)
+    def reset(self, seeds, rows=None, episodes=None) -> None:
+        rows = self._rows(seeds, rows)
+        episodes = rows if episodes is None else [int(e) for e in episodes]
+        for r, e in zip(rows, episodes):
+            if self.plan.ndim == 3 and not 0 <= e < len(self.plan):
+                raise ValueError(f"the plan holds {len(self.plan)} episodes; episode {e} asked for one")
+            self._t[r], self._episode[r] = 0, e
+
+    def __call__(self, obs) -> np.ndarray:
+        n = batch_size(obs)
+        out = []
+        for r in range(n):
+            if r not in self._t:
+                raise RuntimeError("PlanPolicy: call reset(seeds) at the start of every episode")
+            t = self._t[r]
+            if t >= len(self):
+                raise IndexError(f"the plan has {len(self)} steps; row {r} asked for step {t}")
+            out.append(self.plan[self._episode[r], t] if self.plan.ndim == 3 else self.plan[t])
+            self._t[r] = t + 1
+        return np.stack(out)
+
+
+class ScriptedPolicy(Policy):
+    """A scripted expert that reads simulator state: ``policy(obs, info) -> actions``.
+
+    ``info["privileged"]`` holds one state object per row (what a real twin puts in its info).
+    """
+
+    privileged = True
+
+    def __call__(self, obs, info=None) -> np.ndarray:  # type: ignore[override]
+        states = None if info is None else info.get("privileged")
+        if states is None:
+            raise ValueError(f"{type(self).__name__} is a scripted expert: it reads the simulator's state "
+                             "(info['privileged']), which only a real twin env provides; in imagination use a "
+                             "pixel policy (ConvPolicy, RoadCentroidDriver) or a plan")
+        states = np.atleast_1d(np.asarray(states, dtype=object))
+        return np.stack([self.act(i, s) for i, s in enumerate(states)])
+
+    def act(self, row: int, state) -> np.ndarray:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -62,8 +157,8 @@ class ConvPolicyConfig:
     width: int = 32
 
 
-class ConvPolicy(nn.Module):
-    """Deterministic actor: frames -> tanh-squashed action scaled to the bounds."""
+class ConvPolicy(nn.Module, Policy):
+    """Deterministic pixel actor: frames -> tanh-squashed action scaled to the bounds."""
 
     def __init__(self, cfg: ConvPolicyConfig):
         super().__init__()
@@ -83,12 +178,19 @@ class ConvPolicy(nn.Module):
         a = torch.tanh(self.net(x))
         return self.low + (a + 1) / 2 * (self.high - self.low)
 
+    def reset(self, seeds, rows=None, episodes=None) -> None:
+        pass  # deterministic
+
     @torch.no_grad()
-    def __call__(self, obs, rng=None, t: int = 0) -> np.ndarray:  # type: ignore[override]
-        if isinstance(obs, dict):
-            obs = np.stack([obs[k] for k in obs], axis=1)
+    def __call__(self, obs) -> np.ndarray:  # type: ignore[override]
+        if isinstance(obs, dict):  # cameras by sorted name, as gymnasium's Dict space orders them
+            obs = np.stack([np.asarray(obs[k]) for k in sorted(obs)], axis=1)
         elif np.ndim(obs) == 4:
             obs = np.asarray(obs)[:, None]
+        want = (self.cfg.cameras, self.cfg.image_size, self.cfg.image_size, 3)
+        if tuple(np.shape(obs)[1:]) != want:
+            raise ValueError(f"ConvPolicy takes (n, {', '.join(map(str, want))}) frames "
+                             f"({self.cfg.cameras} cameras), got {tuple(np.shape(obs))}")
         dev = next(self.parameters()).device
         return self.forward(torch.as_tensor(np.asarray(obs), device=dev)).cpu().numpy()
 

@@ -1,8 +1,10 @@
-"""Simple driving policies for CarRacing-style actions ``[steer, gas, brake]``.
+"""Driving policies for CarRacing-style actions ``[steer, gas, brake]``.
 
-* :class:`TrackFollower` reads the real simulator's track and car state (for data collection).
+* :class:`TrackFollower` is a scripted expert: it reads the real simulator's track and car
+  state (``info["privileged"]``, a :class:`~wfm_sim.envs.sources.CarState`), so it runs only
+  in a real twin. It records the driving data.
 * :class:`RoadCentroidDriver` sees only pixels: it steers toward the road in the front camera,
-  so it can drive inside an imagined environment as well as a real one.
+  so it drives an imagined env as well as a real one.
 """
 
 from __future__ import annotations
@@ -11,67 +13,72 @@ import math
 
 import numpy as np
 
+from wfm_sim.policies.base import Policy, ScriptedPolicy, batch_size
 
-class TrackFollower:
-    """Pure-pursuit on the CarRacing track with speed control and optional exploration noise.
+
+class TrackFollower(ScriptedPolicy):
+    """Pure pursuit on the CarRacing track with speed control and exploration noise.
+
+    Each episode drives at its own pace (``target_speed`` x U(0.6, 1.2), drawn from the
+    episode's seed) with Gaussian steering noise, so the data covers slow and fast driving.
 
     Args:
         lookahead: track points ahead to aim at.
         target_speed: cruise speed (Box2D units/s).
-        noise: std of Gaussian noise on steering (diverse data).
-        seed: noise seed.
+        noise: std of the Gaussian noise on steering.
     """
 
-    def __init__(self, lookahead: int = 6, target_speed: float = 45.0, noise: float = 0.1, seed: int = 0):
+    def __init__(self, lookahead: int = 6, target_speed: float = 45.0, noise: float = 0.1):
         self.lookahead, self.target_speed, self.noise = lookahead, target_speed, noise
-        self.rng = np.random.default_rng(seed)
-        self._speed = target_speed
+        self._rng: dict[int, np.random.Generator] = {}
+        self._speed: dict[int, float] = {}
 
-    def reset(self, seed: int | None = None) -> None:
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        # Each episode drives at its own pace so the data covers slow and fast driving.
-        self._speed = self.target_speed * self.rng.uniform(0.6, 1.2)
+    def reset(self, seeds, rows=None, episodes=None) -> None:
+        for r, s in zip(self._rows(seeds, rows), seeds):
+            self._rng[r] = np.random.default_rng([int(s), 7])
+            self._speed[r] = self.target_speed * self._rng[r].uniform(0.6, 1.2)
 
-    def __call__(self, obs, env) -> np.ndarray:
-        u = env.unwrapped
-        car = u.car.hull
-        pos = np.asarray(car.position)
-        track = np.asarray([(t[2], t[3]) for t in u.track])
+    def act(self, row: int, state) -> np.ndarray:
+        if row not in self._rng:
+            raise RuntimeError("TrackFollower: call reset(seeds) at the start of every episode")
+        pos, track = state.position, state.track
         i = int(np.argmin(((track - pos) ** 2).sum(1)))
         target = track[(i + self.lookahead) % len(track)]
-        heading = car.angle
-        fwd = np.array([-math.sin(heading), math.cos(heading)])
+        fwd = np.array([-math.sin(state.angle), math.cos(state.angle)])
         want = target - pos
         err = math.atan2(fwd[0] * want[1] - fwd[1] * want[0], fwd @ want)  # > 0: target to the left
-        steer = float(np.clip(-2.0 * err + self.rng.normal(0, self.noise), -1, 1))
-        speed = float(np.linalg.norm(car.linearVelocity))
-        limit = self._speed * (0.6 if abs(err) > 0.35 else 1.0)
+        steer = float(np.clip(-2.0 * err + self._rng[row].normal(0, self.noise), -1, 1))
+        speed = float(np.linalg.norm(state.velocity))
+        limit = self._speed[row] * (0.6 if abs(err) > 0.35 else 1.0)
         gas = 0.5 if speed < limit else 0.0
         brake = 0.4 if speed > limit + 8 else 0.0
         return np.array([steer, gas, brake], dtype=np.float32)
 
 
-class RoadCentroidDriver:
-    """Steer toward the centroid of road-grey pixels in the lower part of the front camera.
+class RoadCentroidDriver(Policy):
+    """Steer toward the centroid of road-grey pixels in the lower half of one camera.
 
     Args:
         camera: which camera of a dict observation to read (an array observation is used as is).
         gas: throttle while driving.
+        gain: steering per unit of centroid offset.
     """
 
     def __init__(self, camera: str = "CAM_FRONT", gas: float = 0.3, gain: float = 2.5):
         self.camera, self.gas, self.gain = camera, gas, gain
 
-    def reset(self, seed: int | None = None) -> None:
-        pass
+    def __call__(self, obs) -> np.ndarray:
+        """``(n, 3)`` actions for a batch of observations."""
+        if isinstance(obs, dict):
+            if self.camera not in obs:
+                raise ValueError(f"RoadCentroidDriver reads camera {self.camera!r}; the observation has {sorted(obs)}")
+            obs = obs[self.camera]
+        img = np.asarray(obs)
+        if img.ndim != 4:
+            raise ValueError(f"RoadCentroidDriver takes a batch of frames (n, H, W, 3), got shape {img.shape}")
+        return np.stack([self._one(im) for im in img[: batch_size(img)]])
 
-    def __call__(self, obs, rng=None, t: int = 0) -> np.ndarray:
-        """One action for one observation, or ``(n, 3)`` actions for a batch."""
-        img = obs[self.camera] if isinstance(obs, dict) else obs
-        img = np.asarray(img)
-        if img.ndim == 4:  # a batch
-            return np.stack([self(im) for im in img])
+    def _one(self, img: np.ndarray) -> np.ndarray:
         h, w = img.shape[:2]
         low = img[h // 2 :].astype(np.int16)
         r, g, b = low[..., 0], low[..., 1], low[..., 2]

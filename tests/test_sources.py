@@ -7,7 +7,7 @@ import pytest
 
 from wfm_sim.cli import main
 from wfm_sim.datasets import EpisodeReader
-from wfm_sim.datasets.recorder import record
+from wfm_sim.rollout import record
 
 
 @pytest.mark.parametrize("source", ["carracing-4cam", "metaworld-push", "pusher"])

@@ -20,7 +20,7 @@ def _cfg(store, out, component, **kw):
 
 
 def test_train_save_load_evaluate_end_to_end(tmp_path):
-    from wfm_sim.datasets.recorder import record
+    from wfm_sim.rollout import record
 
     store = tmp_path / "car.zarr"
     record("carracing", store, episodes=3, max_steps=8, size=16, progress=False)  # real simulator frames

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from wfm_sim.datasets.car_cameras import _clip_near
+from wfm_sim.envs.car_cameras import _clip_near
 from wfm_sim.evaluation.metrics import psnr, ssim
 from wfm_sim.policies import PlanPolicy, RandomPolicy, RoadCentroidDriver
 from wfm_sim.viz import contact_sheet, mosaic, read_mp4, write_mp4
@@ -47,23 +47,37 @@ def test_road_driver_steers_toward_the_road():
     img = np.zeros((64, 64, 3), np.uint8)
     img[..., 1] = 200  # grass
     img[32:, 44:60] = 105  # grey road, lower right
-    steer, gas, brake = RoadCentroidDriver()({"CAM_FRONT": img})
+    steer, gas, brake = RoadCentroidDriver()({"CAM_FRONT": img[None]})[0]
     assert steer > 0.5 and gas > 0
-    steer_left = RoadCentroidDriver()({"CAM_FRONT": img[:, ::-1]})[0]
+    steer_left = RoadCentroidDriver()({"CAM_FRONT": img[None, :, ::-1]})[0, 0]
     assert steer_left < -0.5
     batch = RoadCentroidDriver()({"CAM_FRONT": np.stack([img, img[:, ::-1]])})
     assert batch.shape == (2, 3) and batch[0, 0] > 0 > batch[1, 0]
 
 
-def test_random_and_plan_policies_are_per_episode():
+def test_random_policy_draws_per_episode_whatever_the_batch():
     import gymnasium as gym
 
     space = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32))
     pol = RandomPolicy(space)
-    a = pol(None, [np.random.default_rng(1), np.random.default_rng(2)])
-    b = pol(None, [np.random.default_rng(2)])
-    assert a.shape == (2, 3) and np.array_equal(a[1], b[0]) and all(space.contains(x) for x in a)
+    with pytest.raises(RuntimeError, match="reset"):
+        pol(np.zeros((2, 4)))
+    pol.reset([1, 2])
+    a = pol(np.zeros((2, 4)))
+    alone = RandomPolicy(space)
+    alone.reset([2])  # episode seeded 2, alone in its batch
+    assert a.shape == (2, 3) and np.array_equal(a[1], alone(np.zeros((1, 4)))[0])
+    assert all(space.contains(x) for x in a) and not np.array_equal(a[0], a[1])
+
+
+def test_plan_policy_keeps_a_step_per_row_and_plays_per_episode_plans():
     plan = PlanPolicy(np.arange(6, dtype=np.float32).reshape(2, 3))
-    assert np.array_equal(plan(None, [None, None], t=1), [[3, 4, 5], [3, 4, 5]])
+    plan.reset([0, 0])
+    assert np.array_equal(plan(np.zeros((2, 1))), [[0, 1, 2], [0, 1, 2]])
+    plan.reset([5], rows=[1])  # row 1 starts a new episode; row 0 goes on
+    assert np.array_equal(plan(np.zeros((2, 1))), [[3, 4, 5], [0, 1, 2]])
     with pytest.raises(IndexError, match="2 steps"):
-        plan(None, [None], t=2)
+        plan(np.zeros((2, 1)))
+    per_episode = PlanPolicy(np.arange(12, dtype=np.float32).reshape(2, 2, 3))
+    per_episode.reset([7, 8], episodes=[1, 0])
+    assert np.array_equal(per_episode(np.zeros((2, 1))), [[6, 7, 8], [0, 1, 2]])

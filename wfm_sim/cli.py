@@ -8,7 +8,7 @@ import sys
 
 
 def _collect(args) -> None:
-    from wfm_sim.datasets.recorder import record
+    from wfm_sim.rollout.record import record
 
     stats = record(args.source, args.out, args.episodes, policy=args.policy, size=args.size,
                    max_steps=args.max_steps, seed=args.seed, progress=not args.quiet)
@@ -81,30 +81,25 @@ def _demo(args) -> None:
 
 
 def _policy_spec(name: str, horizon: int):
+    """A rollout PolicySpec for ``--policy``; fails here, before Ray starts, on a bad policy."""
     from pathlib import Path
 
-    import numpy as np
-
+    from wfm_sim.policies import ConvPolicy, PlanPolicy, make_policy
     from wfm_sim.rollout import PolicySpec
 
     if name == "random":
         return PolicySpec("random")
-    if name == "driver":
-        from wfm_sim.policies import RoadCentroidDriver
-
-        return PolicySpec("callable", obj=RoadCentroidDriver())
-    path = Path(name)
-    if path.suffix == ".npy" and path.is_file():
-        plan = np.load(path, allow_pickle=False)
-        if plan.shape[-2] < horizon:
-            raise ValueError(f"plan {path} has {plan.shape[-2]} steps, fewer than --horizon {horizon}")
-        return PolicySpec("plan", plan=plan)
-    if (path / "config.json").is_file():
-        from wfm_sim.policies import ConvPolicy
-
-        pol = ConvPolicy.from_pretrained(path)
-        return PolicySpec("conv", state=(vars(pol.cfg), pol.state_dict()))
-    raise ValueError(f"--policy must be random, driver, a .npy plan (T, A) or a ConvPolicy folder; got {name!r}")
+    if name in ("driver", "expert"):
+        raise ValueError(f"--policy {name} is a scripted expert that reads the real simulator's state; "
+                         "imagined rollouts need a pixel policy (road, a ConvPolicy folder), a plan or random")
+    policy = make_policy(name, camera="CAM_FRONT") if name != "road" else None
+    if isinstance(policy, PlanPolicy):
+        if len(policy) < horizon:
+            raise ValueError(f"plan {name} has {len(policy)} steps, fewer than --horizon {horizon}")
+        return PolicySpec("plan", plan=policy.plan)
+    if isinstance(policy, ConvPolicy) and Path(name).is_dir():
+        return PolicySpec("conv", state=(vars(policy.cfg), policy.state_dict()))
+    return PolicySpec("named", name=name)
 
 
 def _rollout(args) -> None:
@@ -132,16 +127,17 @@ def _rollout(args) -> None:
 
 
 def _add_collect(sub) -> None:
-    from wfm_sim.datasets.sources import SOURCES
+    from wfm_sim.envs.sources import SOURCES
 
-    lines = "\n".join(f"  {n:16s} {s.description} (policies: {', '.join(s.policies)})" for n, s in SOURCES.items())
+    lines = "\n".join(f"  {n:16s} {s.description} (default policy: {s.default_policy})" for n, s in SOURCES.items())
     c = sub.add_parser("collect", help="record episodes from a real simulator into a zarr store",
                        description=f"Record episodes from a real simulator.\n\nsources:\n{lines}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("source", choices=sorted(SOURCES), metavar="SOURCE", help="simulator to record (listed above)")
     c.add_argument("--episodes", type=int, required=True, help="episodes to record (appended if --out exists)")
     c.add_argument("--out", required=True, help="output store, e.g. data/driving.zarr")
-    c.add_argument("--policy", default=None, help="policy name (default: the source's scripted one)")
+    c.add_argument("--policy", default=None, help="random, driver (CarRacing), expert (Meta-World), road, a .npy plan, "
+                   "a ConvPolicy folder or module:callable (default: the source's scripted one)")
     c.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
     c.add_argument("--max-steps", type=int, default=None, help="steps per episode (default: per source)")
     c.add_argument("--seed", type=int, default=0, help="first episode seed")
@@ -223,7 +219,8 @@ def _add_demo(sub) -> None:
 def _add_rollout(sub) -> None:
     ro = sub.add_parser("rollout", help="imagined episodes on Ray workers, streamed into a zarr store")
     ro.add_argument("--model", default="driving", help="shipped model name or folder (default: driving)")
-    ro.add_argument("--policy", default="random", help="random, driver, a .npy plan (T, A), or a ConvPolicy folder")
+    ro.add_argument("--policy", default="random", help="random, road (pixel road follower), a .npy plan (T, A), "
+                    "a ConvPolicy folder, or module:callable")
     ro.add_argument("--episodes", type=int, required=True)
     ro.add_argument("--horizon", type=int, required=True)
     ro.add_argument("--workers", type=int, default=2, help="model replicas (Ray actors)")

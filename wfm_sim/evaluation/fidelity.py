@@ -20,6 +20,7 @@ import torch
 
 from wfm_sim.datasets.windows import WindowDataset, collate
 from wfm_sim.evaluation.metrics import psnr, ssim
+from wfm_sim.models.rollout_core import RolloutCore
 from wfm_sim.models.sampling import SamplingConfig
 from wfm_sim.models.world_model import WorldModel
 from wfm_sim.records import Batch
@@ -56,7 +57,8 @@ def eval_windows(model: WorldModel, data: str, cfg: EvalConfig) -> Batch:
 @torch.no_grad()
 def rollout(model: WorldModel, batch: Batch, mode: str, decoder: str, cfg: EvalConfig,
             actions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Open-loop rollouts for every window; returns predicted frames and head outputs."""
+    """Open-loop rollouts for every window through the one rollout core; returns predicted
+    frames and head outputs."""
     C, H = model.cfg.context_frames, cfg.horizon
     n = batch.obs.shape[0]
     acts = batch.action if actions is None else actions
@@ -64,17 +66,12 @@ def rollout(model: WorldModel, batch: Batch, mode: str, decoder: str, cfg: EvalC
     for s in range(0, n, cfg.batch):
         obs, a = batch.obs[s : s + cfg.batch], acts[s : s + cfg.batch]
         r = obs.shape[0]
-        im = model.imagine(r, mode=mode, sampling=cfg.sampling, parallel_steps=cfg.parallel_steps)
-        ctx = model.encode(obs[:, :C]).flatten(2)
-        rows = torch.arange(r, device=model.device)
-        ctx_a = model.check_action(a[:, : C - 1].to(model.device), (r, C - 1)) if C > 1 else None
-        im.reset(rows, ctx, ctx_a, [cfg.seed * 7919 + s + i for i in range(r)])
-        prev = obs[:, C - 1].to(model.device)
+        core = RolloutCore(model, r, mode, cfg.sampling, cfg.parallel_steps, decoder, cfg.diffusion_steps)
+        core.reset(None, obs[:, :C], a[:, : C - 1] if C > 1 else None, [cfg.seed * 7919 + s + i for i in range(r)])
         out_f, out_r, out_t, out_s = [], [], [], []
         for h in range(H):
-            step = im.step(model.check_action(a[:, C - 1 + h].to(model.device), (r,)))
-            prev = model.decode(step.tokens[:, None], decoder, cfg.diffusion_steps, prev=prev, generators=im.generators)[:, -1]
-            out_f.append(prev.cpu())
+            step = core.step(model.check_action(a[:, C - 1 + h].to(model.device), (r,)))
+            out_f.append(step.frames.cpu())
             out_r.append(step.reward.cpu())
             out_t.append(step.terminated.cpu())
             out_s.append(step.success.cpu() if step.success is not None else torch.zeros(r, dtype=torch.bool))

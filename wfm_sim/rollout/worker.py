@@ -2,8 +2,10 @@
 
 Plain Python class; :class:`~wfm_sim.rollout.pool.RolloutPool` turns it into a Ray actor
 (whole or fractional GPU, or CPU). Each episode is driven by its own seed (env row seed and a
-per-episode policy RNG), so an episode's content does not depend on the worker, the batch or
-the other episodes it ran beside.
+per-episode policy RNG) through :func:`~wfm_sim.rollout.play.play`, so an episode's content
+does not depend on which worker ran it or on the other episodes beside it; it does depend on
+the batch layout (``envs`` per worker), since kernels sum in another order for another batch
+size (see :class:`~wfm_sim.envs.imagined.ImaginedVectorEnv`, Determinism).
 
 Dimension legend: ``n`` episodes in a batch, ``T`` steps, ``V`` cameras, ``A`` action dim.
 """
@@ -20,10 +22,11 @@ from wfm_sim.datasets.episode import Episode
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """How a worker gets its policy.
+    """How a worker gets its policy (see :mod:`wfm_sim.policies`).
 
     kind: 'random'; 'plan' (``plan`` holds a ``(T, A)`` or ``(episodes, T, A)`` array);
-    'callable' (``obj`` is a picklable ``policy(obs, rngs, t)``, e.g. RoadCentroidDriver);
+    'named' (``name`` is anything :func:`~wfm_sim.policies.make_policy` accepts, built on the
+    worker); 'callable' (``obj`` is a picklable policy object, e.g. ``RoadCentroidDriver()``);
     'conv' (``state`` holds a ConvPolicy config dict and state dict, put in Ray's object store
     once by the pool and fetched by each worker once).
     """
@@ -32,12 +35,17 @@ class PolicySpec:
     plan: np.ndarray | None = None
     obj: object = None
     state: object = None
+    name: str | None = None
 
     def __post_init__(self):
-        if self.kind not in ("random", "plan", "callable", "conv"):
-            raise ValueError(f"policy kind must be random, plan, callable or conv; got {self.kind!r}")
-        if self.kind == "plan" and self.plan is None:
-            raise ValueError("a plan policy needs plan=(T, A) actions")
+        if self.kind not in ("random", "plan", "named", "callable", "conv"):
+            raise ValueError(f"policy kind must be random, plan, named, callable or conv; got {self.kind!r}")
+        if self.kind == "plan" and (self.plan is None or np.ndim(self.plan) not in (2, 3)):
+            raise ValueError("a plan policy needs plan=(T, A) or (episodes, T, A) actions")
+        if self.kind == "named" and not self.name:
+            raise ValueError("a named policy needs name=")
+        if self.kind == "callable" and not callable(self.obj):
+            raise ValueError(f"a callable policy needs obj= a policy object, got {type(self.obj).__name__}")
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,7 @@ class RolloutWorker:
         """Model facts, and the bytes its parameters and KV cache take (for replica sizing)."""
         m = self.env.model
         params = sum(p.numel() * p.element_size() for p in m.parameters())
-        return {"device": str(m.device), "param_bytes": params, "kv_cache_bytes": self.env._im.cache.nbytes(),
+        return {"device": str(m.device), "param_bytes": params, "kv_cache_bytes": self.env._core.im.cache.nbytes(),
                 "envs": self.env.num_envs}
 
     def spec(self) -> dict:
@@ -85,11 +93,14 @@ class RolloutWorker:
 
     def _policy(self, spec: PolicySpec):
         from wfm_sim.policies.base import ConvPolicy, ConvPolicyConfig, PlanPolicy, RandomPolicy
+        from wfm_sim.policies.registry import make_policy
 
         if spec.kind == "random":
             return RandomPolicy(self.env.single_action_space)
         if spec.kind == "plan":
             return PlanPolicy(spec.plan)
+        if spec.kind == "named":
+            return make_policy(spec.name, self.env.single_action_space, camera=self.env.cameras[0])
         if spec.kind == "callable":
             return spec.obj
         state = spec.state
@@ -107,55 +118,11 @@ class RolloutWorker:
 
     def run(self, chunk: Chunk, spec: PolicySpec) -> tuple[int, list[Episode]]:
         """Run the chunk's episodes (at most ``envs`` at once) to their end or the horizon."""
+        from wfm_sim.rollout.play import play
+
         out: list[Episode] = []
-        n = self.env.num_envs
+        n, policy = self.env.num_envs, self._policy(spec)
         for s in range(0, len(chunk.seeds), n):
             ids, seeds = chunk.episode_ids[s : s + n], chunk.seeds[s : s + n]
-            out += self._batch(ids, seeds, chunk, self._policy(spec), spec)
+            out += play(self.env, policy, seeds, chunk.horizon, dict(chunk.reset_options) or None, episodes=ids)
         return chunk.index, out
-
-    def _batch(self, ids, seeds, chunk: Chunk, policy, spec: PolicySpec) -> list[Episode]:
-        env, k = self.env, len(seeds)
-        # Unused rows get throwaway seeds; only the first k rows are recorded.
-        all_seeds = list(seeds) + [int(2**31 - 1 - i) for i in range(env.num_envs - k)]
-        obs, _ = env.reset(seed=all_seeds, options=dict(chunk.reset_options))
-        rngs = [np.random.default_rng([sd, 7]) for sd in all_seeds]
-        rec = {"obs": [], "action": [], "reward": [], "terminated": [], "truncated": [], "success": []}
-        alive = np.ones(env.num_envs, dtype=bool)
-        alive[k:] = False
-        length = np.zeros(env.num_envs, dtype=np.int64)
-        for t in range(chunk.horizon):
-            if spec.kind == "plan" and np.ndim(spec.plan) == 3:
-                action = policy(obs, rngs, t, rows=np.asarray(ids + tuple(ids[:1]) * (env.num_envs - k)))
-            else:
-                action = policy(obs, rngs, t)
-            action = np.asarray(action, dtype=env.single_action_space.dtype)
-            nxt, reward, term, trunc, info = env.step(action)
-            trunc = trunc | (t == chunk.horizon - 1)
-            rec["obs"].append(obs)
-            rec["action"].append(action)
-            rec["reward"].append(reward)
-            rec["terminated"].append(term)
-            rec["truncated"].append(trunc)
-            rec["success"].append(info.get("success", np.zeros(env.num_envs, bool)))
-            length[alive] += 1
-            alive &= ~(term | trunc)
-            obs = nxt
-            if not alive.any():
-                break
-        return [self._episode(rec, i, int(length[i]), seeds[i]) for i in range(k)]
-
-    def _episode(self, rec: dict, row: int, length: int, seed: int) -> Episode:
-        cams = self.env.cameras
-
-        def col(key):
-            return np.stack([step[row] for step in rec[key][:length]])
-
-        frames = rec["obs"][:length]
-        if isinstance(frames[0], dict):
-            obs = {c: np.stack([f[c][row] for f in frames]) for c in cams}
-        else:
-            obs = {cams[0]: np.stack([f[row] for f in frames])}
-        extras = {"success": col("success")} if self.env.cfg.backbone.success_head else {}
-        return Episode(obs=obs, action=col("action"), reward=col("reward").astype(np.float32),
-                       terminated=col("terminated"), truncated=col("truncated"), extras=extras, seed=seed)

@@ -1,0 +1,75 @@
+"""The observation and action spaces of a camera rig, built in one place for both worlds.
+
+A real-simulator twin (:mod:`wfm_sim.envs.real`) and the imagined env of a model trained on
+that simulator (:mod:`wfm_sim.envs.imagined`) call these same functions, so their spaces are
+equal by construction (and a test checks it), and one policy runs in both unchanged.
+
+Dimension legend: ``V`` cameras, ``H W`` pixels, ``g`` token grid, ``k`` actions per latent
+frame, ``A`` action features.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+
+
+def pixel_space(cameras: tuple[str, ...], size: int) -> spaces.Space:
+    """One camera: ``Box(0, 255, (H, W, 3), uint8)``; several: a ``Dict`` keyed by camera name."""
+    frame = spaces.Box(0, 255, (size, size, 3), np.uint8)
+    if len(cameras) == 1:
+        return frame
+    return spaces.Dict({cam: spaces.Box(0, 255, (size, size, 3), np.uint8) for cam in cameras})
+
+
+def token_space(cameras: tuple[str, ...], grid: int, vocab: int) -> spaces.Box:
+    """Token observations: ``Box(0, vocab-1, (V, g, g), int64)``."""
+    return spaces.Box(0, vocab - 1, (len(cameras), grid, grid), np.int64)
+
+
+def action_space(spec: dict, group: int = 1) -> spaces.Space:
+    """A Gymnasium space from an action spec (the store's ``action_space`` attribute).
+
+    Args:
+        spec: ``{"type": "box", "shape": [A], "low": [...], "high": [...]}`` or
+            ``{"type": "discrete", "n": K}``.
+        group: actions per latent frame (``k`` for tokenizers that group k frames); k > 1 gives
+            ``(k, A)`` boxes and ``MultiDiscrete([K] * k)``.
+    """
+    if spec.get("type") == "discrete":
+        n = int(spec["n"])
+        return spaces.Discrete(n) if group == 1 else spaces.MultiDiscrete([n] * group)
+    if spec.get("type") != "box":
+        raise ValueError(f"action spec must have type 'box' or 'discrete', got {spec!r}")
+    lo, hi = np.asarray(spec["low"], np.float32), np.asarray(spec["high"], np.float32)
+    if group > 1:
+        lo, hi = np.tile(lo, (group, 1)), np.tile(hi, (group, 1))
+    return spaces.Box(lo, hi, dtype=np.float32)
+
+
+def check_actions(space: spaces.Space, actions, lead: tuple[int, ...] = (), who: str = "actions") -> np.ndarray:
+    """Validate ``actions`` against ``space`` (with ``lead`` batch dims); returns them as an array.
+
+    Raises ``ValueError`` / ``TypeError`` that name the expected shape, dtype and bounds, before
+    anything is stepped.
+    """
+    a = actions.detach().cpu().numpy() if hasattr(actions, "detach") else np.asarray(actions)
+    want = tuple(lead) + tuple(space.shape)
+    if a.shape != want:
+        raise ValueError(f"{who} must have shape {want} (action shape {space.shape}), got {a.shape}")
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):
+        raise TypeError(f"{who} must be real numbers, got dtype {a.dtype}")
+    if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"discrete {who} must be integers, got dtype {a.dtype}")
+        hi = space.n if isinstance(space, spaces.Discrete) else space.nvec
+        if (a < 0).any() or (a >= hi).any():
+            raise ValueError(f"discrete {who} must lie in [0, {hi}), got {a.tolist()}")
+        return a
+    if not np.isfinite(a).all():
+        raise ValueError(f"{who} contain NaN or inf: {a.tolist()}")
+    tol = 1e-6
+    if ((a < space.low - tol) | (a > space.high + tol)).any():
+        raise ValueError(f"{who} outside the action space bounds low={space.low.tolist()} "
+                         f"high={space.high.tolist()}: got {a.tolist()}")
+    return a.astype(space.dtype, copy=False)

@@ -1,0 +1,76 @@
+"""Policies by name: what ``--policy`` accepts on every command.
+
+* ``random``: uniform actions within the action space;
+* ``road``: :class:`~wfm_sim.policies.RoadCentroidDriver` (pixels, driving rigs);
+* ``driver``: :class:`~wfm_sim.policies.TrackFollower` with 0.15 steering noise (scripted,
+  real CarRacing only);
+* ``expert``: :class:`~wfm_sim.policies.MetaWorldExpert` for the source's task (scripted, real
+  Meta-World only);
+* a ``.npy`` file: an open-loop plan ``(T, A)`` or ``(episodes, T, A)``;
+* a folder with ``config.json`` + ``model.safetensors``: a saved :class:`~wfm_sim.policies.ConvPolicy`;
+* ``module:callable``: a Python entry point; calling it with no arguments returns a policy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+
+from wfm_sim.policies.base import ConvPolicy, PlanPolicy, Policy, RandomPolicy
+from wfm_sim.policies.driving import RoadCentroidDriver, TrackFollower
+
+NAMES = ("random", "road", "driver", "expert")
+
+
+def make_policy(name: str, space=None, source: str | None = None, camera: str | None = None):
+    """Build the policy ``name`` (see the module docstring) for an env with action space ``space``.
+
+    Args:
+        name: a policy name, a ``.npy`` plan, a ConvPolicy folder or ``module:callable``.
+        space: the env's single action space (for ``random``).
+        source: the recording source (``carracing-4cam``, ``metaworld-push``...) for scripted experts.
+        camera: the camera ``road`` reads (default CAM_FRONT).
+    """
+    if name == "random":
+        if space is None:
+            raise ValueError("the random policy needs the env's action space")
+        return RandomPolicy(space)
+    if name == "road":
+        return RoadCentroidDriver(camera=camera or "CAM_FRONT")
+    if name == "driver":
+        if source is not None and not source.startswith("carracing"):
+            raise ValueError(f"'driver' drives CarRacing; source {source!r} has no track to follow")
+        return TrackFollower(noise=0.15)
+    if name == "expert":
+        if source is None or not source.startswith("metaworld-"):
+            raise ValueError(f"'expert' is Meta-World's scripted expert; source {source!r} is not a Meta-World task")
+        from wfm_sim.policies.manipulation import MetaWorldExpert
+
+        return MetaWorldExpert(source[len("metaworld-"):] + "-v3")
+    path = Path(name)
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise FileNotFoundError(f"no plan file {path}")
+        return PlanPolicy(np.load(path, allow_pickle=False))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is a folder but not a saved policy (no config.json)")
+        return ConvPolicy.from_pretrained(path)
+    if ":" in name and not path.exists():
+        return _entry_point(name)
+    raise ValueError(f"unknown policy {name!r}: use one of {list(NAMES)}, a .npy plan, a ConvPolicy folder "
+                     "or module:callable")
+
+
+def _entry_point(spec: str) -> Policy:
+    module, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load policy entry point {spec!r}: {e}") from e
+    policy = obj() if isinstance(obj, type) or not hasattr(obj, "reset") else obj
+    if not callable(policy):
+        raise ValueError(f"policy entry point {spec!r} gave {type(policy).__name__}, which is not callable")
+    return policy

@@ -1,0 +1,128 @@
+"""Real-simulator twins: Gymnasium conformance, seeds that replay, equal spaces, one policy in both worlds."""
+
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import wfm_sim  # noqa: F401  (registers the ids)
+from wfm_sim.envs import TWINS, Context, ImaginedVectorEnv, RealEnv, make_real_vec
+from wfm_sim.models import shipped_models
+from wfm_sim.policies import ConvPolicy, ConvPolicyConfig, PlanPolicy, TrackFollower
+from wfm_sim.rollout import play, record
+
+pytest.importorskip("Box2D")
+pytest.importorskip("metaworld")
+needs_shipped = pytest.mark.skipif(not shipped_models(), reason="no shipped model in this checkout")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    return np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("env_id", ["wfm_sim/RealDriving-v0", "wfm_sim/RealManipulation-v0"])
+def test_real_twins_pass_check_env_and_seeds_repeat_across_fresh_envs(env_id):
+    env = gym.make(env_id)
+    check_env(env.unwrapped)
+    a, info_a = gym.make(env_id).reset(seed=11)
+    b, info_b = gym.make(env_id).reset(seed=11)  # a freshly made env: the same start state
+    c, _ = env.reset(seed=12)
+    assert _same(a, b) and info_a["privileged"] == info_b["privileged"]
+    assert not _same(a, c)
+    again, _ = env.reset(seed=11)  # the same env reset twice with one seed: the same start too
+    assert _same(a, again)
+
+
+@pytest.mark.parametrize("source", ["metaworld-push", "carracing-4cam"])
+def test_a_recorded_episode_replays_from_its_seed(tmp_path, source):
+    from wfm_sim.datasets import EpisodeReader
+
+    record(source, tmp_path / "r.zarr", episodes=1, max_steps=6, seed=21, progress=False)
+    ep = EpisodeReader(tmp_path / "r.zarr").episode(0)
+    assert ep.seed == 21
+    twin = RealEnv(source)
+    obs, _ = twin.reset(seed=ep.seed)
+    for t in range(len(ep)):
+        frames = obs if isinstance(obs, dict) else {twin.cameras[0]: obs}
+        assert all(np.array_equal(frames[c], ep.obs[c][t]) for c in ep.cameras), f"step {t} differs"
+        obs, reward, *_ = twin.step(ep.action[t])
+        assert reward == pytest.approx(float(ep.reward[t]), abs=1e-5)
+
+
+@needs_shipped
+@pytest.mark.parametrize("imagined_id", sorted(TWINS))
+def test_each_twin_pair_has_equal_spaces_and_rate(imagined_id):
+    imagined, real = gym.make(imagined_id), gym.make(TWINS[imagined_id])
+    assert imagined.observation_space == real.observation_space
+    assert imagined.action_space == real.action_space
+    assert imagined.metadata["render_fps"] == real.metadata["render_fps"]
+    n = 3
+    vec_i = gym.make_vec(imagined_id, num_envs=n, vectorization_mode="vector_entry_point")
+    vec_r = make_real_vec(real.unwrapped.source.name, n)
+    assert vec_i.single_observation_space == vec_r.single_observation_space
+    assert vec_i.action_space == vec_r.action_space and vec_i.observation_space == vec_r.observation_space
+
+
+@needs_shipped
+def test_one_conv_policy_runs_in_both_worlds_from_the_same_start_state():
+    real = make_real_vec("carracing-4cam", 2, context_frames=2)
+    imagined = ImaginedVectorEnv(2, "driving", max_episode_steps=50)
+    policy = ConvPolicy(ConvPolicyConfig(image_size=64, cameras=4, width=8))
+    real.reset(seed=[3, 4])
+    real.step(np.tile(np.array([0.0, 0.5, 0.0], np.float32), (2, 1)))  # one step: 2 frames and the action between
+    contexts = list(real.call("context"))
+    assert all(isinstance(c, Context) and len(c) == 2 for c in contexts)
+    dreamed = play(imagined, policy, [3, 4], horizon=5, options={"context": contexts})
+    lived = play(real, policy, [3, 4], horizon=5)  # no code change: the same object, the same loop
+    for d, c in zip(dreamed, contexts):
+        assert all(np.array_equal(d.obs[cam][0], c.frames[cam][-1]) for cam in c.cameras)  # starts where reality is
+        assert len(d) == 5 and d.origin == c.origin and d.action.shape == (5, 3)
+    assert all(len(e) == 5 and real.single_action_space.contains(e.action[0]) for e in lived)
+    np.testing.assert_allclose(dreamed[0].action[0], policy({k: v[:1] for k, v in _first(dreamed).items()})[0])
+
+
+def _first(episodes):
+    return {cam: frames[:1] for cam, frames in episodes[0].obs.items()}
+
+
+def test_a_scripted_expert_drives_real_twins_and_refuses_imagination(tiny_model_dir_with_contexts):
+    real = make_real_vec("carracing", 2)
+    episodes = play(real, TrackFollower(), [0, 1], horizon=30)
+    assert [e.seed for e in episodes] == [0, 1] and all(e.total_reward() > 0 for e in episodes)
+    imagined = ImaginedVectorEnv(2, str(tiny_model_dir_with_contexts), max_episode_steps=5)
+    with pytest.raises(ValueError, match="only a real twin env provides"):
+        play(imagined, TrackFollower(), [0, 1], horizon=3)
+
+
+def test_a_policy_whose_actions_do_not_fit_is_refused_by_name(tiny_model_dir_with_contexts):
+    imagined = ImaginedVectorEnv(2, str(tiny_model_dir_with_contexts), max_episode_steps=5)
+    with pytest.raises(ValueError, match=r"PlanPolicy actions must have shape \(2, 3\)"):
+        play(imagined, PlanPolicy(np.zeros((4, 2), np.float32)), [0, 1], horizon=3)
+    with pytest.raises(ValueError, match="outside the action space bounds"):
+        play(imagined, PlanPolicy(np.full((4, 3), 5.0, np.float32)), [0, 1], horizon=3)
+    real = RealEnv("carracing")
+    real.reset(seed=0)
+    with pytest.raises(ValueError, match=r"action must have shape \(3,\)"):
+        real.step(np.zeros(2, np.float32))
+    with pytest.raises(RuntimeError, match="before reset"):
+        RealEnv("carracing").step(np.zeros(3, np.float32))
+
+
+def test_a_context_from_another_camera_rig_is_refused(tiny_model_dir_with_contexts):
+    real = RealEnv("carracing-4cam")
+    real.reset(seed=0)
+    imagined = ImaginedVectorEnv(1, str(tiny_model_dir_with_contexts))
+    with pytest.raises(ValueError, match=r"cameras \['CAM_FRONT', 'CAM_BACK', 'CAM_LEFT', 'CAM_RIGHT'\].*sees \['CAM_FRONT'\]"):
+        imagined.reset(seed=0, options={"context": real.context()})
+
+
+def test_a_real_id_without_its_simulator_gives_an_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "Box2D", None)  # as if gymnasium[box2d] were not installed
+    with pytest.raises(ImportError, match=r"pip install 'wfm-sim\[sim\]'"):
+        gym.make("wfm_sim/RealDriving-v0")
+    with pytest.raises(ValueError, match="unknown source 'nope'"):
+        gym.make("wfm_sim/Real-v0", source="nope")

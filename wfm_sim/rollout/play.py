@@ -1,0 +1,108 @@
+"""Drive a policy in a vector env, real or imagined, and keep complete episodes.
+
+:func:`play` is the one episode loop: the recorder (real twins), the Ray rollout workers and
+the demo (imagined envs), and policy scoring all call it, so a policy meets both worlds through
+the same code. Row ``i`` of the env runs the episode seeded ``seeds[i]``; the env reset and the
+policy reset both get that seed, so an episode's content depends on its seed and the batch
+layout, not on the worker that ran it.
+
+Dimension legend: ``n`` sub-envs, ``k`` recorded episodes (k <= n), ``T`` steps.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from wfm_sim.datasets.episode import Episode
+from wfm_sim.envs.spaces import check_actions
+
+PAD_SEED = 2**31 - 1
+
+
+def act(policy, obs, info) -> np.ndarray:
+    """Ask ``policy`` for actions: ``policy(obs)``, or ``policy(obs, info)`` for scripted experts."""
+    return policy(obs, info) if getattr(policy, "privileged", False) else policy(obs)
+
+
+def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None = None,
+         episodes: Sequence[int] | None = None) -> list[Episode]:
+    """Run ``len(seeds)`` episodes side by side to their end or ``horizon`` steps.
+
+    Args:
+        env: a Gymnasium vector env (``ImaginedVectorEnv``, or real twins from ``make_real_vec``)
+            with NEXT_STEP or SAME_STEP autoreset; rows past ``len(seeds)`` run throwaway seeds.
+        policy: a :class:`~wfm_sim.policies.Policy` (or scripted policy).
+        seeds: one seed per recorded episode (env reset and policy randomness).
+        horizon: steps at most; the last recorded step is marked truncated.
+        options: passed to ``env.reset`` (e.g. ``{"context": ctxs}`` for an imagined env).
+        episodes: episode ids for per-episode plans (default: the row index).
+
+    Returns:
+        ``len(seeds)`` :class:`Episode` s: ``obs[i]`` is the frame the policy saw before
+        ``action[i]``; ``reward[i]``, ``terminated[i]``, ``truncated[i]`` (and ``success`` when the
+        env reports it) followed that action.
+    """
+    n, k = env.num_envs, len(seeds)
+    if not 1 <= k <= n:
+        raise ValueError(f"play runs 1..{n} episodes on this env (num_envs={n}), got {k} seeds")
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    all_seeds = [int(s) for s in seeds] + [PAD_SEED - i for i in range(n - k)]
+    ep_ids = None if episodes is None else [int(e) for e in episodes] + [int(episodes[0])] * (n - k)
+    obs, info = env.reset(seed=all_seeds, options=options)
+    origin = _origins(info, all_seeds)
+    policy.reset(all_seeds, episodes=ep_ids)
+    rec: dict[str, list] = {"obs": [], "action": [], "reward": [], "terminated": [], "truncated": [], "success": []}
+    alive = np.arange(n) < k
+    length = np.zeros(n, dtype=np.int64)
+    name = f"{type(policy).__name__} actions"
+    for t in range(horizon):
+        action = check_actions(env.single_action_space, act(policy, obs, info), (n,), who=name)
+        nxt, reward, term, trunc, info = env.step(action)
+        trunc = np.asarray(trunc) | (t == horizon - 1)
+        for key, value in (("obs", obs), ("action", action), ("reward", reward), ("terminated", term),
+                           ("truncated", trunc), ("success", info.get("success"))):
+            rec[key].append(value)
+        length[alive] += 1
+        alive &= ~(np.asarray(term) | trunc)
+        obs = nxt
+        if not alive.any():
+            break
+    return [_episode(rec, env, i, int(length[i]), all_seeds[i], origin[i]) for i in range(k)]
+
+
+def env_cameras(env) -> tuple[str, ...]:
+    """Camera names of a vector env: imagined envs carry them, real twins in a SyncVectorEnv too."""
+    cams = getattr(env, "cameras", None)
+    if cams is None and hasattr(env, "envs"):
+        cams = getattr(env.envs[0].unwrapped, "cameras", None)
+    if cams is None:
+        space = env.single_observation_space
+        cams = tuple(space.spaces) if hasattr(space, "spaces") else ("CAM_MAIN",)
+    return tuple(cams)
+
+
+def _origins(info: dict, seeds: list[int]) -> list[str]:
+    ctx = info.get("context")
+    if ctx is not None:
+        return [str(c) for c in ctx]
+    return [f"seed={s}" for s in seeds]
+
+
+def _episode(rec: dict, env, row: int, length: int, seed: int, origin: str) -> Episode:
+    def col(key):
+        return np.stack([np.asarray(step[row]) for step in rec[key][:length]])
+
+    frames, cams = rec["obs"][:length], env_cameras(env)
+    if isinstance(frames[0], dict):  # the env's camera order, not the Dict space's sorted one
+        obs = {c: np.stack([f[c][row] for f in frames]) for c in cams}
+    else:
+        obs = {cams[0]: np.stack([f[row] for f in frames])}
+    extras = {}
+    if all(s is not None for s in rec["success"][:length]):
+        extras["success"] = col("success").astype(bool)
+    return Episode(obs=obs, action=col("action"), reward=col("reward").astype(np.float32),
+                   terminated=col("terminated").astype(bool), truncated=col("truncated").astype(bool),
+                   extras=extras, seed=seed, origin=origin)
