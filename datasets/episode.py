@@ -28,6 +28,7 @@ class Episode:
         extras: optional per-step arrays with time on axis 0 (``success``, ``ego_pose``, ``state``).
         seed: the reset seed, when known.
         origin: where the episode started (a real env's seed, or an imagined env's context).
+        final_obs: camera name -> ``(H, W, 3)``, the frame after the last action (not stored).
     """
 
     obs: dict[str, np.ndarray]
@@ -38,6 +39,7 @@ class Episode:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     seed: int | None = None
     origin: str | None = None
+    final_obs: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.reward.shape[0])

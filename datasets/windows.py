@@ -16,20 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from wfm_sim.datasets.split import Split, split_episodes
 from wfm_sim.datasets.store import EpisodeReader, StoreError
 from wfm_sim.records import Batch
-
-
-def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shuffle episode indices with ``seed``; the first ``val_fraction`` (at least 1 when there
-    are >= 2 episodes and val_fraction > 0) are held out."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
-    order = np.random.default_rng(seed).permutation(num_episodes)
-    n_val = int(round(num_episodes * val_fraction))
-    if val_fraction > 0 and num_episodes >= 2:
-        n_val = max(1, n_val)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 class WindowDataset(Dataset):
@@ -39,13 +28,15 @@ class WindowDataset(Dataset):
         path: episode store.
         frames: window length T.
         split: "train", "val" or "all".
-        val_fraction: share of episodes held out (chosen by ``seed``).
+        val_fraction: share of episodes held out (chosen by ``seed``) when no ``episodes`` split is given.
+        episodes: the model's recorded :class:`~wfm_sim.datasets.split.Split` (takes precedence).
         stride: step between window starts inside an episode.
         cameras: cameras to return, in order (default: all the store has).
     """
 
     def __init__(self, path: str | Path, frames: int, split: str = "train", val_fraction: float = 0.1,
-                 seed: int = 0, stride: int = 1, cameras: tuple[str, ...] | None = None):
+                 seed: int = 0, stride: int = 1, cameras: tuple[str, ...] | None = None,
+                 episodes: Split | None = None):
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
         if frames < 1 or stride < 1:
@@ -60,8 +51,12 @@ class WindowDataset(Dataset):
             raise StoreError(f"{path} has no camera {missing}; it has {list(reader.cameras)}")
         self.extras = reader.extras
         self.action_space = reader.action_space
-        train, val = split_episodes(reader.num_episodes, val_fraction if split != "all" else 0.0, seed)
-        self.episodes = {"train": train, "val": val, "all": train}[split]
+        if episodes is not None:
+            episodes.check(reader)
+            self.episodes = episodes.indices(split)
+        else:
+            train, val = split_episodes(reader.num_episodes, val_fraction if split != "all" else 0.0, seed)
+            self.episodes = {"train": train, "val": val, "all": train}[split]
         starts = []
         for e in self.episodes:
             lo, hi = reader.episode_bounds(int(e))

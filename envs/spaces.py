@@ -58,7 +58,7 @@ def check_actions(space: spaces.Space, actions, lead: tuple[int, ...] = (), who:
     if a.shape != want:
         raise ValueError(f"{who} must have shape {want} (action shape {space.shape}), got {a.shape}")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):
-        raise TypeError(f"{who} must be real numbers, got dtype {a.dtype}")
+        raise TypeError(f"{who} must be real numeric values, got dtype {a.dtype}")
     if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
         if not np.issubdtype(a.dtype, np.integer):
             raise TypeError(f"discrete {who} must be integers, got dtype {a.dtype}")

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from wfm_sim.datasets.windows import split_episodes
+from wfm_sim.datasets.split import load_split
 from wfm_sim.datasets.store import EpisodeReader
 from wfm_sim.envs.contexts import ContextBank
 from wfm_sim.evaluation.card import model_card, training_summary
@@ -39,20 +39,21 @@ def main() -> None:
     args = ap.parse_args()
 
     run, out = Path(args.run), ROOT / "wfm_sim" / "pretrained" / args.name
-    model = WorldModel.from_pretrained(run, device="cpu", precision="fp32")
-    model.cfg = replace(model.cfg, name=args.name, decoder=replace(model.cfg.decoder, steps=args.steps))
-    model.decoder.cfg = model.cfg.decoder
+    saved = WorldModel.read_config(run)
+    shipped_cfg = replace(saved, name=args.name, decoder=replace(saved.decoder, steps=args.steps))
+    model = WorldModel.from_pretrained(run, device="cpu", precision="fp32", config=shipped_cfg)
     shutil.rmtree(out, ignore_errors=True)
     model.save_pretrained(out, storage=args.storage)
     reader = EpisodeReader(args.data)
-    _, val = split_episodes(reader.num_episodes, 0.1, 0)
+    split = load_split(run, args.data)  # the episodes training held out
+    shutil.copy(run / "split.json", out / "split.json")
     bank = ContextBank.from_store(args.data, model.cfg.cameras, model.cfg.context_frames, per_episode=1,
-                                  episodes=list(val[: args.contexts]))
+                                  episodes=list(split.val[: args.contexts]))
     bank.save(out)
 
     shipped = WorldModel.from_pretrained(out, device="cpu", precision="fp32")
     cfg = EvalConfig(horizon=8, windows=args.windows, split="val", sampling=SamplingConfig(temperature=args.temperature))
-    report, videos = evaluate(shipped, args.data, cfg)
+    report, videos = evaluate(shipped, args.data, cfg, split)
     report["model"] = args.name
     paths = write_report(report, videos, run / "eval_shipped", fps=model.cfg.fps / 2)
     shutil.copy(paths["plot"], ROOT / "docs" / f"eval_{args.name}.png")

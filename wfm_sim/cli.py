@@ -62,7 +62,13 @@ def _evaluate(args) -> None:
                      decoders=tuple(args.decoders), parallel_steps=args.parallel_steps,
                      diffusion_steps=args.diffusion_steps, sampling=SamplingConfig(temperature=args.temperature,
                                                                                     top_k=args.top_k), seed=args.seed)
-    report, videos = evaluate(model, args.data, cfg)
+    split = None
+    if args.split != "all":
+        from wfm_sim.datasets.split import load_split
+        from wfm_sim.models.world_model import resolve_pretrained
+
+        split = load_split(resolve_pretrained(args.model), args.data)
+    report, videos = evaluate(model, args.data, cfg, split)
     report["model"] = str(args.model)
     out = Path(args.out or Path(str(args.model)) / "eval")
     paths = write_report(report, videos, out, fps=model.cfg.fps / 2)

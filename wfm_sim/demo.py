@@ -30,7 +30,8 @@ def run_demo(model: str = "driving", steps: int = 48, envs: int = 2, out: str | 
     episodes = play(env, driver, [seed + i for i in range(envs)], steps)
     elapsed = time.perf_counter() - t0
     cols = len(cams) if len(cams) <= 4 else 3
-    frames = [[mosaic([ep.obs[c][t] for c in cams], cams, cols=cols) for t in range(len(ep))] for ep in episodes]
+    frames = [[mosaic([ep.obs[c][t] for c in cams], cams, cols=cols) for t in range(len(ep))]
+              + [mosaic([ep.final_obs[c] for c in cams], cams, cols=cols)] for ep in episodes]
     length = min(len(f) for f in frames)
     out = Path(out)
     video = write_mp4(out / "demo.mp4", [np.concatenate([f[t] for f in frames], axis=0) for t in range(length)],

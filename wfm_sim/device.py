@@ -17,6 +17,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} was requested but CUDA is not available on this machine; pass device='cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {device!r} was requested but this machine has {torch.cuda.device_count()} "
+                           f"CUDA device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError(f"device {device!r} was requested but MPS is not available; pass device='cpu'")
     return dev

@@ -35,3 +35,45 @@ def square_world_store(path: str | Path, episodes: int = 6, steps: int = 12, siz
                 break
         w.end_episode(seed=e)
     return Path(path)
+
+
+def steer_reward_model(cfg, seed: int = 0):
+    """A world model whose reward is a known, increasing function of ``action[0]``, whatever the
+    frames: the optimal policy is ``action[0] = high`` at every step. For tests of RL in imagination.
+
+    Built from ``cfg`` (a Box-action preset, e.g. ``preset("tiny")``) with random frame
+    weights, then: every transformer block is the identity (zero output projections), the
+    action embedding carries ``action[0]`` alone into feature 0, the action token's kind
+    embedding fills the other features with a constant (so RMSNorm keeps feature 0 monotone),
+    the reward head reads feature 0, and the termination head never fires.
+    """
+    import torch
+
+    from wfm_sim.models import WorldModel
+
+    torch.manual_seed(seed)
+    model = WorldModel(cfg)
+    bb = model.backbone
+    with torch.no_grad():
+        for block in bb.blocks:
+            block.attn.proj.weight.zero_()
+            block.mlp.w2.weight.zero_()
+        first, last = bb.act_emb.mlp[0], bb.act_emb.mlp[2]
+        first.weight.zero_()
+        first.bias.zero_()
+        first.weight[0, 0], first.bias[0] = 1.0, 2.0  # silu(a0 + 2): increasing on the action range
+        last.weight.zero_()
+        last.bias.zero_()
+        last.weight[0, 0] = 4.0
+        bb.kind_emb.weight[:, 1:] = 3.0
+        bb.kind_emb.weight[:, 0] = 0.0
+        for head in (bb.head_reward,):
+            head[0].weight.zero_()
+            head[0].bias.zero_()
+            head[0].weight[0, 0] = 1.0
+            head[2].weight.zero_()
+            head[2].bias.zero_()
+            head[2].weight[0, 0] = 1.0
+        bb.head_done[-1].weight.zero_()
+        bb.head_done[-1].bias.fill_(-8.0)
+    return model.eval()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from wfm_sim.datasets.split import Split
 from wfm_sim.datasets.windows import WindowDataset, collate
 from wfm_sim.evaluation.metrics import psnr, ssim
 from wfm_sim.models.rollout_core import RolloutCore
@@ -34,7 +35,8 @@ class EvalConfig:
     windows: int = 32
     """Evaluation windows, spread evenly over the chosen episodes."""
     split: str = "all"
-    """'all' for a held-out store; 'val' for the held-out episodes of the training store."""
+    """'all' for a store the model never saw; 'val' for the held-out episodes of a training
+    store (read from the model folder's split.json, see :func:`evaluate`)."""
     modes: tuple[str, ...] = ("sequential", "parallel")
     decoders: tuple[str, ...] = ("token", "diffusion")
     parallel_steps: int = 8
@@ -42,14 +44,17 @@ class EvalConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     batch: int = 32
     seed: int = 0
-    val_fraction: float = 0.1
+    """Sampling seeds of the rollouts."""
 
 
-def eval_windows(model: WorldModel, data: str, cfg: EvalConfig) -> Batch:
+def eval_windows(model: WorldModel, data: str, cfg: EvalConfig, split: Split | None = None) -> Batch:
     """``cfg.windows`` real windows of ``context + horizon`` frames from ``data``."""
     c = model.cfg
-    ds = WindowDataset(data, c.context_frames + cfg.horizon, split=cfg.split, val_fraction=cfg.val_fraction,
-                       seed=cfg.seed, cameras=c.cameras)
+    if cfg.split != "all" and split is None:
+        raise ValueError(f"split={cfg.split!r} needs the model's recorded train/val split "
+                         "(wfm_sim.datasets.split.load_split(MODEL_FOLDER, data)); use split='all' for an unseen store")
+    ds = WindowDataset(data, c.context_frames + cfg.horizon, split=cfg.split, cameras=c.cameras,
+                       episodes=split if cfg.split != "all" else None)
     idx = np.linspace(0, len(ds) - 1, min(cfg.windows, len(ds))).astype(int)
     return collate([ds[int(i)] for i in idx])
 
@@ -122,12 +127,16 @@ def decoder_reconstruction(model: WorldModel, batch: Batch, cfg: EvalConfig) -> 
     return out
 
 
-def evaluate(model: WorldModel, data: str, cfg: EvalConfig = EvalConfig()) -> tuple[dict, dict]:
+def evaluate(model: WorldModel, data: str, cfg: EvalConfig = EvalConfig(),
+             split: Split | None = None) -> tuple[dict, dict]:
     """Run the whole evaluation. Returns ``(report, videos)``: a JSON-ready report and the
-    frames for side-by-side videos (``{"real": ..., method: ...}``, each ``(n, H, V, H, W, 3)``)."""
+    frames for side-by-side videos (``{"real": ..., method: ...}``, each ``(n, H, V, H, W, 3)``).
+
+    ``split``: the model's recorded split of ``data`` (needed for ``cfg.split`` 'val' / 'train').
+    """
     model.eval()
     C, H = model.cfg.context_frames, cfg.horizon
-    batch = eval_windows(model, data, cfg)
+    batch = eval_windows(model, data, cfg, split)
     real = batch.obs[:, C : C + H]
     results, videos = {}, {"real": real}
     last = batch.obs[:, C - 1 : C].expand(-1, H, -1, -1, -1, -1)

@@ -244,15 +244,24 @@ class WorldModel(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device | None = "auto",
-                        precision: str = "auto") -> "WorldModel":
-        """Load a shipped model by short name (``"driving"``, ``"manipulation"``) or a folder."""
+    def read_config(cls, name_or_path: str | Path) -> WorldModelConfig:
+        """The config saved with a shipped model or in a model folder."""
         path = resolve_pretrained(name_or_path)
         meta = ckpt.read_json(path / "config.json", FORMAT)
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ckpt.CheckpointError(f"{path} was written by a newer wfm_sim (format_version {meta['format_version']})")
-        cfg = ckpt.from_dict(WorldModelConfig, meta.get("config"), "config")
-        model = cls(cfg)
+        return ckpt.from_dict(WorldModelConfig, meta.get("config"), "config")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device | None = "auto",
+                        precision: str = "auto", config: WorldModelConfig | None = None) -> "WorldModel":
+        """Load a shipped model by short name (``"driving"``, ``"manipulation"``) or a folder.
+
+        ``config`` builds the model with another config than the saved one (a new name, decoder
+        steps or reward scale); its weights must have the saved shapes.
+        """
+        path = resolve_pretrained(name_or_path)
+        model = cls(config if config is not None else cls.read_config(path))
         state = ckpt.unpack_state(ckpt.load_tensors(path / "model.safetensors"))
         load_state_strict(model, state, path / "model.safetensors")
         return model.eval().setup(device, precision)

@@ -57,6 +57,7 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
     rec: dict[str, list] = {"obs": [], "action": [], "reward": [], "terminated": [], "truncated": [], "success": []}
     alive = np.arange(n) < k
     length = np.zeros(n, dtype=np.int64)
+    final: dict[int, object] = {}
     name = f"{type(policy).__name__} actions"
     for t in range(horizon):
         action = check_actions(env.single_action_space, act(policy, obs, info), (n,), who=name)
@@ -66,11 +67,19 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
                            ("truncated", trunc), ("success", info.get("success"))):
             rec[key].append(value)
         length[alive] += 1
-        alive &= ~(np.asarray(term) | trunc)
+        ended = alive & (np.asarray(term) | trunc)
+        for i in np.flatnonzero(ended):  # the frame after the last action (SAME_STEP keeps it in info)
+            same_step = "final_obs" in info and info.get("_final_obs", np.zeros(n, bool))[i]
+            final[i] = info["final_obs"][i] if same_step else _row(nxt, i)
+        alive &= ~ended
         obs = nxt
         if not alive.any():
             break
-    return [_episode(rec, env, i, int(length[i]), all_seeds[i], origin[i]) for i in range(k)]
+    return [_episode(rec, env, i, int(length[i]), all_seeds[i], origin[i], final.get(i)) for i in range(k)]
+
+
+def _row(obs, i: int):
+    return {c: v[i] for c, v in obs.items()} if isinstance(obs, dict) else obs[i]
 
 
 def env_cameras(env) -> tuple[str, ...]:
@@ -91,7 +100,7 @@ def _origins(info: dict, seeds: list[int]) -> list[str]:
     return [f"seed={s}" for s in seeds]
 
 
-def _episode(rec: dict, env, row: int, length: int, seed: int, origin: str) -> Episode:
+def _episode(rec: dict, env, row: int, length: int, seed: int, origin: str, final) -> Episode:
     def col(key):
         return np.stack([np.asarray(step[row]) for step in rec[key][:length]])
 
@@ -100,9 +109,11 @@ def _episode(rec: dict, env, row: int, length: int, seed: int, origin: str) -> E
         obs = {c: np.stack([f[c][row] for f in frames]) for c in cams}
     else:
         obs = {cams[0]: np.stack([f[row] for f in frames])}
+    if final is not None:
+        final = {c: np.asarray(final[c]) for c in cams} if isinstance(final, dict) else {cams[0]: np.asarray(final)}
     extras = {}
     if all(s is not None for s in rec["success"][:length]):
         extras["success"] = col("success").astype(bool)
     return Episode(obs=obs, action=col("action"), reward=col("reward").astype(np.float32),
                    terminated=col("terminated").astype(bool), truncated=col("truncated").astype(bool),
-                   extras=extras, seed=seed, origin=origin)
+                   extras=extras, seed=seed, origin=origin, final_obs=final)

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from wfm_sim.datasets.split import ensure_split
 from wfm_sim.datasets.store import EpisodeReader, StoreError
 from wfm_sim.device import resolve_device
 from wfm_sim.models.presets import preset
@@ -123,18 +124,23 @@ def reward_scale(reader: EpisodeReader) -> float:
 
 
 def open_model(cfg: TrainConfig) -> WorldModel:
+    """The model in ``cfg.out`` (created from the preset and the data on first use), built once
+    with its final config: a backbone trained afresh regresses rewards in units of this data's
+    scale, so its config carries that scale from construction on."""
     out = Path(cfg.out)
     if (out / "config.json").is_file():
-        model = WorldModel.from_pretrained(out, device=cfg.device, precision=cfg.precision)
+        model_cfg = WorldModel.read_config(out)
         r = EpisodeReader(cfg.data)
-        if tuple(r.cameras) != model.cfg.cameras:
-            missing = [c for c in model.cfg.cameras if c not in r.cameras]
-            if missing:
-                raise StoreError(f"{cfg.data} lacks camera(s) {missing} that the model in {out} uses")
+        missing = [c for c in model_cfg.cameras if c not in r.cameras]
+        if missing:
+            raise StoreError(f"{cfg.data} lacks camera(s) {missing} that the model in {out} uses")
         a = r.action_space
-        if a["type"] == "box" and a["shape"][0] != model.cfg.action.dim:
-            raise StoreError(f"{cfg.data} has {a['shape'][0]}-d actions; the model in {out} takes {model.cfg.action.dim}-d")
-        return model
+        if a["type"] == "box" and a["shape"][0] != model_cfg.action.dim:
+            raise StoreError(f"{cfg.data} has {a['shape'][0]}-d actions; the model in {out} takes {model_cfg.action.dim}-d")
+        fresh_backbone = cfg.component == "backbone" and not (cfg.resume and _has_state(cfg))
+        if fresh_backbone:
+            model_cfg = replace(model_cfg, backbone=replace(model_cfg.backbone, reward_scale=reward_scale(r)))
+        return WorldModel.from_pretrained(out, device=cfg.device, precision=cfg.precision, config=model_cfg)
     torch.manual_seed(cfg.seed)
     model_cfg = config_for_data(cfg.preset, cfg.data, out.name)
     if cfg.tokenizer_from is None:
@@ -147,12 +153,19 @@ def open_model(cfg: TrainConfig) -> WorldModel:
     return model.setup(cfg.device, cfg.precision)
 
 
+def _has_state(cfg: TrainConfig) -> bool:
+    return (Path(cfg.out) / "train_state" / cfg.component / "state.json").is_file()
+
+
 def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> dict:
     """Train one component. Returns the last logs (and eval metrics, when any ran)."""
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
     model = open_model(cfg)
-    task = TASKS[cfg.component](model, cfg.data, cfg.val_fraction, cfg.seed)
+    split = ensure_split(out, cfg.data, cfg.val_fraction, cfg.seed) if rank == 0 else None
+    if split is None:  # other ranks read what rank 0 wrote
+        split = _wait_for_split(out, cfg.data)
+    task = TASKS[cfg.component](model, cfg.data, split)
     if cfg.component == "backbone":
         task.cache_folder = out / "train_state" / "backbone"
     frozen_except(model, cfg.component)
@@ -166,10 +179,6 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     if cfg.resume and (state_dir / "state.json").is_file():
         step, extra = load_train_state(state_dir, module, opt)
         elapsed0 = float(extra.get("elapsed_s", 0.0))
-    elif cfg.component == "backbone":  # a fresh backbone learns rewards in units of this data's scale
-        bb = replace(model.cfg.backbone, reward_scale=reward_scale(EpisodeReader(cfg.data)))
-        model.cfg = replace(model.cfg, backbone=bb)
-        model.backbone.cfg = bb
     train_ds = task.dataset("train")
     sampler = StepSampler(len(train_ds), cfg.batch_size, cfg.seed, step, cfg.steps, rank, world)
     loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=task.collate,
@@ -215,6 +224,19 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     stop.restore()
     bar.close()
     return last
+
+
+def _wait_for_split(out: Path, data: str, timeout: float = 120.0):
+    from wfm_sim.datasets.split import load_split
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return load_split(out, data)
+        except StoreError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 class _StopFlag:

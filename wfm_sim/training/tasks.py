@@ -15,6 +15,7 @@ import math
 import torch
 from einops import rearrange
 
+from wfm_sim.datasets.split import Split
 from wfm_sim.datasets.windows import WindowDataset, collate
 from wfm_sim.evaluation.metrics import psnr_signed as psnr
 from wfm_sim.models.world_model import WorldModel, to_video
@@ -28,8 +29,8 @@ class Task:
 
     name = ""
 
-    def __init__(self, model: WorldModel, data: str, val_fraction: float = 0.1, seed: int = 0):
-        self.model, self.data, self.val_fraction, self.seed = model, data, val_fraction, seed
+    def __init__(self, model: WorldModel, data: str, split: Split):
+        self.model, self.data, self.split = model, data, split
 
     @property
     def module(self) -> torch.nn.Module:
@@ -39,8 +40,7 @@ class Task:
         raise NotImplementedError
 
     def dataset(self, split: str) -> WindowDataset:
-        return WindowDataset(self.data, self.window(), split=split, val_fraction=self.val_fraction, seed=self.seed,
-                             cameras=self.model.cfg.cameras)
+        return WindowDataset(self.data, self.window(), split=split, cameras=self.model.cfg.cameras, episodes=self.split)
 
     collate = staticmethod(collate)
 
@@ -90,8 +90,8 @@ class BackboneTask(Task):
 
         if getattr(self, "_tokens", None) is None:
             self._tokens = store_tokens(self.model, self.data, self.cache_folder)
-        return TokenWindowDataset(self._tokens, self.data, self.window(), split=split, val_fraction=self.val_fraction,
-                                  seed=self.seed, cameras=self.model.cfg.cameras)
+        return TokenWindowDataset(self._tokens, self.data, self.window(), split=split, cameras=self.model.cfg.cameras,
+                                  episodes=self.split)
 
     def _inputs(self, batch: Batch):
         m = self.model
