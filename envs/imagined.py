@@ -79,13 +79,17 @@ class ImaginedVectorEnv(VectorEnv):
     def __init__(self, num_envs: int = 1, model: str | Path | WorldModel | None = None, *,
                  dataset: str | Path | None = None, decoder: str = "token", diffusion_steps: int | None = None,
                  mode: str = "parallel", parallel_steps: int = 8, obs_mode: str = "pixels",
-                 max_episode_steps: int = 200, autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+                 max_episode_steps: int | None = 200, autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
                  sampling: SamplingConfig | None = None, device: str = "auto", precision: str = "auto",
                  torch_obs: bool = False, render_mode: str | None = None, text_encoder=None):
         if model is None:
             raise ValueError("pass model=: a shipped model name ('driving', 'manipulation') or a model folder")
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        if max_episode_steps is not None and (not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1):
+            raise ValueError(f"max_episode_steps must be a positive integer or None (no limit), got {max_episode_steps!r}")
+        if int(num_envs) < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.model = model if isinstance(model, WorldModel) else WorldModel.from_pretrained(model, device, precision)
@@ -225,7 +229,8 @@ class ImaginedVectorEnv(VectorEnv):
             reward[rows] = out.reward.float().cpu().numpy()
             terminated[rows] = out.terminated.cpu().numpy()
             self._steps[rows] += 1
-            truncated[rows] = (self._steps[rows] >= self.max_episode_steps) & ~terminated[rows]
+            if self.max_episode_steps is not None:
+                truncated[rows] = (self._steps[rows] >= self.max_episode_steps) & ~terminated[rows]
             mask = np.isin(np.arange(n), rows)
             ent = np.zeros(n, np.float32)
             ent[rows] = out.entropy.float().cpu().numpy()
@@ -281,8 +286,11 @@ class ImaginedEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, model=None, render_mode: str | None = None, **kwargs):
-        self._vec = ImaginedVectorEnv(1, model, autoreset_mode=AutoresetMode.DISABLED, render_mode=render_mode, **kwargs)
+    def __init__(self, model=None, render_mode: str | None = None, max_episode_steps: int | None = None, **kwargs):
+        # No limit of its own by default: gym.make wraps it in a TimeLimit of the registered (or
+        # given) max_episode_steps. Constructed directly, pass max_episode_steps for a limit.
+        self._vec = ImaginedVectorEnv(1, model, autoreset_mode=AutoresetMode.DISABLED, render_mode=render_mode,
+                                      max_episode_steps=max_episode_steps, **kwargs)
         self.observation_space = self._vec.single_observation_space
         self.action_space = self._vec.single_action_space
         self.render_mode = render_mode

@@ -7,6 +7,7 @@ model learned, with equal observation and action spaces.
 from __future__ import annotations
 
 IMAGINED = "wfm_sim.envs.imagined"
+IMAGINED_STEPS = 200  # the registered episode limit of imagined ids (override with max_episode_steps=)
 REAL = "wfm_sim.envs.real:RealEnv"
 
 ENV_IDS = {
@@ -28,8 +29,10 @@ def register_envs() -> None:
 
     for env_id, kwargs in ENV_IDS.items():
         if env_id not in gym.registry:
+            # gym.make turns max_episode_steps into a TimeLimit (the single env then has no limit
+            # of its own); make_vec passes it to the vector env. Either way it is the limit.
             gym.register(env_id, entry_point=f"{IMAGINED}:ImaginedEnv", vector_entry_point=f"{IMAGINED}:ImaginedVectorEnv",
-                         kwargs=dict(kwargs))
+                         kwargs=dict(kwargs), max_episode_steps=IMAGINED_STEPS)
     for env_id, (source, steps) in REAL_IDS.items():
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=REAL, kwargs={} if source is None else {"source": source},

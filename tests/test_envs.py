@@ -212,3 +212,25 @@ def test_prompt_reset_generates_first_frame():
     env.step(env.action_space.sample())
     with pytest.raises(ValueError, match="text_encoder"):
         ImaginedEnv(model=WorldModel(preset("tiny"))).reset(options={"prompt": "x"})
+
+
+def test_max_episode_steps_given_to_make_is_the_limit(tiny_model_dir_with_contexts):
+    """Past the registered 200: gym.make's TimeLimit decides, not a limit hidden inside the env."""
+    env = gym.make("wfm_sim/WorldModel-v0", model=str(tiny_model_dir_with_contexts), obs_mode="tokens",
+                   parallel_steps=1, max_episode_steps=300)
+    env.reset(seed=0)
+    a = np.zeros(3, np.float32)
+    steps, done = 0, False
+    while not done:
+        _, _, term, trunc, _ = env.step(a)
+        steps += 1
+        done = term or trunc
+    assert steps == 300 and trunc and not term
+    assert gym.spec("wfm_sim/WorldModel-v0").max_episode_steps == 200
+    vec = gym.make_vec("wfm_sim/WorldModel-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                       model=str(tiny_model_dir_with_contexts), obs_mode="tokens", max_episode_steps=3)
+    vec.reset(seed=0)
+    truncs = [vec.step(np.zeros((2, 3), np.float32))[3] for _ in range(3)]
+    assert not truncs[1].any() and truncs[2].all()
+    with pytest.raises(ValueError, match="max_episode_steps must be a positive integer"):
+        ImaginedVectorEnv(1, str(tiny_model_dir_with_contexts), max_episode_steps=0)

@@ -44,8 +44,11 @@ def test_ppo_learns_the_optimal_action_of_the_imagined_env(steer_world):
                    max_episode_steps=16)
     sb3_check_env(env, warn=False)
     torch.manual_seed(0)
-    agent = PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=4, learning_rate=3e-3, seed=0, verbose=0,
-                device="cpu")
+    # The reward depends on the action alone, so gamma=0 (a contextual bandit) gives PPO a clean
+    # advantage; with gamma=0.99 the 16-step returns bury it in value noise and where PPO gets to
+    # in 2048 steps varies with the machine's float rounding (0.16-0.87 seen).
+    agent = PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=4, learning_rate=3e-3, gamma=0.0, seed=0,
+                verbose=0, device="cpu")
     def greedy(obs):
         return agent.predict(obs, deterministic=True)[0]
 
@@ -56,5 +59,5 @@ def test_ppo_learns_the_optimal_action_of_the_imagined_env(steer_world):
     obs, _ = env.reset(seed=0)
     steer = float(greedy(obs)[0])
     # Untrained, the greedy policy steers about 0; an agent that learned nothing stays there.
-    assert steer > 0.5, f"PPO should learn to steer right (optimum +1), steers {steer:.2f}"
-    assert after > before + 0.3 and after > 0.8 * best, (before, after, best)
+    assert steer > 0.8, f"PPO should learn to steer right (optimum +1), steers {steer:.2f}"
+    assert after > before + 0.3 and after > 0.9 * best, (before, after, best)
