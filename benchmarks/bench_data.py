@@ -16,7 +16,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from torch.utils.data import DataLoader  # noqa: E402
 
 from common import emit, machine  # noqa: E402
-from wfm_sim.datasets.recorder import record  # noqa: E402
+from wfm_sim.rollout.record import record  # noqa: E402
 from wfm_sim.datasets.windows import WindowDataset, collate  # noqa: E402
 
 SOURCES = ["carracing", "carracing-4cam", "carracing-6cam", "metaworld-push", "pusher"]

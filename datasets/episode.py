@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CORE_KEYS = ("action", "reward", "terminated", "truncated")
 # nuScenes camera names, in the order multi-camera sources render them.
 NUSCENES_CAMERAS = ("CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
@@ -27,6 +27,8 @@ class Episode:
         truncated: ``(T,)`` bool, cut by a time limit after ``action[i]``.
         extras: optional per-step arrays with time on axis 0 (``success``, ``ego_pose``, ``state``).
         seed: the reset seed, when known.
+        key: the episode's stable identity in a store (source or generator, model, policy, seed);
+            writers skip an episode whose key a store holds already.
         origin: where the episode started (a real env's seed, or an imagined env's context).
         final_obs: camera name -> ``(H, W, 3)``, the frame after the last action (not stored).
     """
@@ -38,6 +40,7 @@ class Episode:
     truncated: np.ndarray
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     seed: int | None = None
+    key: str | None = None
     origin: str | None = None
     final_obs: dict[str, np.ndarray] | None = None
 

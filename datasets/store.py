@@ -6,13 +6,22 @@
     data/reward    float32 (N,)
     data/terminated, data/truncated  bool (N,)
     data/<extra>   e.g. success bool (N,), ego_pose float32 (N, 3)
-    meta/episode_ends  int64 (E,), exclusive ends
+    meta/episode_ends   int64 (E,), exclusive ends: the commit point
+    meta/episode_seeds  int64 (E,), each episode's reset seed (-1: unknown)
+    meta/episode_keys   str (E,), each episode's stable identity (source or generator, model, policy, seed)
 
-Crash safety: an episode is buffered in memory, then its rows are appended to every data array,
-and ``meta/episode_ends`` is extended last. zarr's LocalStore replaces each file atomically, so a
-writer killed at any point leaves every finished episode intact; readers trust only the valid
-prefix of ``episode_ends`` and ignore rows past its last entry. A new writer truncates those rows
-and appends.
+Guarantees (what a crash can and cannot lose):
+
+* **One writer per store**: a writer holds an exclusive lock (:mod:`wfm_sim.datasets.lock`)
+  that the kernel releases when it exits, however it exits; a second writer is refused.
+* **Atomic episodes**: an episode is buffered in memory, its rows appended to every array, its
+  seed and key written, and ``meta/episode_ends`` extended last. zarr's LocalStore replaces each
+  file atomically, so a writer killed at any point loses at most the episode it was writing.
+* **Validation on open** (:mod:`wfm_sim.datasets.health`): a crash's leftovers (rows past the
+  last committed episode, an interrupted commit) are invisible to readers and dropped by the
+  next writer; an inconsistent store (an array shorter than the committed rows, ends that do
+  not increase) is refused with a repair hint, and no committed episode is ever removed.
+* **Idempotent writes**: writers skip episodes whose key the store already holds.
 
 Dimension legend: ``N`` rows (all episodes concatenated), ``E`` episodes, ``H W`` pixels.
 """
@@ -20,6 +29,7 @@ Dimension legend: ``N`` rows (all episodes concatenated), ``E`` episodes, ``H W`
 from __future__ import annotations
 
 import uuid
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,43 +37,69 @@ import numpy as np
 import zarr
 
 from wfm_sim.datasets.episode import CORE_KEYS, SCHEMA_VERSION, Episode
+from wfm_sim.datasets.health import inspect_store, truncate
+from wfm_sim.datasets.lock import WriterLock
 
 
 class StoreError(ValueError):
-    """A store is missing, foreign, or does not match what the caller expected."""
+    """A store is missing, foreign, inconsistent, or does not match what the caller expected."""
 
 
-def valid_ends(ends: np.ndarray, rows: int) -> np.ndarray:
-    """The longest prefix of ``ends`` that is strictly increasing, positive and within ``rows``."""
-    ends = np.asarray(ends, dtype=np.int64)
-    prev, n = 0, 0
-    for e in ends:
-        if e <= prev or e > rows:
-            break
-        prev, n = e, n + 1
-    return ends[:n]
+def open_root(path: str | Path, mode: str = "r"):
+    """The zarr root group of a wfm_sim episode store, or a :class:`StoreError` saying what it is instead."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path} does not exist; create a store with `wfm-sim collect`")
+    if not path.is_dir():
+        raise StoreError(f"{path} is a file; an episode store is a folder (*.zarr) made by `wfm-sim collect`")
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"{path} is not a zarr episode store (no zarr.json); create one with `wfm-sim collect`")
+    try:
+        root = zarr.open_group(str(path), mode=mode)
+        attrs = dict(root.attrs)
+    except Exception as e:  # a corrupt zarr.json
+        raise StoreError(f"{path} cannot be opened as a zarr group: {e}") from e
+    if attrs.get("schema") != "wfm_sim.episodes":
+        raise StoreError(f"{path} is a zarr group but not a wfm_sim episode store (attrs 'schema' missing)")
+    if attrs.get("schema_version", 0) > SCHEMA_VERSION:
+        raise StoreError(f"{path} has schema_version {attrs['schema_version']}; this wfm_sim reads <= {SCHEMA_VERSION}")
+    missing = [k for k in ("cameras", "keys", "image_size", "fps", "action_space") if k not in attrs]
+    if missing or "data" not in root or "meta" not in root or "episode_ends" not in root["meta"]:
+        raise StoreError(f"{path} is a damaged wfm_sim store: missing {missing or 'data/ or meta/episode_ends'}")
+    return root
 
 
 class EpisodeReader:
-    """Read-only view of a store. Only complete episodes are visible."""
+    """Read-only view of a store. Only complete episodes are visible; an inconsistent store is refused."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
-            raise StoreError(f"{self.path} is not a zarr episode store (no zarr.json); create one with `wfm-sim collect`")
-        self.root = zarr.open_group(str(self.path), mode="r")
+        self.root = open_root(self.path)
         self.attrs = dict(self.root.attrs)
-        if self.attrs.get("schema") != "wfm_sim.episodes":
-            raise StoreError(f"{self.path} is a zarr group but not a wfm_sim episode store (attrs 'schema' missing)")
-        if self.attrs.get("schema_version", 0) > SCHEMA_VERSION:
-            raise StoreError(f"{self.path} has schema_version {self.attrs['schema_version']}; this wfm_sim reads <= {SCHEMA_VERSION}")
+        self.health = inspect_store(self.root, self.path)
+        if not self.health.ok:
+            raise StoreError(self.health.refusal())
         self.cameras: tuple[str, ...] = tuple(self.attrs["cameras"])
         data = self.root["data"]
         self.arrays: dict[str, Any] = {f"obs/{c}": data["obs"][c] for c in self.cameras}
         for key in self.attrs["keys"]:
             self.arrays[key] = data[key]
-        rows = min(a.shape[0] for a in self.arrays.values())
-        self.episode_ends = valid_ends(self.root["meta"]["episode_ends"][:], rows)
+        self.episode_ends = np.asarray(self.root["meta"]["episode_ends"][: self.health.episodes], dtype=np.int64)
+
+    @cached_property
+    def episode_seeds(self) -> list[int | None]:
+        meta = self.root["meta"]
+        if "episode_seeds" in meta:
+            return [None if s < 0 else int(s) for s in meta["episode_seeds"][: self.num_episodes]]
+        seeds = list(self.attrs.get("episode_seeds") or [])[: self.num_episodes]  # schema 1
+        return seeds + [None] * (self.num_episodes - len(seeds))
+
+    @cached_property
+    def episode_keys(self) -> list[str]:
+        meta = self.root["meta"]
+        keys = [str(k) for k in meta["episode_keys"][: self.num_episodes]] if "episode_keys" in meta else []
+        # Episodes without a recorded key (schema 1) are known by the store and their index.
+        return keys + [f"{self.attrs.get('store_id')}#{i}" for i in range(len(keys), self.num_episodes)]
 
     # ---------------------------------------------------------------- shape
     @property
@@ -108,7 +144,6 @@ class EpisodeReader:
     def episode(self, i: int) -> Episode:
         start, stop = self.episode_bounds(i)
         extras = {k: self.read(k, start, stop) for k in self.extras}
-        seeds = self.attrs.get("episode_seeds") or []
         return Episode(
             obs={c: self.read(f"obs/{c}", start, stop) for c in self.cameras},
             action=self.read("action", start, stop),
@@ -116,8 +151,16 @@ class EpisodeReader:
             terminated=self.read("terminated", start, stop),
             truncated=self.read("truncated", start, stop),
             extras=extras,
-            seed=seeds[i] if i < len(seeds) else None,
+            seed=self.episode_seeds[i],
+            key=self.episode_keys[i],
         )
+
+    def check_values(self) -> None:
+        """Refuse NaN or inf actions and rewards (a store written by another tool, or damaged)."""
+        h = inspect_store(self.root, self.path, values=True)
+        if not h.ok:
+            raise StoreError(f"{self.path}: " + "; ".join(h.problems) + ". Re-record those episodes, or keep the "
+                             "clean ones with `wfm-sim dataset check --repair --keep-episodes K`")
 
     def summary(self) -> dict:
         lengths = self.episode_lengths()
@@ -141,6 +184,8 @@ class EpisodeReader:
 class EpisodeWriter:
     """Append complete episodes to a store (creating it, or resuming an existing one).
 
+    Holds the store's writer lock from construction to :meth:`close` (also a context manager).
+
     Args:
         path: store folder (``*.zarr``).
         cameras: camera names, in order.
@@ -162,11 +207,25 @@ class EpisodeWriter:
         self.action_space = _check_action_space(action_space)
         self.extras = {k: (tuple(s), str(d)) for k, (s, d) in (extras or {}).items()}
         self._buffer: list[dict] = []
-        self._stats_acc: dict[str, list[float]] = {}
-        if (self.path / "zarr.json").is_file():
-            self._resume(fps, source_env)
-        else:
-            self._create(fps, source_env, frames_per_shard, metadata or {})
+        self._stats_acc: dict[str, list] = {}
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path} is a file; an episode store is a folder (*.zarr)")
+        self._lock = WriterLock(self.path).acquire()
+        try:
+            if (self.path / "zarr.json").is_file():
+                self._resume(fps, source_env)
+            else:
+                self._create(fps, source_env, frames_per_shard, metadata or {})
+        except BaseException:
+            self._lock.release()
+            raise
+        self._keys = set(EpisodeReader(self.path).episode_keys)
+
+    def __enter__(self) -> "EpisodeWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------- set-up
     def _specs(self) -> dict[str, tuple[tuple, str]]:
@@ -177,25 +236,25 @@ class EpisodeWriter:
         return specs
 
     def _create(self, fps, source_env, frames_per_shard, metadata) -> None:
-        root = zarr.open_group(str(self.path), mode="w-")
+        root = zarr.open_group(str(self.path), mode="a")  # the folder holds our lock file already
         s = self.image_size
         for cam in self.cameras:
             root.create_array(f"data/obs/{cam}", shape=(0, s, s, 3), dtype="uint8", chunks=(1, s, s, 3),
                               shards=(frames_per_shard, s, s, 3), fill_value=0)
         for key, (shape, dtype) in self._specs().items():
             root.create_array(f"data/{key}", shape=(0,) + shape, dtype=dtype, chunks=(4096,) + shape, fill_value=0)
-        root.create_array("meta/episode_ends", shape=(0,), dtype="int64", chunks=(4096,), fill_value=0)
+        _meta_arrays(root)
         root.attrs.update({
             "schema": "wfm_sim.episodes", "schema_version": SCHEMA_VERSION, "store_id": uuid.uuid4().hex,
             "fps": float(fps), "cameras": list(self.cameras), "image_size": s, "action_space": self.action_space,
             "source_env": source_env, "keys": list(self._specs()), "extras": {k: [list(v[0]), v[1]] for k, v in self.extras.items()},
-            "episode_seeds": [], "stats": {}, **metadata,
+            "stats": {}, **metadata,
         })
         self.root = root
         self.num_steps, self.num_episodes = 0, 0
 
     def _resume(self, fps, source_env) -> None:
-        reader = EpisodeReader(self.path)
+        reader = EpisodeReader(self.path)  # refuses an inconsistent store: nothing is touched
         a = reader.attrs
         mismatch = [f"{k}: store has {a.get(k)!r}, writer wants {v!r}" for k, v in
                     (("cameras", list(self.cameras)), ("image_size", self.image_size),
@@ -203,23 +262,29 @@ class EpisodeWriter:
                     if a.get(k) != v]
         if mismatch:
             raise StoreError(f"cannot append to {self.path}: " + "; ".join(mismatch))
+        seeds, keys = reader.episode_seeds, reader.episode_keys
         self.root = zarr.open_group(str(self.path), mode="r+")
         self.num_steps, self.num_episodes = reader.num_steps, reader.num_episodes
-        # Drop whatever a killed writer left past the last complete episode.
-        for arr in self._all_arrays():
-            if arr.shape[0] != self.num_steps:
-                arr.resize((self.num_steps,) + arr.shape[1:])
-        ends = self.root["meta/episode_ends"]
-        if ends.shape[0] != self.num_episodes:
-            ends.resize((self.num_episodes,))
-        seeds = list(a.get("episode_seeds") or [])[: self.num_episodes]
-        self.root.attrs.update({"episode_seeds": seeds, "stats": self._recompute_stats()})
+        truncate(self.root, self.num_steps, self.num_episodes)  # a killed writer's unfinished episode
+        if "episode_keys" not in self.root["meta"]:  # a schema-1 store: seeds and keys become arrays
+            _meta_arrays(self.root)
+            for name, values, fill in (("episode_seeds", seeds, -1), ("episode_keys", keys, "")):
+                arr = self.root[f"meta/{name}"]
+                arr.resize((len(values),))
+                if values:
+                    arr[:] = np.asarray([fill if v is None else v for v in values], dtype=arr.dtype)
+            self.root.attrs.update({"schema_version": SCHEMA_VERSION, "episode_seeds": None})
+        self.root.attrs["stats"] = self._recompute_stats()
 
     def _all_arrays(self):
         yield from (self.root[f"data/obs/{c}"] for c in self.cameras)
         yield from (self.root[f"data/{k}"] for k in self._specs())
 
     # -------------------------------------------------------------- steps
+    def has(self, key: str) -> bool:
+        """Whether the store already holds a committed episode with this key."""
+        return key in self._keys
+
     def add_step(self, obs: dict[str, np.ndarray], action, reward: float, terminated: bool, truncated: bool,
                  **extras) -> None:
         """Validate and buffer one step; nothing reaches disk until :meth:`end_episode`."""
@@ -233,8 +298,8 @@ class EpisodeWriter:
         action = np.asarray(action)
         a = self.action_space
         if a["type"] == "box":
-            if action.shape != (a["shape"][0],) or not np.issubdtype(action.dtype, np.number):
-                raise StoreError(f"action must be a float array of shape ({a['shape'][0]},), got {action.dtype} {action.shape}")
+            if action.shape != (a["shape"][0],) or not np.issubdtype(action.dtype, np.number) or np.iscomplexobj(action):
+                raise StoreError(f"action must be a real array of shape ({a['shape'][0]},), got {action.dtype} {action.shape}")
             if not np.all(np.isfinite(action)):
                 raise StoreError(f"action contains NaN or inf: {action}")
         elif action.shape != () or not np.issubdtype(action.dtype, np.integer) or not 0 <= int(action) < a["n"]:
@@ -246,6 +311,8 @@ class EpisodeWriter:
         for k, v in extras.items():
             if np.shape(v) != self.extras[k][0]:
                 raise StoreError(f"extra {k!r} must have shape {self.extras[k][0]}, got {np.shape(v)}")
+            if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v)):
+                raise StoreError(f"extra {k!r} contains NaN or inf: {v}")
         self._buffer.append({"obs": {c: np.asarray(f) for c, f in obs.items()}, "action": action,
                              "reward": float(reward), "terminated": bool(terminated), "truncated": bool(truncated),
                              **{k: np.asarray(v) for k, v in extras.items()}})
@@ -253,31 +320,41 @@ class EpisodeWriter:
     def discard_episode(self) -> None:
         self._buffer.clear()
 
-    def end_episode(self, seed: int | None = None) -> int:
-        """Write the buffered episode; it becomes visible when ``episode_ends`` grows. Returns its length."""
+    def end_episode(self, seed: int | None = None, key: str | None = None) -> int:
+        """Write the buffered episode; it becomes visible when ``episode_ends`` grows. Returns its length.
+
+        ``key`` is the episode's stable identity (default: the store and the episode's index);
+        an episode whose key the store holds already is refused (see :meth:`has`).
+        """
+        if not self._lock.held:
+            raise StoreError(f"the writer of {self.path} is closed")
         if not self._buffer:
             raise StoreError("end_episode() with no buffered steps")
+        key = key if key is not None else f"{self.root.attrs['store_id']}#{self.num_episodes}"
+        if key in self._keys:
+            self._buffer.clear()
+            raise StoreError(f"{self.path} holds episode {key!r} already; skip it with writer.has(key)")
         steps, self._buffer = self._buffer, []
-        n0, n = self.num_steps, len(steps)
+        n0, n, e = self.num_steps, len(steps), self.num_episodes
         for cam in self.cameras:
             self._append(self.root[f"data/obs/{cam}"], np.stack([s["obs"][cam] for s in steps]), n0)
-        for key, (_, dtype) in self._specs().items():
-            self._append(self.root[f"data/{key}"], np.stack([s[key] for s in steps]).astype(dtype), n0)
+        for name, (_, dtype) in self._specs().items():
+            self._append(self.root[f"data/{name}"], np.stack([s[name] for s in steps]).astype(dtype), n0)
+        self._append(self.root["meta/episode_seeds"], np.asarray([-1 if seed is None else int(seed)], np.int64), e)
+        self._append(self.root["meta/episode_keys"], np.asarray([key], dtype=object), e)
         self._accumulate(steps)
-        self.root.attrs.update({"stats": self._stats(),
-                                "episode_seeds": list(self.root.attrs.get("episode_seeds") or []) + [seed]})
-        ends = self.root["meta/episode_ends"]
-        ends.resize((self.num_episodes + 1,))
-        ends[self.num_episodes] = n0 + n  # the commit point
-        self.num_steps, self.num_episodes = n0 + n, self.num_episodes + 1
+        self.root.attrs["stats"] = self._stats()
+        self._append(self.root["meta/episode_ends"], np.asarray([n0 + n], np.int64), e)  # the commit point
+        self.num_steps, self.num_episodes = n0 + n, e + 1
+        self._keys.add(key)
         return n
 
     def write_episode(self, ep: Episode) -> int:
-        """Validate and write a whole :class:`Episode`."""
+        """Validate and write a whole :class:`Episode` (under its ``key``, when it has one)."""
         for i in range(len(ep)):
             self.add_step({c: ep.obs[c][i] for c in self.cameras}, ep.action[i], float(ep.reward[i]),
                           bool(ep.terminated[i]), bool(ep.truncated[i]), **{k: ep.extras[k][i] for k in self.extras})
-        return self.end_episode(ep.seed)
+        return self.end_episode(ep.seed, ep.key)
 
     @staticmethod
     def _append(arr, values: np.ndarray, n0: int) -> None:
@@ -312,8 +389,24 @@ class EpisodeWriter:
         return self._stats()
 
     def close(self) -> None:
-        if self._buffer:
-            self._buffer.clear()  # an unfinished episode is never written
+        """Drop an unfinished episode (it is never written) and release the store's lock."""
+        self._buffer.clear()
+        self._lock.release()
+
+
+def _meta_arrays(root) -> None:
+    """The per-episode seed and key arrays (created with the store, or when a schema-1 store resumes)."""
+    import warnings
+
+    have = set(root["meta"].array_keys()) if "meta" in root else set()
+    if "episode_ends" not in have:
+        root.create_array("meta/episode_ends", shape=(0,), dtype="int64", chunks=(4096,), fill_value=0)
+    if "episode_seeds" not in have:
+        root.create_array("meta/episode_seeds", shape=(0,), dtype="int64", chunks=(4096,), fill_value=-1)
+    if "episode_keys" not in have:
+        with warnings.catch_warnings():  # zarr: variable-length strings have no finalised v3 spec yet
+            warnings.simplefilter("ignore")
+            root.create_array("meta/episode_keys", shape=(0,), dtype=str, chunks=(4096,))
 
 
 def _check_action_space(a: dict) -> dict:
@@ -325,36 +418,3 @@ def _check_action_space(a: dict) -> dict:
     if a.get("type") == "discrete" and int(a.get("n", 0)) >= 2:
         return {"type": "discrete", "n": int(a["n"])}
     raise StoreError(f"action_space must be {{'type': 'box', ...}} or {{'type': 'discrete', 'n': K}}, got {a}")
-
-
-def merge_stores(sources: list[str | Path], dest: str | Path, progress: bool = False) -> int:
-    """Append every complete episode of ``sources`` to ``dest`` (created from the first source's schema).
-
-    Each source is merged once: ``dest`` records merged ``store_id``s, so re-running an
-    interrupted merge neither loses nor duplicates episodes. Returns episodes appended.
-    """
-    readers = [EpisodeReader(p) for p in sources]
-    if not readers:
-        raise StoreError("merge needs at least one source store")
-    first = readers[0]
-    writer = EpisodeWriter(dest, first.cameras, first.image_size, first.action_space, first.fps,
-                           first.attrs.get("source_env", ""),
-                           extras={k: (tuple(v[0]), v[1]) for k, v in first.attrs.get("extras", {}).items()})
-    done = set(writer.root.attrs.get("merged_from") or [])
-    added = 0
-    for r in readers:
-        sid = r.attrs["store_id"]
-        if sid in done:
-            continue
-        # Note where this source starts before copying: after a crash, the committed episode
-        # count (episode_ends is the commit point) says how many of its episodes already landed.
-        partial = dict(writer.root.attrs.get("merging") or {})
-        if partial.get("store_id") != sid:
-            partial = {"store_id": sid, "base": writer.num_episodes}
-            writer.root.attrs["merging"] = partial
-        for i in range(writer.num_episodes - partial["base"], r.num_episodes):
-            writer.write_episode(r.episode(i))
-            added += 1
-        done.add(sid)
-        writer.root.attrs.update({"merged_from": sorted(done), "merging": {}})
-    return added

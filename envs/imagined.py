@@ -227,13 +227,18 @@ class ImaginedVectorEnv(VectorEnv):
         if rows.size:
             out = self._core.step(act[torch.as_tensor(rows, device=act.device)], rows)
             reward[rows] = out.reward.float().cpu().numpy()
+            ent_rows = out.entropy.float().cpu().numpy()
+            if not (np.isfinite(reward[rows]).all() and np.isfinite(ent_rows).all()):
+                raise RuntimeError(f"the world model produced non-finite rewards or token probabilities for sub-envs "
+                                   f"{rows[~(np.isfinite(reward[rows]) & np.isfinite(ent_rows))].tolist()}: its weights "
+                                   "or inputs are corrupt (reload the model; check the context frames)")
             terminated[rows] = out.terminated.cpu().numpy()
             self._steps[rows] += 1
             if self.max_episode_steps is not None:
                 truncated[rows] = (self._steps[rows] >= self.max_episode_steps) & ~terminated[rows]
             mask = np.isin(np.arange(n), rows)
             ent = np.zeros(n, np.float32)
-            ent[rows] = out.entropy.float().cpu().numpy()
+            ent[rows] = ent_rows
             infos.update({"entropy": ent, "_entropy": mask, "decoder": self.decoder})
             if out.success is not None:
                 succ = np.zeros(n, bool)

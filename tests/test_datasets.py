@@ -47,9 +47,10 @@ def test_layout_and_attributes(tmp_path):
     assert obs.shards == (8, 16, 16, 3)
     assert root["data/action"].dtype == np.float32 and root["data/terminated"].dtype == bool
     a = dict(root.attrs)
-    assert a["schema_version"] == 1 and a["fps"] == 12.5 and a["cameras"] == list(CAMS) and a["image_size"] == 16
+    assert a["schema_version"] == 2 and a["fps"] == 12.5 and a["cameras"] == list(CAMS) and a["image_size"] == 16
     assert a["action_space"]["type"] == "box" and a["source_env"] == "Test-v0"
     assert len(a["stats"]["action"]["mean"]) == 3 and a["stats"]["action"]["count"] == 12
+    assert root["meta/episode_seeds"][:].tolist() == [1, 2] and root["meta/episode_keys"].shape == (2,)
     ep = EpisodeReader(tmp_path / "s.zarr").episode(1)
     assert len(ep) == 7 and ep.seed == 2 and int(ep.obs["CAM_BACK"][3, 0, 0, 1]) == 3
     assert ep.extras["success"].tolist() == (np.arange(7) > 3).tolist()
@@ -101,8 +102,8 @@ def test_sigkill_mid_write_keeps_finished_episodes(tmp_path):
 
 def test_unfinished_episode_is_invisible_and_dropped_on_resume(tmp_path):
     path = tmp_path / "u.zarr"
-    w = _writer(path)
-    w.write_episode(_episode(5, 1))
+    with _writer(path) as w:
+        w.write_episode(_episode(5, 1))
     # Simulate a writer that appended rows but died before extending episode_ends.
     root = zarr.open_group(str(path), mode="r+")
     for key in ("data/obs/CAM_FRONT", "data/obs/CAM_BACK", "data/action", "data/reward"):
@@ -136,12 +137,11 @@ def test_merge_resumes_after_a_crash_mid_source(tmp_path):
     a = _writer(tmp_path / "a.zarr")
     for i in range(4):
         a.write_episode(_episode(3, 30 + i))
-    dest = _writer(tmp_path / "m.zarr")
-    sid = EpisodeReader(tmp_path / "a.zarr").attrs["store_id"]
-    dest.root.attrs["merging"] = {"store_id": sid, "base": 0}
-    for i in range(2):  # the crashed merge had copied two episodes
-        dest.write_episode(EpisodeReader(tmp_path / "a.zarr").episode(i))
-    merge_stores([tmp_path / "a.zarr"], tmp_path / "m.zarr")
+    a.close()
+    with _writer(tmp_path / "m.zarr") as dest:  # the crashed merge had copied two episodes
+        for i in range(2):
+            dest.write_episode(EpisodeReader(tmp_path / "a.zarr").episode(i))
+    assert merge_stores([tmp_path / "a.zarr"], tmp_path / "m.zarr") == 2
     r = EpisodeReader(tmp_path / "m.zarr")
     assert [int(r.episode(i).obs["CAM_FRONT"][0, 0, 0, 0]) for i in range(r.num_episodes)] == [30, 31, 32, 33]
 
@@ -202,8 +202,144 @@ def test_empty_or_foreign_store_errors(tmp_path):
     zarr.open_group(str(tmp_path / "f.zarr"), mode="w")
     with pytest.raises(StoreError, match="not a wfm_sim episode store"):
         EpisodeReader(tmp_path / "f.zarr")
-    with pytest.raises(StoreError, match="not a zarr"):
+    with pytest.raises(StoreError, match="does not exist"):
         EpisodeReader(tmp_path / "nothing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreError, match="not a zarr"):
+        EpisodeReader(tmp_path / "plain")
+    (tmp_path / "file.zarr").write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        EpisodeReader(tmp_path / "file.zarr")
     _writer(tmp_path / "s.zarr").write_episode(_episode(3, 1))
     with pytest.raises(StoreError, match="no camera"):
         WindowDataset(tmp_path / "s.zarr", frames=2, cameras=("CAM_LEFT",))
+
+
+# ---------------------------------------------------------------------- a store like a database
+def _store(path, episodes=3):
+    with _writer(path) as w:
+        for i in range(episodes):
+            w.write_episode(_episode(4, 10 + i))
+    return path
+
+
+def test_one_writer_per_store_and_a_killed_writer_does_not_leave_it_locked(tmp_path):
+    from wfm_sim.datasets import StoreLockedError
+
+    path = _store(tmp_path / "s.zarr", 1)
+    w = _writer(path)
+    with pytest.raises(StoreLockedError, match=r"being written by pid \d+.*one writer per store"):
+        _writer(path)
+    w.close()
+    _writer(path).close()  # released: a new writer is welcome
+    script = tmp_path / "hold.py"
+    script.write_text(KILLER.replace("while True:", "import os; print(os.getpid(), flush=True)\nwhile True:"))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "k.zarr")], stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.readline()  # it committed an episode while holding the lock
+    with pytest.raises(StoreLockedError):
+        _writer(tmp_path / "k.zarr")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with _writer(tmp_path / "k.zarr") as w2:  # the kernel dropped the dead writer's lock
+        w2.write_episode(_episode(2, 77))
+
+
+def test_a_short_camera_array_is_refused_on_open_and_nothing_committed_is_removed(tmp_path):
+    path = _store(tmp_path / "s.zarr", 3)
+    root = zarr.open_group(str(path), mode="r+")
+    root["data/obs/CAM_BACK"].resize((6, 16, 16, 3))  # damage: a camera lost the last 6 committed rows
+    for opener in (lambda: EpisodeReader(path), lambda: _writer(path)):
+        with pytest.raises(StoreError, match=r"data/obs/CAM_BACK holds 6 rows, but the 3 committed episodes end at "
+                                             r"row 12.*--keep-episodes 1"):
+            opener()
+    assert root["data/obs/CAM_FRONT"].shape[0] == 12 and root["meta/episode_ends"][:].tolist() == [4, 8, 12]
+
+
+def test_bad_episode_ends_are_refused_not_truncated(tmp_path):
+    path = _store(tmp_path / "s.zarr", 3)
+    root = zarr.open_group(str(path), mode="r+")
+    root["meta/episode_ends"][1] = 2  # ends 4, 2, 12: not increasing
+    with pytest.raises(StoreError, match="does not increase at entry 1"):
+        _writer(path)
+    assert root["meta/episode_ends"][:].tolist() == [4, 2, 12] and root["data/action"].shape[0] == 12
+
+
+def test_an_interrupted_commit_is_repaired_by_the_next_writer(tmp_path):
+    path = _store(tmp_path / "s.zarr", 2)
+    root = zarr.open_group(str(path), mode="r+")
+    for key in ("data/obs/CAM_FRONT", "data/obs/CAM_BACK", "data/action", "data/reward", "data/terminated",
+                "data/truncated", "data/success"):
+        root[key].resize((11,) + root[key].shape[1:])  # rows of a third episode...
+    root["meta/episode_ends"].resize((3,))  # ...and its commit cut before the value landed (fill 0)
+    r = EpisodeReader(path)
+    assert r.num_episodes == 2 and not r.health.clean and r.health.partial_commits == 1
+    with _writer(path) as w:
+        w.write_episode(_episode(2, 50))
+    r = EpisodeReader(path)
+    assert r.health.clean and r.episode_ends.tolist() == [4, 8, 10]
+
+
+def test_dataset_check_and_repair_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from wfm_sim.cli import main
+
+    path = _store(tmp_path / "s.zarr", 3)
+    assert main(["dataset", "check", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["clean"]
+    root = zarr.open_group(str(path), mode="r+")
+    root["data/action"].resize((14, 3))  # partial rows of a crashed writer
+    assert main(["dataset", "check", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["partial_rows"] == {"data/action": 2}
+    assert main(["dataset", "check", str(path), "--repair"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == {"data/action": 2}
+    root["data/obs/CAM_BACK"].resize((5, 16, 16, 3))
+    assert main(["dataset", "check", str(path)]) == 1
+    assert "holds 5 rows" in capsys.readouterr().err
+    assert main(["dataset", "check", str(path), "--repair"]) == 2  # refuses to touch committed episodes
+    capsys.readouterr()
+    assert main(["dataset", "check", str(path), "--repair", "--keep-episodes", "1"]) == 0  # the user's explicit choice
+    capsys.readouterr()
+    assert EpisodeReader(path).num_episodes == 1 and EpisodeReader(path).health.clean
+
+
+def test_merge_refuses_itself_and_stores_of_another_kind(tmp_path):
+    a = _store(tmp_path / "a.zarr", 2)
+    with pytest.raises(StoreError, match="into itself"):
+        merge_stores([a], a)
+    with EpisodeWriter(tmp_path / "c.zarr", ("CAM_FRONT",), 16, BOX, 12.5, "Test-v0",
+                       extras={"success": ((), "bool")}) as w:
+        w.write_episode(Episode(obs={"CAM_FRONT": np.zeros((2, 16, 16, 3), np.uint8)}, action=np.zeros((2, 3), np.float32),
+                                reward=np.zeros(2, np.float32), terminated=np.zeros(2, bool), truncated=np.ones(2, bool),
+                                extras={"success": np.zeros(2, bool)}))
+    with pytest.raises(StoreError, match="not one dataset: cameras"):
+        merge_stores([a, tmp_path / "c.zarr"], tmp_path / "m.zarr")
+    with EpisodeWriter(tmp_path / "d.zarr", CAMS, 16, BOX, 12.5, "Other-v0", extras={"success": ((), "bool")}) as w:
+        w.write_episode(_episode(2, 1))
+    with pytest.raises(StoreError, match="source_env"):
+        merge_stores([a, tmp_path / "d.zarr"], tmp_path / "m.zarr")
+    assert not (tmp_path / "m.zarr" / "zarr.json").exists()  # refused before anything was written
+
+
+def test_a_nan_store_is_refused_for_training(tmp_path):
+    path = _store(tmp_path / "s.zarr", 2)
+    zarr.open_group(str(path), mode="r+")["data/reward"][5] = np.nan  # written by another tool
+    with pytest.raises(StoreError, match=r"data/reward holds NaN or inf at 1 rows \(first: \[5\]\)"):
+        EpisodeReader(path).check_values()
+
+
+def test_a_schema_1_store_is_read_and_upgraded_by_a_writer(tmp_path):
+    path = _store(tmp_path / "s.zarr", 2)
+    root = zarr.open_group(str(path), mode="r+")
+    for key in ("episode_seeds", "episode_keys"):  # what session-1 stores look like
+        import shutil
+
+        shutil.rmtree(path / "meta" / key)
+    root.attrs.update({"schema_version": 1, "episode_seeds": [10, 11]})
+    r = EpisodeReader(path)
+    assert r.episode_seeds == [10, 11] and r.episode(1).seed == 11
+    with _writer(path) as w:
+        w.write_episode(_episode(3, 12))
+    r = EpisodeReader(path)
+    assert r.attrs["schema_version"] == 2 and r.episode_seeds == [10, 11, 12] and len(set(r.episode_keys)) == 3

@@ -100,7 +100,36 @@ def test_policy_weights_and_streaming_into_zarr(pools, tmp_path):
     n = two.run_to_store(RolloutRequest(episodes=5, horizon=3, seed=3, policy=spec), tmp_path / "imagined.zarr",
                          progress=False)
     r = EpisodeReader(tmp_path / "imagined.zarr")
-    assert n == 5 and r.num_episodes == 5 and r.attrs["episode_seeds"] == [3, 4, 5, 6, 7]
+    assert n == 5 and r.num_episodes == 5 and r.episode_seeds == [3, 4, 5, 6, 7]
     ep = r.episode(0)
     expected = policy(ep.obs["CAM_FRONT"][:1])
     np.testing.assert_allclose(ep.action[0], expected[0], atol=1e-5)
+    # A rerun (after a crash, say) writes nothing twice; a bigger request adds only what is missing.
+    assert two.run_to_store(RolloutRequest(episodes=5, horizon=3, seed=3, policy=spec), tmp_path / "imagined.zarr",
+                            progress=False) == 0
+    assert two.run_to_store(RolloutRequest(episodes=7, horizon=3, seed=3, policy=spec), tmp_path / "imagined.zarr",
+                            progress=False) == 2
+    r = EpisodeReader(tmp_path / "imagined.zarr")
+    assert r.episode_seeds == [3, 4, 5, 6, 7, 8, 9] and len(set(r.episode_keys)) == 7
+    other = PolicySpec("random")  # another policy's episodes are other episodes
+    assert two.run_to_store(RolloutRequest(episodes=2, horizon=3, seed=3, policy=other), tmp_path / "imagined.zarr",
+                            progress=False) == 2
+
+
+def test_a_pool_the_cluster_cannot_place_fails_within_seconds(ray_session, tiny_model_dir_with_contexts):
+    import time
+
+    model = str(tiny_model_dir_with_contexts)
+    t0 = time.perf_counter()
+    with pytest.raises(RolloutError, match=r"need 5 CPUs \(5 workers x 1\) but the cluster has 4"):
+        RolloutPool(model, workers=5, envs_per_worker=1)
+    with pytest.raises(RolloutError, match=r"1 GPUs \(2 workers x 0.5\) but the cluster has 0"):
+        RolloutPool(model, workers=2, envs_per_worker=1, num_gpus=0.5)
+    assert time.perf_counter() - t0 < 10
+    for kw, match in (({"workers": 0}, "workers must be an integer >= 1"),
+                      ({"envs_per_worker": 0}, "envs_per_worker must be an integer >= 1"),
+                      ({"num_cpus": 0}, "num_cpus per worker must be > 0")):
+        with pytest.raises(ValueError, match=match):
+            RolloutPool(model, **kw)
+    with pytest.raises(ValueError, match="episodes must be an integer >= 1"):
+        RolloutRequest(episodes=0, horizon=3)

@@ -4,7 +4,50 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
 
 
 def _collect(args) -> None:
@@ -25,8 +68,30 @@ def _dataset_info(args) -> None:
         print(f"contact sheet: {dataset_sheet(reader, args.sheet, episodes=args.sheet_episodes)}")
 
 
+def _dataset_check(args) -> int:
+    from wfm_sim.datasets import repair_store
+    from wfm_sim.datasets.health import inspect_store
+    from wfm_sim.datasets.store import open_root
+
+    if args.repair or args.keep_episodes is not None:
+        if args.keep_episodes is not None and not args.repair:
+            raise ValueError("--keep-episodes removes committed episodes: pass --repair with it")
+        report = repair_store(args.path, args.keep_episodes)
+        print(json.dumps(report, indent=2))
+        return 0
+    health = inspect_store(open_root(args.path), args.path, values=True)
+    print(json.dumps(health.summary(), indent=2))
+    if not health.ok:
+        print(f"wfm-sim dataset check: {health.refusal()}", file=sys.stderr)
+        return 1
+    if not health.clean:
+        print(f"wfm-sim dataset check: {args.path} holds a crashed writer's unfinished episode (invisible to readers); "
+              "the next writer or --repair drops it", file=sys.stderr)
+    return 0
+
+
 def _dataset_merge(args) -> None:
-    from wfm_sim.datasets.store import EpisodeReader, merge_stores
+    from wfm_sim.datasets import EpisodeReader, merge_stores
 
     added = merge_stores(args.sources, args.out, progress=not args.quiet)
     r = EpisodeReader(args.out)
@@ -140,13 +205,13 @@ def _add_collect(sub) -> None:
                        description=f"Record episodes from a real simulator.\n\nsources:\n{lines}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("source", choices=sorted(SOURCES), metavar="SOURCE", help="simulator to record (listed above)")
-    c.add_argument("--episodes", type=int, required=True, help="episodes to record (appended if --out exists)")
+    c.add_argument("--episodes", type=positive_int, required=True, help="episodes to record: seeds --seed .. --seed+N-1; episodes the store holds already are skipped")
     c.add_argument("--out", required=True, help="output store, e.g. data/driving.zarr")
     c.add_argument("--policy", default=None, help="random, driver (CarRacing), expert (Meta-World), road, a .npy plan, "
                    "a ConvPolicy folder or module:callable (default: the source's scripted one)")
-    c.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
-    c.add_argument("--max-steps", type=int, default=None, help="steps per episode (default: per source)")
-    c.add_argument("--seed", type=int, default=0, help="first episode seed")
+    c.add_argument("--size", type=positive_int, default=64, help="frame side in pixels (default 64)")
+    c.add_argument("--max-steps", type=positive_int, default=None, help="steps per episode (default: per source)")
+    c.add_argument("--seed", type=nonneg_int, default=0, help="first episode seed")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_collect)
 
@@ -157,8 +222,17 @@ def _add_dataset(sub) -> None:
     info = dsub.add_parser("info", help="print a summary of a store; optionally write a PNG contact sheet")
     info.add_argument("path")
     info.add_argument("--sheet", default=None, help="write a contact sheet PNG here")
-    info.add_argument("--sheet-episodes", type=int, default=3, help="episodes shown on the sheet")
+    info.add_argument("--sheet-episodes", type=positive_int, default=3, help="episodes shown on the sheet")
     info.set_defaults(func=_dataset_info)
+    check = dsub.add_parser("check", help="validate a store; --repair drops a crashed writer's partial rows",
+                            description="Validate a store: structure, committed episodes, NaN/inf actions and "
+                                        "rewards. Exit 0 when consistent, 1 when not.")
+    check.add_argument("path")
+    check.add_argument("--repair", action="store_true",
+                       help="drop provably partial rows (a crashed writer's unfinished episode); never committed ones")
+    check.add_argument("--keep-episodes", type=nonneg_int, default=None, metavar="K",
+                       help="with --repair: keep only the first K episodes of an inconsistent store (destructive)")
+    check.set_defaults(func=_dataset_check)
     merge = dsub.add_parser("merge", help="append the episodes of several stores (e.g. one per Ray actor) to one")
     merge.add_argument("sources", nargs="+", help="stores to merge, in order")
     merge.add_argument("--out", required=True, help="destination store (created or appended to)")
@@ -172,18 +246,18 @@ def _add_train(sub) -> None:
     t.add_argument("--data", required=True, help="episode store to train on")
     t.add_argument("--out", required=True, help="model folder (created from --preset on first use)")
     t.add_argument("--preset", default="small", help="model size when creating the folder: tiny, small, small-mv, base, large")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--steps", type=positive_int, default=2000)
+    t.add_argument("--batch-size", type=positive_int, default=16)
+    t.add_argument("--lr", type=positive_float, default=3e-4)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     t.add_argument("--precision", default="auto", help="auto (bf16 on CUDA and bf16-capable CPUs), bf16, fp32")
     t.add_argument("--compile", action="store_true", help="torch.compile the component (GPU)")
-    t.add_argument("--num-workers", type=int, default=1, help="DataLoader workers")
-    t.add_argument("--eval-every", type=int, default=250)
-    t.add_argument("--save-every", type=int, default=250)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--num-workers", type=nonneg_int, default=1, help="DataLoader workers")
+    t.add_argument("--eval-every", type=positive_int, default=250)
+    t.add_argument("--save-every", type=positive_int, default=250)
+    t.add_argument("--seed", type=nonneg_int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from the folder's train state")
-    t.add_argument("--ray-workers", type=int, default=0, help="> 0: data-parallel on Ray Train with this many workers")
+    t.add_argument("--ray-workers", type=nonneg_int, default=0, help="> 0: data-parallel on Ray Train with this many workers")
     t.add_argument("--tokenizer-from", default=None, help="when creating --out, reuse this model folder's tokenizer")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
@@ -194,15 +268,15 @@ def _add_evaluate(sub) -> None:
     e.add_argument("model", help="shipped model name or model folder")
     e.add_argument("--data", required=True, help="held-out episode store of the model's simulator")
     e.add_argument("--split", default="all", choices=["all", "val", "train"], help="'val' for a training store's held-out episodes")
-    e.add_argument("--horizon", type=int, default=8)
-    e.add_argument("--windows", type=int, default=32)
+    e.add_argument("--horizon", type=positive_int, default=8)
+    e.add_argument("--windows", type=positive_int, default=32)
     e.add_argument("--modes", nargs="+", default=["sequential", "parallel"])
     e.add_argument("--decoders", nargs="+", default=["token", "diffusion"])
-    e.add_argument("--parallel-steps", type=int, default=8)
-    e.add_argument("--diffusion-steps", type=int, default=None)
-    e.add_argument("--temperature", type=float, default=1.0)
-    e.add_argument("--top-k", type=int, default=0)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--parallel-steps", type=positive_int, default=8)
+    e.add_argument("--diffusion-steps", type=positive_int, default=None)
+    e.add_argument("--temperature", type=nonneg_float, default=1.0)
+    e.add_argument("--top-k", type=nonneg_int, default=0)
+    e.add_argument("--seed", type=nonneg_int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--precision", default="auto")
     e.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
@@ -212,10 +286,10 @@ def _add_evaluate(sub) -> None:
 def _add_demo(sub) -> None:
     dm = sub.add_parser("demo", help="imagined multi-camera drive with the shipped model: mp4 + PNG + frames/s")
     dm.add_argument("--model", default="driving", help="shipped model name or folder (default: driving)")
-    dm.add_argument("--steps", type=int, default=48)
-    dm.add_argument("--envs", type=int, default=2)
+    dm.add_argument("--steps", type=positive_int, default=48)
+    dm.add_argument("--envs", type=positive_int, default=2)
     dm.add_argument("--out", default="demo")
-    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--seed", type=nonneg_int, default=0)
     dm.add_argument("--decoder", default="token", choices=["token", "diffusion"])
     dm.add_argument("--mode", default="parallel", choices=["sequential", "parallel"])
     dm.add_argument("--device", default="auto")
@@ -227,13 +301,13 @@ def _add_rollout(sub) -> None:
     ro.add_argument("--model", default="driving", help="shipped model name or folder (default: driving)")
     ro.add_argument("--policy", default="random", help="random, road (pixel road follower), a .npy plan (T, A), "
                     "a ConvPolicy folder, or module:callable")
-    ro.add_argument("--episodes", type=int, required=True)
-    ro.add_argument("--horizon", type=int, required=True)
-    ro.add_argument("--workers", type=int, default=2, help="model replicas (Ray actors)")
-    ro.add_argument("--envs-per-worker", type=int, default=8)
-    ro.add_argument("--gpus-per-worker", type=float, default=0.0, help="0 = CPU; 0.25 = four replicas per GPU")
+    ro.add_argument("--episodes", type=positive_int, required=True)
+    ro.add_argument("--horizon", type=positive_int, required=True)
+    ro.add_argument("--workers", type=positive_int, default=2, help="model replicas (Ray actors)")
+    ro.add_argument("--envs-per-worker", type=positive_int, default=8)
+    ro.add_argument("--gpus-per-worker", type=nonneg_float, default=0.0, help="0 = CPU; 0.25 = four replicas per GPU")
     ro.add_argument("--out", required=True)
-    ro.add_argument("--seed", type=int, default=0)
+    ro.add_argument("--seed", type=nonneg_int, default=0)
     ro.add_argument("--decoder", default="token", choices=["token", "diffusion"])
     ro.add_argument("--mode", default="parallel", choices=["sequential", "parallel"])
     ro.add_argument("--address", default=None, help="Ray cluster address ('auto' on a cluster); default: local")
@@ -250,13 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. Every error is one line naming what was wrong and what was expected, with a
+    non-zero exit (2: bad input, 1: a failed check); ``WFM_SIM_DEBUG=1`` shows the traceback."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"wfm-sim {args.command}: error: {e}", file=sys.stderr)
+        code = args.func(args)
+    except KeyboardInterrupt:
+        print(f"wfm-sim {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the command line answers in one line, never a traceback
+        if os.environ.get("WFM_SIM_DEBUG"):
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"wfm-sim {args.command}: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from torch import nn
 
 from wfm_sim.models.attention import ChunkContext, CrossAttention, KVCache, SelfAttention
 from wfm_sim.models.layers import RMSNorm, Rope3D, SwiGLU
+from wfm_sim.models.limits import check_limits
 from wfm_sim.records import LossAndLogs
 
 KIND_BOS, KIND_FRAME, KIND_ACTION = 0, 1, 2
@@ -80,6 +81,7 @@ class BackboneConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
+        check_limits(self)
         if self.dim % self.heads or self.heads % self.kv_heads:
             raise ValueError(f"dim ({self.dim}) % heads ({self.heads}) and heads % kv_heads ({self.kv_heads}) must be 0")
         if self.reward_classes not in (0, 3):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wfm_sim.models.limits import check_limits
 from wfm_sim.records import LossAndLogs
 
 
@@ -68,6 +69,7 @@ class DecoderConfig:
     """'euler' or 'heun' (Heun: two network calls per step except the last)."""
 
     def __post_init__(self):
+        check_limits(self)
         if self.sampler not in ("euler", "heun"):
             raise ValueError(f"sampler must be 'euler' or 'heun', got {self.sampler!r}")
         if self.image_size % (2 ** (len(self.channel_mult) - 1)):

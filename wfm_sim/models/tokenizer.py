@@ -22,6 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from wfm_sim.models.fsq import FSQ
+from wfm_sim.models.limits import check_limits
 from wfm_sim.records import LossAndLogs
 
 
@@ -49,6 +50,7 @@ class TokenizerConfig:
     """FSQ levels per code channel; the vocabulary is their product."""
 
     def __post_init__(self):
+        check_limits(self)
         if self.spatial_downsample not in (2, 4, 8, 16, 32):
             raise ValueError(f"spatial_downsample must be one of 2, 4, 8, 16, 32; got {self.spatial_downsample}")
         if self.temporal_downsample not in (1, 2, 4, 8):

@@ -102,6 +102,8 @@ class WorldModel(nn.Module):
 
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
+        if torch.get_default_device().type != "meta":
+            check_fits_in_memory(cfg)
         self.cfg = cfg
         self.tokenizer = VideoTokenizer(cfg.tokenizer)
         self.backbone = Backbone(cfg.backbone)
@@ -267,6 +269,40 @@ class WorldModel(nn.Module):
         return model.eval().setup(device, precision)
 
 
+def estimate_size(cfg: WorldModelConfig) -> dict[str, int]:
+    """Parameters per component, counted on the meta device (nothing is allocated)."""
+    with torch.device("meta"):
+        parts = {"tokenizer": VideoTokenizer(cfg.tokenizer), "backbone": Backbone(cfg.backbone)}
+        if cfg.decoder is not None:
+            parts["decoder"] = DiffusionDecoder(cfg.decoder)
+    out = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits_in_memory(cfg: WorldModelConfig) -> None:
+    """Refuse, before allocating, a model whose fp32 weights would not fit in this machine's free memory."""
+    avail = _available_memory()
+    if avail is None:
+        return
+    size = estimate_size(cfg)
+    need = size["total"] * 4
+    if need > 0.8 * avail:
+        raise ValueError(f"this config has {size['total'] / 1e6:,.0f}M parameters ({need / 2**30:.1f} GiB in fp32) but "
+                         f"this machine has {avail / 2**30:.1f} GiB free: build it on the meta device "
+                         "(`with torch.device('meta'):`) to inspect it, use a smaller preset, or a bigger machine")
+
+
 def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
     """Load weights, raising a clear error for missing / unexpected keys or wrong shapes."""
     own = module.state_dict()
@@ -279,6 +315,9 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], where: 
     for k, v in state.items():
         if v.shape != own[k].shape:
             raise ckpt.CheckpointError(f"{where}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ckpt.CheckpointError(f"{where}: tensor {k} holds NaN or inf values; this checkpoint is corrupt "
+                                       "(a diverged training run?): load an earlier one")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 

@@ -19,20 +19,33 @@ from wfm_sim.envs.sources import Source, get_source
 from wfm_sim.rollout.play import play
 
 
+def episode_key(source: str, policy: str, size: int, steps: int, seed: int) -> str:
+    """The stable identity of a recorded episode: what it was recorded from, how, and its seed."""
+    return f"{source}/{policy}/{size}px/{steps}steps/seed={seed}"
+
+
 def record(source: str | Source, out: str | Path, episodes: int, policy=None, size: int = 64,
-           max_steps: int | None = None, seed: int = 0, progress: bool = True) -> dict:
-    """Record ``episodes`` episodes (appending if ``out`` exists). Returns throughput figures.
+           max_steps: int | None = None, seed: int = 0, progress: bool = True, tag: str | None = None) -> dict:
+    """Record episodes seeded ``seed .. seed + episodes - 1`` into ``out`` (created, or appended to).
+
+    Idempotent: an episode the store holds already (same source, policy, frame size, length and
+    seed) is skipped, so re-running a command that was killed completes it without duplicates.
+    To add more episodes to a store, record another seed range.
 
     Args:
         source: a source name (``wfm-sim collect --help`` lists them) or a :class:`Source`.
         out: the store folder.
-        episodes: episodes to record.
+        episodes: episodes to record (>= 1).
         policy: a policy name (see :mod:`wfm_sim.policies.registry`) or a policy object;
             default: the source's scripted one.
         size: frame side in pixels.
         max_steps: steps per episode (default: the source's).
-        seed: episode ``i`` of this call is seeded ``seed + (episodes already in the store) + i``,
-            so resuming an interrupted run continues the same sequence of seeds.
+        seed: the first episode's seed.
+        tag: the policy's name in episode keys (default: the policy name, or its class name for
+            an object: give different policy objects different tags).
+
+    Returns:
+        ``{"episodes": recorded now, "skipped": already in the store, "frames", "seconds", "frames_per_s"}``.
     """
     from wfm_sim.policies.registry import make_policy
 
@@ -42,25 +55,37 @@ def record(source: str | Source, out: str | Path, episodes: int, policy=None, si
     steps = src.max_steps if max_steps is None else int(max_steps)
     if steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     name = policy if isinstance(policy, str) else src.default_policy if policy is None else type(policy).__name__
+    tag = tag or name
     env = make_real_vec(src.name, 1, size, max_episode_steps=steps)
-    pol = make_policy(name, env.single_action_space, source=src.name) if policy is None or isinstance(policy, str) \
-        else policy
-    writer = EpisodeWriter(out, src.cameras, size, src.action_space, src.fps, src.env_id, extras=src.extras,
-                           metadata={"source": src.name, "source_version": src.env_version(), "policy": name})
-    start_ep = writer.num_episodes
-    frames, t0 = 0, time.perf_counter()
+    try:
+        pol = make_policy(name, env.single_action_space, source=src.name) if policy is None or isinstance(policy, str) \
+            else policy
+        writer = EpisodeWriter(out, src.cameras, size, src.action_space, src.fps, src.env_id, extras=src.extras,
+                               metadata={"source": src.name, "source_version": src.env_version(), "policy": name})
+    except BaseException:
+        env.close()
+        raise
+    frames, skipped, t0 = 0, 0, time.perf_counter()
     bar = tqdm(total=episodes, desc=f"collect {src.name}", unit="ep", disable=not progress)
     try:
-        for i in range(episodes):
-            [ep] = play(env, pol, [seed + start_ep + i], steps)
-            writer.write_episode(ep)
-            frames += len(ep)
+        for ep_seed in range(seed, seed + episodes):
+            key = episode_key(src.name, tag, size, steps, ep_seed)
+            if writer.has(key):
+                skipped += 1
+            else:
+                [ep] = play(env, pol, [ep_seed], steps)
+                ep.key = key
+                writer.write_episode(ep)
+                frames += len(ep)
             bar.update(1)
-            bar.set_postfix(frames=frames, fps=f"{frames / (time.perf_counter() - t0):.0f}")
+            bar.set_postfix(frames=frames, fps=f"{frames / max(time.perf_counter() - t0, 1e-9):.0f}")
     finally:
         bar.close()
         writer.close()
         env.close()
     elapsed = time.perf_counter() - t0
-    return {"episodes": episodes, "frames": frames, "seconds": elapsed, "frames_per_s": frames / max(elapsed, 1e-9)}
+    return {"episodes": episodes - skipped, "skipped": skipped, "frames": frames, "seconds": elapsed,
+            "frames_per_s": frames / max(elapsed, 1e-9)}

@@ -73,6 +73,10 @@ class TrainConfig:
             raise ValueError("steps and batch_size must be >= 1")
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN or infinite loss or gradient and stopped before updating the weights."""
+
+
 class StepSampler(Sampler):
     """Batches as a pure function of the step: epoch permutations seeded by ``seed + epoch``.
 
@@ -161,6 +165,10 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     """Train one component. Returns the last logs (and eval metrics, when any ran)."""
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
+    if cfg.resume and not _has_state(cfg):
+        raise ValueError(f"--resume: {out} holds no saved {cfg.component} train state "
+                         f"({out / 'train_state' / cfg.component / 'state.json'}); start without --resume")
+    EpisodeReader(cfg.data).check_values()  # NaN/inf actions or rewards would train a NaN model
     model = open_model(cfg)
     split = ensure_split(out, cfg.data, cfg.val_fraction, cfg.seed) if rank == 0 else None
     if split is None:  # other ranks read what rank 0 wrote
@@ -191,22 +199,29 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     last: dict = {}
     t0, seen = time.perf_counter(), 0
     stop = _StopFlag()
+    saved_step = step if _has_state(cfg) else None
     for batch in loader:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * world + rank)
         with model.autocast():
             res = run_step(batch.to(device), gen)
+        loss = res.loss.item()  # the step's one host sync: logged, and checked before any update
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         if allreduce is not None:
             allreduce.average_gradients(params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+            bar.close()
+            stop.restore()
+            raise NonFiniteLossError(f"step {step + 1}: loss {loss}, gradient norm {grad_norm}; training stopped "
+                                     f"before updating, and {out} keeps its last checkpoint (step {saved_step})")
         opt.step()
         step += 1
         seen += batch.reward.shape[0] * world
         rate = seen / (time.perf_counter() - t0)
-        last = {"step": step, "loss": res.loss.item(), "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"],
+        last = {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": opt.param_groups[0]["lr"],
                 "samples_per_s": rate, "elapsed_s": elapsed0 + time.perf_counter() - t0, "time": time.time(), **res.logs}
         if rank == 0:
             bar.update(1)
@@ -218,6 +233,7 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
                     f.write(json.dumps({"component": cfg.component, **last}) + "\n")
             if step % cfg.save_every == 0 or step == cfg.steps or stop.requested:
                 _save(model, module, opt, step, state_dir, out, cfg, last["elapsed_s"])
+                saved_step = step
         if stop.requested:
             last["stopped_early"] = True
             break
@@ -313,6 +329,9 @@ def save_component(model: WorldModel, out: Path, component: str) -> None:
         state = ckpt.load_tensors(out / "model.safetensors")
         prefix = component + "."
         mine = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+        bad = [k for k, v in mine.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise NonFiniteLossError(f"{component} weights {bad[:3]} hold NaN or inf; {out} keeps its last checkpoint")
         state = {k: v for k, v in state.items() if not k.startswith(prefix)} | mine
         meta = ckpt.read_json(out / "config.json", FORMAT)
         meta["config"][component] = ckpt.to_dict(getattr(model.cfg, component))

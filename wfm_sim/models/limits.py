@@ -1,0 +1,34 @@
+"""Sanity limits on config sizes, checked before anything is allocated.
+
+A typo such as ``dim=10**9`` or ``depth=10**7`` would otherwise ask for hundreds of GB or spend
+minutes building modules before failing. The limits are far above every preset (the 12B
+``large`` model included); each error names the field, its value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import math
+
+LIMITS = {
+    # tokenizer
+    "image_size": (8, 8192), "base_channels": (1, 4096), "num_res_blocks": (0, 16), "token_embed_dim": (1, 4096),
+    # backbone
+    "vocab_size": (2, 2**20), "grid": (1, 512), "num_views": (1, 16), "max_frames": (2, 4096), "dim": (8, 65536),
+    "depth": (1, 512), "heads": (1, 512), "kv_heads": (1, 512), "mlp_ratio": (0.25, 16), "action_dim": (0, 1024),
+    "num_actions": (0, 65536), "action_group": (1, 16), "text_dim": (0, 65536),
+    # decoder
+    "steps": (1, 1000),
+}
+
+
+def check_limits(cfg, fields: tuple[str, ...] | None = None) -> None:
+    """Raise ``ValueError`` for a field of ``cfg`` outside :data:`LIMITS` (or not a finite number)."""
+    names = fields if fields is not None else tuple(f for f in LIMITS if hasattr(cfg, f))
+    for name in names:
+        v = getattr(cfg, name)
+        lo, hi = LIMITS[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+            raise ValueError(f"{type(cfg).__name__}.{name} must be a number in [{lo}, {hi}], got {v!r}")
+        if not lo <= v <= hi:
+            raise ValueError(f"{type(cfg).__name__}.{name} = {v} is outside the sane range [{lo}, {hi}]; "
+                             "a typo? (every preset, the 12B 'large' included, is far inside it)")
