@@ -50,3 +50,14 @@ def test_cli_collect_and_info(tmp_path, capsys):
     capsys.readouterr()
     assert main(["dataset", "merge", str(out), str(out), "--out", str(tmp_path / "m.zarr"), "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["episodes"] == 2  # the same store twice is merged once
+
+
+def test_a_rerun_of_collect_completes_the_job_and_duplicates_nothing(tmp_path):
+    out = tmp_path / "c.zarr"
+    first = record("carracing", out, episodes=2, max_steps=3, seed=5, progress=False)
+    again = record("carracing", out, episodes=3, max_steps=3, seed=5, progress=False)  # seeds 5, 6 held already
+    assert (first["episodes"], again["episodes"], again["skipped"]) == (2, 1, 2)
+    r = EpisodeReader(out)
+    assert r.episode_seeds == [5, 6, 7] and len(set(r.episode_keys)) == 3
+    record("carracing", out, episodes=1, max_steps=3, seed=5, policy="random", progress=False)  # another policy
+    assert EpisodeReader(out).num_episodes == 4

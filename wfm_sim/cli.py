@@ -8,46 +8,27 @@ import os
 import sys
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+def _bounded(cast, lo: float, strict: bool = False):
+    """An argparse type: a finite ``cast`` number ``> lo`` (strict) or ``>= lo``, else a one-line error."""
+    what = f"{'an integer' if cast is int else 'a finite number'} {'>' if strict else '>='} {lo:g}"
+
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if v != v or abs(v) == float("inf") or (v <= lo if strict else v < lo):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return v
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return v
-
-
-def nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return v
+positive_int = _bounded(int, 1)
+nonneg_int = _bounded(int, 0)
+positive_float = _bounded(float, 0, strict=True)
+nonneg_float = _bounded(float, 0)
 
 
 def _collect(args) -> None:
@@ -143,6 +124,9 @@ def _evaluate(args) -> None:
 
 def _demo(args) -> None:
     from wfm_sim.demo import run_demo
+    from wfm_sim.models.world_model import resolve_pretrained
+
+    resolve_pretrained(args.model)
 
     res = run_demo(args.model, steps=args.steps, envs=args.envs, out=args.out, seed=args.seed, decoder=args.decoder,
                    mode=args.mode, device=args.device)
@@ -180,7 +164,10 @@ def _rollout(args) -> None:
 
     from wfm_sim.rollout import RolloutPool, RolloutRequest
 
-    spec = _policy_spec(args.policy, args.horizon)  # fail on a bad policy before starting Ray
+    from wfm_sim.models.world_model import resolve_pretrained
+
+    resolve_pretrained(args.model)  # fail on a bad model or policy before starting Ray
+    spec = _policy_spec(args.policy, args.horizon)
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False) if args.address else \
         ray.init(include_dashboard=False, log_to_driver=False)
     pool = RolloutPool(args.model, workers=args.workers, envs_per_worker=args.envs_per_worker,
@@ -315,8 +302,15 @@ def _add_rollout(sub) -> None:
     ro.set_defaults(func=_rollout)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line: ``wfm-sim collect: error: argument --episodes: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wfm-sim", description="World-foundation-model simulator tools")
+    p = Parser(prog="wfm-sim", description="World-foundation-model simulator tools")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_collect, _add_dataset, _add_train, _add_evaluate, _add_demo, _add_rollout):
         add(sub)
@@ -330,13 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.func(args)
     except KeyboardInterrupt:
-        print(f"wfm-sim {args.command}: interrupted", file=sys.stderr)
+        print(f"wfm-sim {args.command}: interrupted; what was committed is kept, rerun the command to complete it",
+              file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the command line answers in one line, never a traceback
         if os.environ.get("WFM_SIM_DEBUG"):
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"wfm-sim {args.command}: error: {message}", file=sys.stderr)
+        name = " ".join(filter(None, (args.command, getattr(args, "dataset_command", None))))
+        print(f"wfm-sim {name}: error: {message}", file=sys.stderr)
         return 2
     return int(code or 0)
 

@@ -165,6 +165,8 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     """Train one component. Returns the last logs (and eval metrics, when any ran)."""
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; a model is a folder (created on first use)")
     if cfg.resume and not _has_state(cfg):
         raise ValueError(f"--resume: {out} holds no saved {cfg.component} train state "
                          f"({out / 'train_state' / cfg.component / 'state.json'}); start without --resume")
