@@ -92,3 +92,21 @@ def test_a_model_too_big_for_memory_is_refused_with_its_size(monkeypatch):
         WorldModel(preset("tiny"))
     with torch.device("meta"):
         WorldModel(preset("tiny"))  # the meta device allocates nothing: always allowed
+
+
+def test_ray_train_that_cannot_be_placed_fails_at_once(tmp_path, square_store):
+    import time
+
+    ray = pytest.importorskip("ray")
+    from wfm_sim.training.distributed import train_distributed
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(RuntimeError, match="cannot place 3 Ray Train workers: they need 4 CPUs but the cluster has 2"):
+            train_distributed(_cfg(square_store, tmp_path / "m"), workers=3)
+        with pytest.raises(RuntimeError, match="1 GPUs but the cluster has 0"):
+            train_distributed(_cfg(square_store, tmp_path / "m"), workers=1, use_gpu=True)
+        assert time.perf_counter() - t0 < 10
+    finally:
+        ray.shutdown()

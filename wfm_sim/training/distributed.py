@@ -58,10 +58,18 @@ def train_distributed(cfg: TrainConfig, workers: int = 2, use_gpu: bool = False,
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     if not ray.is_initialized():
         # Ray Train's controller and scheduling actors need CPU slots beside the workers: on a
         # single machine, offer at least workers + 2 logical CPUs or the worker group waits.
         ray.init(num_cpus=max(os.cpu_count() or 1, workers + 2), include_dashboard=False, log_to_driver=False)
+    have = ray.cluster_resources()
+    need = {"CPU": workers + 1, "GPU": workers if use_gpu else 0}  # + 1: Ray Train's controller
+    short = [f"{need[r]} {r}s but the cluster has {have.get(r, 0):g}" for r in need if need[r] > have.get(r, 0)]
+    if short:  # Ray would wait forever for the worker group
+        raise RuntimeError(f"cannot place {workers} Ray Train workers: they need " + "; ".join(short)
+                           + ". Use fewer --ray-workers, or a bigger cluster")
     trainer = TorchTrainer(
         _worker,
         train_loop_config=asdict(cfg),
