@@ -53,6 +53,10 @@ class RealEnv(gym.Env):
     :class:`~wfm_sim.envs.sources.ArmState`); ``success`` where the simulator has one;
     ``seed`` after a seeded reset.
 
+    ## Reset options
+    ``{"warmup": actions}``: ``(n, A)`` actions played right after the reset, before the episode
+    starts, so that :meth:`context` holds ``n + 1`` frames (policy scoring starts both worlds there).
+
     ## Arguments
     source (a name from ``wfm-sim collect --help``), size (frame side, default 64),
     context_frames (frames kept for :meth:`context`, default 2), render_mode ('rgb_array').
@@ -80,8 +84,10 @@ class RealEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        options = dict(options or {})
+        warmup = options.pop("warmup", None)
         if options:
-            raise ValueError(f"RealEnv.reset takes no options, got {sorted(options)}")
+            raise ValueError(f"RealEnv.reset takes only options['warmup'], got {sorted(options)}")
         if seed is not None and not 0 <= int(seed) < 2**32:
             raise ValueError(f"seed must lie in [0, 2**32), got {seed}")
         raw = self.sim.reset(seed)
@@ -89,6 +95,13 @@ class RealEnv(gym.Env):
         self._actions.clear()
         self._steps, self._seed = 0, seed
         obs = self._observe()
+        if warmup is not None:  # actions before the episode starts (so a context holds several frames)
+            warm = check_actions(self.action_space, warmup, (len(np.asarray(warmup)),), who="warmup actions")
+            for a in warm:
+                self.sim.step(a)
+                self._actions.append(a.copy())
+                obs = self._observe()
+            raw = self.sim.raw_obs
         info = {"privileged": self.sim.privileged(self.sim.env, raw)}
         if seed is not None:
             info["seed"] = int(seed)

@@ -184,6 +184,70 @@ def _rollout(args) -> None:
     pool.shutdown()
 
 
+def _score(args) -> None:
+    from pathlib import Path
+
+    from wfm_sim.evaluation.policy_sets import graded_set
+    from wfm_sim.evaluation.score_report import ranking_table, write_score_report
+    from wfm_sim.evaluation.scoring import SHIPPED_SOURCES, ScoreConfig, score_policies
+    from wfm_sim.models import WorldModel
+    from wfm_sim.policies import make_policy
+
+    model = WorldModel.from_pretrained(args.model, device=args.device, precision=args.precision)
+    source = args.source or SHIPPED_SOURCES.get(str(args.model)) or SHIPPED_SOURCES.get(model.cfg.name)
+    if source is None:
+        raise ValueError(f"--source is needed: which simulator did {args.model} learn? (wfm-sim collect --help lists them)")
+    cfg = ScoreConfig(starts=args.starts, start_seed=args.start_seed, samples=args.samples, horizon=args.horizon,
+                      batch=args.batch, real=not args.no_real, decoder=args.decoder, mode=args.mode, seed=args.seed)
+    policies = {}
+    for name in args.policies:
+        if name in ("driver", "expert"):
+            raise ValueError(f"--policies {name} is a scripted expert that reads the real simulator's state and cannot "
+                             "play in imagination; --graded scores plans derived from it")
+        policies[Path(name).stem if Path(name).exists() else name] = make_policy(
+            name, _action_space(model), source=source, camera=model.cfg.cameras[0])
+    if args.graded:
+        policies.update(graded_set(source, cfg, model))
+    report = score_policies(model, source, policies, cfg, progress=not args.quiet)
+    paths = write_score_report(report, args.out, fps=model.cfg.fps / 2)
+    print(ranking_table(report))
+    print(json.dumps({"speed": report["speed"]}))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _action_space(model):
+    from wfm_sim.envs.spaces import action_space
+
+    a = model.cfg.action
+    spec = {"type": "discrete", "n": a.n} if a.kind == "discrete" else {"type": "box", "low": a.low, "high": a.high}
+    return action_space(spec)
+
+
+def _add_score(sub) -> None:
+    sc = sub.add_parser("score", help="score policies in imagination and in the real simulator from the same starts",
+                        description="Play every policy from the same real start states in the world model (K samples) "
+                                    "and in its real twin; report return and success per policy with 95%% CIs, and "
+                                    "Pearson, Spearman and MMRV between imagined and real across policies.")
+    sc.add_argument("--model", default="manipulation", help="shipped model name or folder")
+    sc.add_argument("--source", default=None, help="the real simulator (default: the shipped model's twin)")
+    sc.add_argument("--policies", nargs="*", default=[], help="random, road, .npy plans, ConvPolicy folders, module:callable")
+    sc.add_argument("--graded", action="store_true", help="add 9 plans derived from the scripted expert (best to worst)")
+    sc.add_argument("--starts", type=positive_int, default=20, help="start states (real simulator seeds)")
+    sc.add_argument("--start-seed", type=nonneg_int, default=1_000_000, help="first start seed (training data uses small seeds)")
+    sc.add_argument("--samples", type=positive_int, default=2, help="imagined samples per start (K)")
+    sc.add_argument("--horizon", type=positive_int, default=30)
+    sc.add_argument("--batch", type=positive_int, default=32, help="imagined envs stepped together")
+    sc.add_argument("--no-real", action="store_true", help="imagination only")
+    sc.add_argument("--decoder", default="token", choices=["token", "diffusion"])
+    sc.add_argument("--mode", default="parallel", choices=["sequential", "parallel"])
+    sc.add_argument("--seed", type=nonneg_int, default=0)
+    sc.add_argument("--device", default="auto")
+    sc.add_argument("--precision", default="auto")
+    sc.add_argument("--out", required=True, help="report folder (report.json is written last)")
+    sc.add_argument("--quiet", action="store_true")
+    sc.set_defaults(func=_score)
+
+
 def _add_collect(sub) -> None:
     from wfm_sim.envs.sources import SOURCES
 
@@ -312,7 +376,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="wfm-sim", description="World-foundation-model simulator tools")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_collect, _add_dataset, _add_train, _add_evaluate, _add_demo, _add_rollout):
+    for add in (_add_collect, _add_dataset, _add_train, _add_evaluate, _add_score, _add_demo, _add_rollout):
         add(sub)
     return p
 

@@ -1,0 +1,117 @@
+"""Write a policy-scoring report: ranking table, imagined-vs-real scatter, real | imagined video.
+
+``report.json`` is written last and atomically, and an old one is removed first: a run that
+is killed half-way leaves no file that could be mistaken for a finished report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from wfm_sim.checkpoint import atomic_write_json
+from wfm_sim.viz import _label, mosaic, write_mp4
+
+
+def ranking_table(report: dict) -> str:
+    """A markdown table, best real score first: imagined and real return / success with 95% CIs."""
+    rows = {r["policy"]: r for r in report["policies"]}
+    has_real = all("real_return" in r for r in rows.values())
+    has_success = all("imagined_success" in r for r in rows.values())
+    head = ["policy", "imagined return", "real return" if has_real else None,
+            "imagined success", "real success" if has_real else None]
+    head = [h for h in head if h and (has_success or "success" not in h)]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for name in report["ranking"]:
+        r = rows[name]
+        cells = [name]
+        for key in head[1:]:
+            k = key.replace(" ", "_")
+            cells.append(f"{r[k]:.2f} ± {r[k + '_ci']:.2f}" if np.isfinite(r[k + "_ci"]) else f"{r[k]:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    for metric, a in report.get("agreement", {}).items():
+        lines.append(f"\n{metric}: Pearson {a['pearson']:.3f}, Spearman {a['spearman']:.3f}, MMRV {a['mmrv']:.3f}, "
+                     f"mean imagined - real {a['mean_gap']:+.3f}")
+    return "\n".join(lines)
+
+
+def plot_agreement(report: dict, path: Path) -> Path | None:
+    """Imagined vs real, one point per policy (return; and success rate where there is one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in ("return", "success") if all(f"real_{m}" in r for r in report["policies"])]
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.6), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        x = [r[f"real_{m}"] for r in report["policies"]]
+        y = [r[f"imagined_{m}"] for r in report["policies"]]
+        ax.errorbar(x, y, xerr=[r[f"real_{m}_ci"] for r in report["policies"]],
+                    yerr=[r[f"imagined_{m}_ci"] for r in report["policies"]], fmt="o", ms=4, capsize=2)
+        for r, xi, yi in zip(report["policies"], x, y):
+            ax.annotate(r["policy"], (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        lo, hi = min(x + y), max(x + y)
+        ax.plot([lo, hi], [lo, hi], "--", color="grey", lw=0.8, label="imagined = real")
+        a = report["agreement"].get(m, {})
+        ax.set_title(f"{m}: Pearson {a.get('pearson', float('nan')):.2f}, Spearman {a.get('spearman', float('nan')):.2f}, "
+                     f"MMRV {a.get('mmrv', float('nan')):.2f}", fontsize=8)
+        ax.set_xlabel(f"real {m}")
+        ax.set_ylabel(f"imagined {m}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{report['model']} vs {report['source']}: {len(report['policies'])} policies, "
+                 f"{report['config']['starts']} starts, K={report['config']['samples']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _frames(ep, cams, length: int) -> list[np.ndarray]:
+    views = [[ep.obs[c][t] for c in cams] for t in range(len(ep))]
+    if ep.final_obs is not None:
+        views.append([ep.final_obs[c] for c in cams])
+    views += [views[-1]] * (length - len(views))
+    return [mosaic(v, None, cols=len(cams)) for v in views[:length]]
+
+
+def video_grid(results: dict, cams: list[str], path: Path, fps: float) -> Path | None:
+    """One row per (policy, start): real | imagined, all cameras, from the same start state."""
+    rows = [(name, i, real, dream) for name, res in results.items() for i, (real, dream) in sorted(res.clips.items())]
+    if not rows:
+        return None
+    length = max(max(len(r), len(d)) + 1 for _, _, r, d in rows)
+    strips = []
+    for name, i, real, dream in rows:
+        left, right = _frames(real, cams, length), _frames(dream, cams, length)
+        strips.append([np.concatenate((_label(a, f"{name} #{i} real", 0.25), _label(b, "imagined", 0.25)), axis=1)
+                       for a, b in zip(left, right)])
+    frames = [np.concatenate([s[t] for s in strips], axis=0) for t in range(length)]
+    return write_mp4(path, frames, fps=fps, scale=2)
+
+
+def write_score_report(report: dict, out: str | Path, fps: float = 5.0) -> dict[str, Path]:
+    """Write ``ranking.md``, ``agreement.png``, ``real_vs_imagined.mp4`` and, last, ``report.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").unlink(missing_ok=True)  # never leave an old report beside a new, unfinished run
+    paths = {"table": out / "ranking.md"}
+    paths["table"].write_text(ranking_table(report) + "\n")
+    plot = plot_agreement(report, out / "agreement.png")
+    if plot is not None:
+        paths["plot"] = plot
+    results = report.get("results", {})
+    if results:
+        first = next(iter(results.values()))
+        clip = next(iter(first.clips.values()), (None,))[0]
+        if clip is not None:
+            video = video_grid(results, list(clip.obs), out / "real_vs_imagined.mp4", fps)
+            if video is not None:
+                paths["video"] = video
+    paths["json"] = out / "report.json"
+    atomic_write_json(paths["json"], {k: v for k, v in report.items() if k != "results"})
+    return paths

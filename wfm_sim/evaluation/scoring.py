@@ -1,0 +1,243 @@
+"""Score a set of policies in imagination and in the real simulator, from the same start states.
+
+For every start seed the real twin is reset and played a few neutral *warm-up* actions, so its
+context (last frames and the actions between them) can start imagination exactly where reality
+is. Then every policy plays ``horizon`` steps from there: ``samples`` times in the world model
+(it is stochastic), once in the real simulator. Per policy: return and success, imagined and
+real, with confidence intervals over starts; across policies: Pearson, Spearman, MMRV and the
+mean imagined-minus-real gap (:mod:`wfm_sim.evaluation.agreement`).
+
+Dimension legend: ``P`` policies, ``S`` starts, ``K`` imagined samples per start, ``T`` steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from wfm_sim.envs.contexts import Context
+from wfm_sim.envs.real import RealEnv, make_real_vec
+from wfm_sim.envs.sources import get_source
+from wfm_sim.evaluation.agreement import agreement, mean_ci
+from wfm_sim.policies.base import PlanPolicy
+from wfm_sim.rollout.play import play
+
+# Shipped model -> the recording source of its real twin.
+SHIPPED_SOURCES = {"driving": "carracing-4cam", "manipulation": "metaworld-push"}
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Flags of ``wfm-sim score``."""
+
+    starts: int = 20
+    """Start states: real simulator seeds ``start_seed .. start_seed + starts - 1``."""
+    start_seed: int = 1_000_000
+    """First start seed. Recorded training data uses small seeds (0, 1, ...), so the default
+    starts are states no model was trained on."""
+    samples: int = 2
+    """Imagined rollouts per start and policy (K)."""
+    horizon: int = 30
+    """Steps each policy plays after the warm-up."""
+    warmup: int | None = None
+    """Neutral actions before the policy takes over (default: the model's context_frames - 1)."""
+    batch: int = 32
+    """Imagined envs stepped together."""
+    real_batch: int = 4
+    """Real twins stepped together."""
+    real: bool = True
+    """Also play every policy in the real simulator."""
+    decoder: str = "token"
+    mode: str = "parallel"
+    diffusion_steps: int | None = None
+    seed: int = 0
+    """Seeds the imagined samples (row seeds) and the policies' randomness."""
+    videos: int = 2
+    """Starts per policy kept for the side-by-side video (real | imagined)."""
+
+    def __post_init__(self):
+        for name in ("starts", "samples", "horizon", "batch", "real_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (0 <= self.start_seed and self.start_seed + self.starts <= 2**32):
+            raise ValueError(f"start seeds must lie in [0, 2**32): got {self.start_seed}..{self.start_seed + self.starts - 1}")
+        if self.warmup is not None and self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+
+    @property
+    def start_seeds(self) -> list[int]:
+        return list(range(self.start_seed, self.start_seed + self.starts))
+
+
+@dataclass
+class PolicyResult:
+    """One policy's episodes' outcomes. Arrays are per start (real) or per start and sample (imagined)."""
+
+    name: str
+    imagined_return: np.ndarray
+    """``(S, K)``."""
+    imagined_success: np.ndarray | None
+    real_return: np.ndarray | None = None
+    """``(S,)``."""
+    real_success: np.ndarray | None = None
+    imagined_seconds: float = 0.0
+    real_seconds: float = 0.0
+    clips: dict = field(default_factory=dict)
+    """start index -> (real episode, imagined episode), for videos."""
+
+    def summary(self) -> dict:
+        out = {"policy": self.name}
+        for world, ret, succ in (("imagined", self.imagined_return, self.imagined_success),
+                                 ("real", self.real_return, self.real_success)):
+            if ret is None:
+                continue
+            per_start = ret.mean(axis=1) if ret.ndim == 2 else ret
+            out[f"{world}_return"], out[f"{world}_return_ci"] = mean_ci(per_start)
+            if succ is not None:
+                rate = succ.mean(axis=1) if succ.ndim == 2 else succ.astype(float)
+                out[f"{world}_success"], out[f"{world}_success_ci"] = mean_ci(rate)
+        return out
+
+
+def neutral_action(space) -> np.ndarray:
+    """The action closest to zero within a Box (no steering, no gas: the car stands; the arm rests)."""
+    return np.clip(np.zeros(space.shape, np.float32), space.low, space.high)
+
+
+def start_contexts(source: str, seeds: list[int], size: int, warmup: int) -> tuple[list[Context], np.ndarray]:
+    """Reset the real twin at each seed and play ``warmup`` neutral actions: each start's context."""
+    env = RealEnv(source, size, context_frames=warmup + 1)
+    try:
+        actions = np.tile(neutral_action(env.action_space), (warmup, 1))
+        contexts = []
+        for s in seeds:
+            env.reset(seed=s, options={"warmup": actions} if warmup else None)
+            contexts.append(env.context())
+        return contexts, actions
+    finally:
+        env.close()
+
+
+def check_setup(model, source: str, policies: dict, cfg: ScoreConfig) -> None:
+    """Clear errors before anything runs: rigs that differ, plans shorter than the horizon."""
+    src = get_source(source)
+    if tuple(src.cameras) != tuple(model.cfg.cameras):
+        raise ValueError(f"the model sees cameras {list(model.cfg.cameras)} but source {source!r} renders "
+                         f"{list(src.cameras)}: score a model against the real twin of the simulator it learned")
+    if src.action_space["type"] == "box" and src.action_space["shape"][0] != model.cfg.action.dim:
+        raise ValueError(f"source {source!r} takes {src.action_space['shape'][0]}-d actions, the model {model.cfg.action.dim}-d")
+    if cfg.horizon + (cfg.warmup or 0) > src.max_steps:
+        raise ValueError(f"horizon {cfg.horizon} + warm-up exceeds the {src.max_steps} steps of a {source} episode")
+    if not policies:
+        raise ValueError("score needs at least one policy")
+    for name, pol in policies.items():
+        if isinstance(pol, PlanPolicy):
+            if len(pol) < cfg.horizon:
+                raise ValueError(f"plan {name!r} has {len(pol)} steps, fewer than the horizon {cfg.horizon}")
+            if pol.plan.ndim == 3 and len(pol.plan) < cfg.starts:
+                raise ValueError(f"plan {name!r} holds {len(pol.plan)} per-start plans for {cfg.starts} starts")
+
+
+def _success(ep) -> bool | None:
+    s = ep.extras.get("success")
+    return None if s is None else bool(np.asarray(s).any())
+
+
+def play_imagined(env, policy, contexts: list[Context], cfg: ScoreConfig) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Every start ``samples`` times in the imagined vector env ``env``."""
+    S, K, n = len(contexts), cfg.samples, env.num_envs
+    rows = [(i, k) for i in range(S) for k in range(K)]
+    ret, succ, clips = np.zeros((S, K)), np.zeros((S, K), bool), {}
+    has_success = True
+    for c in range(0, len(rows), n):
+        chunk = rows[c : c + n]
+        seeds = [cfg.seed * 1_000_003 + i * K + k + 1 for i, k in chunk]
+        ctx = [contexts[i] for i, _ in chunk]
+        ctx += [ctx[0]] * (n - len(ctx))  # rows past the chunk replay the first start, unrecorded
+        eps = play(env, policy, seeds, cfg.horizon, options={"context": ctx}, episodes=[i for i, _ in chunk])
+        for (i, k), ep in zip(chunk, eps):
+            ret[i, k] = ep.total_reward()
+            s = _success(ep)
+            has_success &= s is not None
+            succ[i, k] = bool(s)
+            if k == 0 and i < cfg.videos:
+                clips[i] = ep
+    return ret, (succ if has_success else None), clips
+
+
+def play_real(env, policy, seeds: list[int], warmup: np.ndarray, cfg: ScoreConfig) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Every start once in the real twins ``env`` (a vector env), after the same warm-up."""
+    n = env.num_envs
+    ret, succ, clips, has_success = np.zeros(len(seeds)), np.zeros(len(seeds), bool), {}, True
+    options = {"warmup": warmup} if len(warmup) else None
+    for c in range(0, len(seeds), n):
+        eps = play(env, policy, seeds[c : c + n], cfg.horizon, options=options, episodes=list(range(c, c + n))[: len(seeds[c : c + n])])
+        for j, ep in enumerate(eps):
+            i = c + j
+            ret[i] = ep.total_reward()
+            s = _success(ep)
+            has_success &= s is not None
+            succ[i] = bool(s)
+            if i < cfg.videos:
+                clips[i] = ep
+    return ret, (succ if has_success else None), clips
+
+
+def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreConfig(), progress: bool = True) -> dict:
+    """Play every policy in both worlds from the same starts. Returns the report (JSON-ready) and
+    the results (``report["results"]``: :class:`PolicyResult` per policy, not JSON)."""
+    from tqdm.auto import tqdm
+
+    from wfm_sim.envs.imagined import ImaginedVectorEnv
+
+    check_setup(model, source, policies, cfg)
+    warmup = model.cfg.context_frames - 1 if cfg.warmup is None else cfg.warmup
+    seeds = cfg.start_seeds
+    contexts, warm_actions = start_contexts(source, seeds, model.cfg.tokenizer.image_size, warmup)
+    imagined = ImaginedVectorEnv(min(cfg.batch, cfg.starts * cfg.samples), model, decoder=cfg.decoder, mode=cfg.mode,
+                                 diffusion_steps=cfg.diffusion_steps, max_episode_steps=cfg.horizon)
+    real = make_real_vec(source, min(cfg.real_batch, cfg.starts), model.cfg.tokenizer.image_size,
+                         context_frames=warmup + 1) if cfg.real else None
+    results = {}
+    try:
+        for name, policy in tqdm(policies.items(), desc="score", unit="policy", disable=not progress):
+            t0 = time.perf_counter()
+            ret, succ, clips = play_imagined(imagined, policy, contexts, cfg)
+            res = PolicyResult(name, ret, succ, imagined_seconds=time.perf_counter() - t0)
+            if real is not None:
+                t0 = time.perf_counter()
+                res.real_return, res.real_success, real_clips = play_real(real, policy, seeds, warm_actions, cfg)
+                res.real_seconds = time.perf_counter() - t0
+                res.clips = {i: (real_clips[i], clips[i]) for i in clips if i in real_clips}
+            results[name] = res
+    finally:
+        if real is not None:
+            real.close()
+    return {**report(results, cfg, source, model), "results": results}
+
+
+def report(results: dict[str, PolicyResult], cfg: ScoreConfig, source: str, model) -> dict:
+    """The JSON-ready report: per-policy summaries, agreement across policies, and speeds."""
+    rows = [r.summary() for r in results.values()]
+    out = {"model": model.cfg.name, "source": source, "config": asdict(cfg), "start_seeds": cfg.start_seeds,
+           "policies": rows}
+    names = [r["policy"] for r in rows]
+    agree = {}
+    for metric in ("return", "success"):
+        if len(rows) >= 2 and all(f"real_{metric}" in r and f"imagined_{metric}" in r for r in rows):
+            agree[metric] = agreement([r[f"imagined_{metric}"] for r in rows], [r[f"real_{metric}"] for r in rows])
+    out["agreement"] = agree
+    n_imag = len(results) * cfg.starts * cfg.samples
+    t_imag = sum(r.imagined_seconds for r in results.values())
+    speed = {"imagined_episodes_per_s": n_imag / max(t_imag, 1e-9),
+             "imagined_steps_per_s": n_imag * cfg.horizon / max(t_imag, 1e-9)}
+    if cfg.real:
+        t_real = sum(r.real_seconds for r in results.values())
+        speed.update({"real_episodes_per_s": len(results) * cfg.starts / max(t_real, 1e-9),
+                      "real_steps_per_s": len(results) * cfg.starts * cfg.horizon / max(t_real, 1e-9)})
+    out["speed"] = speed
+    out["ranking"] = sorted(names, key=lambda n: -next(r for r in rows if r["policy"] == n).get(
+        "real_return", next(r for r in rows if r["policy"] == n)["imagined_return"]))
+    return out
