@@ -207,7 +207,11 @@ def _score(args) -> None:
         policies[Path(name).stem if Path(name).exists() else name] = make_policy(
             name, _action_space(model), source=source, camera=model.cfg.cameras[0])
     if args.graded:
-        policies.update(graded_set(source, cfg, model))
+        graded = graded_set(source, cfg, model)
+        clash = sorted(set(graded) & set(policies))
+        if clash:
+            raise ValueError(f"--policies {clash} have the names of graded plans; rename them")
+        policies.update(graded)
     report = score_policies(model, source, policies, cfg, progress=not args.quiet)
     paths = write_score_report(report, args.out, fps=model.cfg.fps / 2)
     print(ranking_table(report))
@@ -246,6 +250,52 @@ def _add_score(sub) -> None:
     sc.add_argument("--out", required=True, help="report folder (report.json is written last)")
     sc.add_argument("--quiet", action="store_true")
     sc.set_defaults(func=_score)
+
+
+def _plan(args) -> None:
+    from pathlib import Path
+
+    from wfm_sim.checkpoint import atomic_write_json
+    from wfm_sim.evaluation.planning import PlanConfig, plan_and_execute
+    from wfm_sim.evaluation.scoring import SHIPPED_SOURCES, check_setup, ScoreConfig
+    from wfm_sim.models import WorldModel
+
+    model = WorldModel.from_pretrained(args.model, device=args.device, precision=args.precision)
+    source = args.source or SHIPPED_SOURCES.get(str(args.model)) or SHIPPED_SOURCES.get(model.cfg.name)
+    if source is None:
+        raise ValueError(f"--source is needed: which simulator did {args.model} learn?")
+    cfg = PlanConfig(horizon=args.horizon, population=args.population, elites=args.elites,
+                     iterations=args.iterations, samples=args.samples, seed=args.seed)
+    check_setup(model, source, {"_": None}, ScoreConfig(starts=args.starts, horizon=args.horizon))
+    seeds = list(range(args.start_seed, args.start_seed + args.starts))
+    result = plan_and_execute(model, source, seeds, cfg, progress=not args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "plan.json", result)
+    print(json.dumps(result["mean"], indent=2))
+    print(f"wrote {out / 'plan.json'}")
+
+
+def _add_plan(sub) -> None:
+    pl = sub.add_parser("plan", help="plan with CEM in imagination, execute in the real simulator",
+                        description="From each real start state, search action sequences with the cross-entropy "
+                                    "method in the world model; play the chosen plan, a random candidate and the "
+                                    "scripted expert in the real twin from the same start.")
+    pl.add_argument("--model", default="manipulation")
+    pl.add_argument("--source", default=None)
+    pl.add_argument("--starts", type=positive_int, default=5)
+    pl.add_argument("--start-seed", type=nonneg_int, default=2_000_000)
+    pl.add_argument("--horizon", type=positive_int, default=20)
+    pl.add_argument("--population", type=positive_int, default=32)
+    pl.add_argument("--elites", type=positive_int, default=6)
+    pl.add_argument("--iterations", type=positive_int, default=2)
+    pl.add_argument("--samples", type=positive_int, default=1)
+    pl.add_argument("--seed", type=nonneg_int, default=0)
+    pl.add_argument("--device", default="auto")
+    pl.add_argument("--precision", default="auto")
+    pl.add_argument("--out", required=True)
+    pl.add_argument("--quiet", action="store_true")
+    pl.set_defaults(func=_plan)
 
 
 def _add_collect(sub) -> None:
@@ -376,7 +426,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="wfm-sim", description="World-foundation-model simulator tools")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_collect, _add_dataset, _add_train, _add_evaluate, _add_score, _add_demo, _add_rollout):
+    for add in (_add_collect, _add_dataset, _add_train, _add_evaluate, _add_score, _add_plan, _add_demo, _add_rollout):
         add(sub)
     return p
 

@@ -66,7 +66,7 @@ def graded_plans(expert: np.ndarray, low, high, neutral, seed: int = 0) -> dict[
     plans["slowed-2x"] = np.repeat(expert, 2, axis=1)[:, :T]
     delay = max(1, T // 3)
     plans[f"delayed-{delay}"] = np.concatenate((np.broadcast_to(neutral, (S, delay, A)), expert[:, : T - delay]), axis=1)
-    plans["random"] = rng.uniform(low, high, expert.shape).astype(np.float32)
+    plans["random-plan"] = rng.uniform(low, high, expert.shape).astype(np.float32)
     return {name: PlanPolicy(clip(p)) for name, p in plans.items()}
 
 

@@ -196,7 +196,9 @@ def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreC
     warmup = model.cfg.context_frames - 1 if cfg.warmup is None else cfg.warmup
     seeds = cfg.start_seeds
     contexts, warm_actions = start_contexts(source, seeds, model.cfg.tokenizer.image_size, warmup)
-    imagined = ImaginedVectorEnv(min(cfg.batch, cfg.starts * cfg.samples), model, decoder=cfg.decoder, mode=cfg.mode,
+    rows = cfg.starts * cfg.samples
+    chunks = -(-rows // cfg.batch)
+    imagined = ImaginedVectorEnv(-(-rows // chunks), model, decoder=cfg.decoder, mode=cfg.mode,  # equal chunks: no padding
                                  diffusion_steps=cfg.diffusion_steps, max_episode_steps=cfg.horizon)
     real = make_real_vec(source, min(cfg.real_batch, cfg.starts), model.cfg.tokenizer.image_size,
                          context_frames=warmup + 1) if cfg.real else None

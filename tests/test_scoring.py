@@ -1,0 +1,113 @@
+"""Policy scoring: agreement metrics, both worlds from one start state, reports, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from wfm_sim.evaluation.agreement import agreement, mmrv, pearson, ranks, spearman
+
+pytest.importorskip("Box2D")
+
+
+def test_agreement_metrics_on_hand_computed_cases():
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [10, 100, 1000]) == pytest.approx(1.0)  # same order, not linear
+    assert ranks([3, 1, 3]).tolist() == [2.5, 1.0, 2.5]
+    assert mmrv([1, 2, 3], [0.1, 0.5, 0.9]) == 0.0  # never mis-ordered
+    # Imagination swaps policies 0 and 1 (real gap 0.4) and ties 1 with 2 where reality does not (gap 0.4).
+    assert mmrv([2, 1, 3], [0.1, 0.5, 0.9]) == pytest.approx((0.4 + 0.4 + 0.0) / 3)
+    # Imagination ties what reality orders: each policy's largest gap to a worse-in-reality one.
+    assert mmrv([1, 1, 1], [0.0, 0.5, 1.0]) == pytest.approx((0.0 + 0.5 + 1.0) / 3)
+    assert np.isnan(pearson([1, 1, 1], [0, 1, 2]))
+    a = agreement([0.9, 0.5, 0.1], [0.7, 0.4, 0.0])
+    assert a["spearman"] == pytest.approx(1.0) and a["mean_gap"] == pytest.approx(0.1333, abs=1e-3)
+    with pytest.raises(ValueError, match="at least 2 policies"):
+        pearson([1], [1])
+
+
+@pytest.fixture(scope="module")
+def top_model():
+    """A tiny model of the one-camera CarRacing rig (CAM_TOP, 16 px): the twin of source 'carracing'."""
+    import torch
+
+    from wfm_sim.models import WorldModel, preset
+
+    torch.manual_seed(0)
+    model = WorldModel(preset("tiny", cameras=("CAM_TOP",), name="tiny-car")).setup("cpu", "fp32").eval()
+    torch.nn.init.constant_(model.backbone.head_done[-1].bias, -8.0)  # episodes run to the horizon
+    return model
+
+
+def test_score_plays_both_worlds_from_the_same_start_state(top_model, tmp_path):
+    from wfm_sim.evaluation.score_report import write_score_report
+    from wfm_sim.evaluation.scoring import ScoreConfig, score_policies
+    from wfm_sim.policies import PlanPolicy, RandomPolicy, RoadCentroidDriver
+    from wfm_sim.envs.spaces import action_space
+
+    space = action_space({"type": "box", "low": [-1, 0, 0], "high": [1, 1, 1]})
+    plan = np.tile(np.array([0.0, 0.6, 0.0], np.float32), (4, 1))
+    cfg = ScoreConfig(starts=3, samples=2, horizon=4, batch=4, real_batch=2, videos=1, start_seed=1234)
+    policies = {"gas": PlanPolicy(plan), "random": RandomPolicy(space), "road": RoadCentroidDriver(camera="CAM_TOP")}
+    report = score_policies(top_model, "carracing", policies, cfg, progress=False)
+    res = report["results"]["gas"]
+    assert res.imagined_return.shape == (3, 2) and res.real_return.shape == (3,) and res.real_success is None
+    real_ep, dream_ep = res.clips[0]
+    assert np.array_equal(dream_ep.obs["CAM_TOP"][0], real_ep.obs["CAM_TOP"][0])  # the same start frame
+    assert np.array_equal(dream_ep.action, real_ep.action) and dream_ep.action.shape == (4, 3)
+    assert set(report["agreement"]) == {"return"} and report["speed"]["imagined_steps_per_s"] > 0
+    again = score_policies(top_model, "carracing", policies, cfg, progress=False)  # deterministic by its seeds
+    assert np.array_equal(again["results"]["random"].imagined_return, report["results"]["random"].imagined_return)
+    assert np.array_equal(again["results"]["random"].real_return, report["results"]["random"].real_return)
+    paths = write_score_report(report, tmp_path / "r")
+    saved = json.loads(paths["json"].read_text())
+    assert [p["policy"] for p in saved["policies"]] == ["gas", "random", "road"] and "results" not in saved
+    assert paths["video"].stat().st_size > 1000 and "| gas |" in paths["table"].read_text()
+
+
+def test_bad_scoring_input_is_refused_before_anything_runs(top_model, tiny_model):
+    from wfm_sim.evaluation.scoring import ScoreConfig, score_policies
+    from wfm_sim.policies import PlanPolicy
+
+    cfg = ScoreConfig(starts=2, samples=1, horizon=5)
+    with pytest.raises(ValueError, match="plan 'short' has 3 steps, fewer than the horizon 5"):
+        score_policies(top_model, "carracing", {"short": PlanPolicy(np.zeros((3, 3), np.float32))}, cfg)
+    with pytest.raises(ValueError, match=r"sees cameras \['CAM_FRONT'\] but source 'carracing' renders \['CAM_TOP'\]"):
+        score_policies(tiny_model, "carracing", {"p": PlanPolicy(np.zeros((5, 3), np.float32))}, cfg)
+    with pytest.raises(ValueError, match=r"start seeds must lie in \[0, 2\*\*32\)"):
+        ScoreConfig(start_seed=2**32 - 1, starts=5)
+    with pytest.raises(ValueError, match="PlanPolicy actions must have shape"):
+        score_policies(top_model, "carracing", {"wide": PlanPolicy(np.zeros((5, 4), np.float32))},
+                       ScoreConfig(starts=1, samples=1, horizon=5, real=False), progress=False)
+
+
+def test_a_killed_scoring_run_leaves_no_report_json(tmp_path):
+    from wfm_sim.evaluation.score_report import write_score_report
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "report.json").write_text("{}")  # a finished report of an earlier run
+    report = {"policies": [{"policy": "a", "imagined_return": 1.0, "imagined_return_ci": 0.1}], "ranking": ["a"],
+              "agreement": {}, "model": "m", "source": "s", "config": {"starts": 1, "samples": 1},
+              "results": {"a": None}}
+    with pytest.raises(AttributeError):  # dies while writing (a broken result stands in for a kill)
+        write_score_report(report, out)
+    assert not (out / "report.json").exists()
+
+
+def test_plans_are_ranked_and_cem_finds_the_best_in_imagination():
+    from wfm_sim.envs import Context, ImaginedVectorEnv
+    from wfm_sim.evaluation.planning import PlanConfig, cem_plan, rank_plans
+    from wfm_sim.models import preset
+    from wfm_sim.testing import steer_reward_model
+
+    model = steer_reward_model(preset("tiny")).setup("cpu", "fp32")  # reward rises with steer: optimum +1
+    env = ImaginedVectorEnv(8, model, obs_mode="tokens", parallel_steps=1, max_episode_steps=4)
+    ctx = Context({"CAM_FRONT": np.zeros((2, 16, 16, 3), np.uint8)}, np.zeros((1, 3), np.float32))
+    steers = np.array([-1.0, 0.0, 0.5, 1.0], np.float32)
+    plans = np.stack([np.tile([s, 0.5, 0.0], (4, 1)) for s in steers]).astype(np.float32)
+    scores = rank_plans(env, ctx, plans)
+    assert np.all(np.diff(scores) > 0), scores  # ranked by steer, as the model rewards
+    plan, log = cem_plan(env, ctx, [-1, 0, 0], [1, 1, 1], PlanConfig(horizon=4, population=16, elites=4, iterations=3))
+    assert plan.shape == (4, 3) and plan[:, 0].mean() > 0.5
+    assert log["iterations"][-1]["mean"] > log["iterations"][0]["mean"]
