@@ -88,3 +88,63 @@ class RoadCentroidDriver(Policy):
         cols = np.nonzero(road)[1]
         offset = (cols.mean() - (w - 1) / 2) / (w / 2)  # > 0: road to the right
         return np.array([float(np.clip(self.gain * offset, -1, 1)), self.gas, 0.0], dtype=np.float32)
+
+
+class MixedDriver(ScriptedPolicy):
+    """Driving data that teaches consequences: the track follower, interrupted by swerves off the
+    road, random actions, braking to a stop and coasting, after which it finds the track again.
+
+    Each episode draws its own schedule of segments from its seed (the first segment follows the
+    track, so the car is moving): follow (15-45 steps), follow with heavy steering noise, swerve
+    (60-100% lock to one side with gas, 6-30 steps), random actions, brake, coast. A world model trained on
+    such episodes sees what leaving the road costs and how the car comes back, which on-road
+    data from one scripted driver never shows.
+
+    Args:
+        horizon: steps a schedule covers (the source's episode length).
+    """
+
+    MODES = ("follow", "noisy", "swerve", "random", "brake", "coast")
+    WEIGHTS = (0.30, 0.15, 0.30, 0.10, 0.10, 0.05)
+
+    def __init__(self, horizon: int = 250):
+        self.horizon = horizon
+        self.follower = TrackFollower(noise=0.1)
+        self._schedule: dict[int, list[tuple[str, float]]] = {}
+        self._t: dict[int, int] = {}
+        self._rng: dict[int, np.random.Generator] = {}
+
+    def reset(self, seeds, rows=None, episodes=None) -> None:
+        rows = self._rows(seeds, rows)
+        self.follower.reset(seeds, rows)
+        for r, s in zip(rows, seeds):
+            rng = np.random.default_rng([int(s), 11])
+            steps: list[tuple[str, float]] = []
+            mode = "follow"
+            while len(steps) < self.horizon:
+                long = mode in ("follow", "noisy")
+                length = int(rng.integers(15, 46) if long else rng.integers(6, 31))
+                side = float(rng.choice((-1.0, 1.0)) * rng.uniform(0.6, 1.0))
+                steps += [(mode, side)] * length
+                mode = str(rng.choice(self.MODES, p=self.WEIGHTS))
+            self._schedule[r], self._t[r], self._rng[r] = steps, 0, rng
+
+    def act(self, row: int, state) -> np.ndarray:
+        if row not in self._schedule:
+            raise RuntimeError("MixedDriver: call reset(seeds) at the start of every episode")
+        t = self._t[row]
+        mode, side = self._schedule[row][min(t, len(self._schedule[row]) - 1)]
+        self._t[row] = t + 1
+        rng = self._rng[row]
+        if mode in ("follow", "noisy"):
+            a = self.follower.act(row, state)
+            if mode == "noisy":
+                a[0] = float(np.clip(a[0] + rng.normal(0, 0.6), -1, 1))
+            return a
+        if mode == "swerve":
+            return np.array([side, 0.6, 0.0], np.float32)
+        if mode == "random":
+            return rng.uniform([-1, 0, 0], [1, 1, 1]).astype(np.float32)
+        if mode == "brake":
+            return np.array([0.0, 0.0, 0.8], np.float32)
+        return np.zeros(3, np.float32)  # coast

@@ -4,6 +4,8 @@
 * ``road``: :class:`~wfm_sim.policies.RoadCentroidDriver` (pixels, driving rigs);
 * ``driver``: :class:`~wfm_sim.policies.TrackFollower` with 0.15 steering noise (scripted,
   real CarRacing only);
+* ``mixed``: :class:`~wfm_sim.policies.MixedDriver`, the track follower interrupted by swerves
+  off the road, random actions, braking and coasting (scripted, real CarRacing only);
 * ``expert``: :class:`~wfm_sim.policies.MetaWorldExpert` for the source's task (scripted, real
   Meta-World only);
 * a ``.npy`` file: an open-loop plan ``(T, A)`` or ``(episodes, T, A)``;
@@ -19,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from wfm_sim.policies.base import ConvPolicy, PlanPolicy, Policy, RandomPolicy
-from wfm_sim.policies.driving import RoadCentroidDriver, TrackFollower
+from wfm_sim.policies.driving import MixedDriver, RoadCentroidDriver, TrackFollower
 
-NAMES = ("random", "road", "driver", "expert")
+NAMES = ("random", "road", "driver", "mixed", "expert")
 
 
 def make_policy(name: str, space=None, source: str | None = None, camera: str | None = None):
@@ -43,6 +45,10 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
         if source is not None and not source.startswith("carracing"):
             raise ValueError(f"'driver' drives CarRacing; source {source!r} has no track to follow")
         return TrackFollower(noise=0.15)
+    if name == "mixed":
+        if source is not None and not source.startswith("carracing"):
+            raise ValueError(f"'mixed' drives CarRacing; source {source!r} has no track")
+        return MixedDriver()
     if name == "expert":
         if source is None or not source.startswith("metaworld-"):
             raise ValueError(f"'expert' is Meta-World's scripted expert; source {source!r} is not a Meta-World task")

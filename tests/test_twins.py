@@ -126,3 +126,25 @@ def test_a_real_id_without_its_simulator_gives_an_install_hint(monkeypatch):
         gym.make("wfm_sim/RealDriving-v0")
     with pytest.raises(ValueError, match="unknown source 'nope'"):
         gym.make("wfm_sim/Real-v0", source="nope")
+
+
+def test_the_mixed_driver_leaves_the_road_and_comes_back_reproducibly():
+    from wfm_sim.policies import MixedDriver
+    from wfm_sim.rollout.play import act
+
+    def drive(seeds, steps=150):
+        env, pol = make_real_vec("carracing", len(seeds)), MixedDriver()
+        obs, info = env.reset(seed=seeds)
+        pol.reset(seeds)
+        off, actions = np.zeros(len(seeds)), []
+        for _ in range(steps):
+            a = act(pol, obs, info)
+            actions.append(a)
+            obs, _, _, _, info = env.step(a)
+            off += [not s.on_road for s in info["privileged"]]
+        return off, np.stack(actions)
+
+    off, actions = drive([3, 5])
+    assert off.sum() > 10 and (off < 150).all()  # it leaves the road, and finds it again
+    again_off, again = drive([3, 5])
+    assert np.array_equal(actions, again) and np.array_equal(off, again_off)

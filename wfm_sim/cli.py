@@ -144,7 +144,7 @@ def _policy_spec(name: str, horizon: int):
 
     if name == "random":
         return PolicySpec("random")
-    if name in ("driver", "expert"):
+    if name in ("driver", "mixed", "expert"):
         raise ValueError(f"--policy {name} is a scripted expert that reads the real simulator's state; "
                          "imagined rollouts need a pixel policy (road, a ConvPolicy folder), a plan or random")
     policy = make_policy(name, camera="CAM_FRONT") if name != "road" else None
@@ -201,7 +201,7 @@ def _score(args) -> None:
                       batch=args.batch, real=not args.no_real, decoder=args.decoder, mode=args.mode, seed=args.seed)
     policies = {}
     for name in args.policies:
-        if name in ("driver", "expert"):
+        if name in ("driver", "mixed", "expert"):
             raise ValueError(f"--policies {name} is a scripted expert that reads the real simulator's state and cannot "
                              "play in imagination; --graded scores plans derived from it")
         policies[Path(name).stem if Path(name).exists() else name] = make_policy(
