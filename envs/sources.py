@@ -148,13 +148,20 @@ class Source:
 
 
 # ----------------------------------------------------------------- CarRacing
+def _track_points(u) -> np.ndarray:
+    """The track's centre line, built once per track (it changes only at reset), not every step."""
+    cached = getattr(u, "_wfm_track", None)
+    if cached is None or cached[0] is not u.track:
+        cached = u._wfm_track = (u.track, np.asarray([(t[2], t[3]) for t in u.track], np.float64))
+    return cached[1]
+
+
 def _car_state(env, obs) -> CarState:
     u = env.unwrapped
     hull = u.car.hull
     on_road = any(len(w.tiles) > 0 for w in u.car.wheels)
     return CarState(np.asarray(hull.position, np.float64), float(hull.angle),
-                    np.asarray(hull.linearVelocity, np.float64),
-                    np.asarray([(t[2], t[3]) for t in u.track], np.float64), bool(on_road))
+                    np.asarray(hull.linearVelocity, np.float64), _track_points(u), bool(on_road))
 
 
 def _make_carracing(size: int, multicam: int = 0) -> Simulator:

@@ -57,21 +57,26 @@ class Policy:
 
 
 class SeededPolicy(Policy):
-    """A policy with one ``np.random.Generator`` per row, seeded per episode by :meth:`reset`."""
+    """A policy with one ``np.random.Generator`` per row, seeded per episode by :meth:`reset`
+    (``default_rng([seed, stream])``: a subclass with another ``stream`` draws independently)."""
+
+    stream = 7
 
     def __init__(self):
         self._rngs: dict[int, np.random.Generator] = {}
 
     def reset(self, seeds, rows=None, episodes=None) -> None:
         for r, s in zip(self._rows(seeds, rows), seeds):
-            self._rngs[r] = np.random.default_rng([int(s), 7])
+            self._rngs[r] = np.random.default_rng([int(s), self.stream])
+
+    def rng(self, row: int) -> np.random.Generator:
+        if row not in self._rngs:
+            raise RuntimeError(f"{type(self).__name__}: row {row} has no episode seed; call "
+                               "policy.reset(seeds) at the start of every episode (one seed per row)")
+        return self._rngs[row]
 
     def rngs(self, n: int) -> list[np.random.Generator]:
-        missing = [r for r in range(n) if r not in self._rngs]
-        if missing:
-            raise RuntimeError(f"{type(self).__name__}: rows {missing} have no episode seed; call "
-                               "policy.reset(seeds) at the start of every episode (one seed per row)")
-        return [self._rngs[r] for r in range(n)]
+        return [self.rng(r) for r in range(n)]
 
 
 class RandomPolicy(SeededPolicy):
@@ -124,7 +129,7 @@ class PlanPolicy(Policy):
         return np.stack(out)
 
 
-class ScriptedPolicy(Policy):
+class ScriptedPolicy(SeededPolicy):
     """A scripted expert that reads simulator state: ``policy(obs, info) -> actions``.
 
     ``info["privileged"]`` holds one state object per row (what a real twin puts in its info).

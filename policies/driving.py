@@ -29,25 +29,24 @@ class TrackFollower(ScriptedPolicy):
     """
 
     def __init__(self, lookahead: int = 6, target_speed: float = 45.0, noise: float = 0.1):
+        super().__init__()
         self.lookahead, self.target_speed, self.noise = lookahead, target_speed, noise
-        self._rng: dict[int, np.random.Generator] = {}
         self._speed: dict[int, float] = {}
 
     def reset(self, seeds, rows=None, episodes=None) -> None:
-        for r, s in zip(self._rows(seeds, rows), seeds):
-            self._rng[r] = np.random.default_rng([int(s), 7])
-            self._speed[r] = self.target_speed * self._rng[r].uniform(0.6, 1.2)
+        super().reset(seeds, rows)
+        for r in self._rows(seeds, rows):
+            self._speed[r] = self.target_speed * self._rngs[r].uniform(0.6, 1.2)
 
     def act(self, row: int, state) -> np.ndarray:
-        if row not in self._rng:
-            raise RuntimeError("TrackFollower: call reset(seeds) at the start of every episode")
+        rng = self.rng(row)
         pos, track = state.position, state.track
         i = int(np.argmin(((track - pos) ** 2).sum(1)))
         target = track[(i + self.lookahead) % len(track)]
         fwd = np.array([-math.sin(state.angle), math.cos(state.angle)])
         want = target - pos
         err = math.atan2(fwd[0] * want[1] - fwd[1] * want[0], fwd @ want)  # > 0: target to the left
-        steer = float(np.clip(-2.0 * err + self._rng[row].normal(0, self.noise), -1, 1))
+        steer = float(np.clip(-2.0 * err + rng.normal(0, self.noise), -1, 1))
         speed = float(np.linalg.norm(state.velocity))
         limit = self._speed[row] * (0.6 if abs(err) > 0.35 else 1.0)
         gas = 0.5 if speed < limit else 0.0
@@ -107,18 +106,21 @@ class MixedDriver(ScriptedPolicy):
     MODES = ("follow", "noisy", "swerve", "random", "brake", "coast")
     WEIGHTS = (0.30, 0.15, 0.30, 0.10, 0.10, 0.05)
 
+    stream = 11  # independent of the follower's own draws (stream 7)
+
     def __init__(self, horizon: int = 250):
+        super().__init__()
         self.horizon = horizon
         self.follower = TrackFollower(noise=0.1)
         self._schedule: dict[int, list[tuple[str, float]]] = {}
         self._t: dict[int, int] = {}
-        self._rng: dict[int, np.random.Generator] = {}
 
     def reset(self, seeds, rows=None, episodes=None) -> None:
+        super().reset(seeds, rows)
         rows = self._rows(seeds, rows)
         self.follower.reset(seeds, rows)
-        for r, s in zip(rows, seeds):
-            rng = np.random.default_rng([int(s), 11])
+        for r in rows:
+            rng = self._rngs[r]
             steps: list[tuple[str, float]] = []
             mode = "follow"
             while len(steps) < self.horizon:
@@ -127,15 +129,13 @@ class MixedDriver(ScriptedPolicy):
                 side = float(rng.choice((-1.0, 1.0)) * rng.uniform(0.6, 1.0))
                 steps += [(mode, side)] * length
                 mode = str(rng.choice(self.MODES, p=self.WEIGHTS))
-            self._schedule[r], self._t[r], self._rng[r] = steps, 0, rng
+            self._schedule[r], self._t[r] = steps, 0
 
     def act(self, row: int, state) -> np.ndarray:
-        if row not in self._schedule:
-            raise RuntimeError("MixedDriver: call reset(seeds) at the start of every episode")
+        rng = self.rng(row)
         t = self._t[row]
         mode, side = self._schedule[row][min(t, len(self._schedule[row]) - 1)]
         self._t[row] = t + 1
-        rng = self._rng[row]
         if mode in ("follow", "noisy"):
             a = self.follower.act(row, state)
             if mode == "noisy":

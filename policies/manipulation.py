@@ -24,18 +24,16 @@ class MetaWorldExpert(ScriptedPolicy):
 
         if task not in ENV_POLICY_MAP:
             raise ValueError(f"Meta-World has no scripted expert for {task!r}")
+        super().__init__()
         self.task, self.max_noise, self.fixed_noise = task, max_noise, noise
         self._expert = ENV_POLICY_MAP[task]()
-        self._rng: dict[int, np.random.Generator] = {}
         self._noise: dict[int, float] = {}
 
     def reset(self, seeds, rows=None, episodes=None) -> None:
-        for r, s in zip(self._rows(seeds, rows), seeds):
-            self._rng[r] = np.random.default_rng([int(s), 7])
-            self._noise[r] = self.fixed_noise if self.fixed_noise is not None else self._rng[r].uniform(0, self.max_noise)
+        super().reset(seeds, rows)
+        for r in self._rows(seeds, rows):
+            self._noise[r] = self.fixed_noise if self.fixed_noise is not None else self._rngs[r].uniform(0, self.max_noise)
 
     def act(self, row: int, state) -> np.ndarray:
-        if row not in self._rng:
-            raise RuntimeError("MetaWorldExpert: call reset(seeds) at the start of every episode")
-        a = self._expert.get_action(state.state) + self._rng[row].normal(0, self._noise[row], 4)
+        a = self._expert.get_action(state.state) + self.rng(row).normal(0, self._noise[row], 4)
         return np.clip(a, -1, 1).astype(np.float32)
