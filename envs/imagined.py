@@ -15,7 +15,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from wfm_sim.envs.contexts import ContextBank
 from wfm_sim.envs.inputs import batch_context, check_actions
-from wfm_sim.envs.spaces import action_space, pixel_space, token_space
+from wfm_sim.envs.spaces import model_action_space, pixel_space, token_space
 from wfm_sim.models.rollout_core import RolloutCore
 from wfm_sim.models.sampling import SamplingConfig
 from wfm_sim.models.world_model import WorldModel, resolve_pretrained
@@ -129,9 +129,7 @@ class ImaginedVectorEnv(VectorEnv):
             obs = token_space(c.cameras, c.tokenizer.grid, c.tokenizer.vocab_size)
         else:
             obs = pixel_space(c.cameras, c.tokenizer.image_size)
-        a = c.action
-        spec = {"type": "discrete", "n": a.n} if a.kind == "discrete" else {"type": "box", "low": a.low, "high": a.high}
-        act = action_space(spec, c.backbone.action_group)
+        act = model_action_space(c)
         self.single_observation_space, self.single_action_space = obs, act
         self.observation_space = gym.vector.utils.batch_space(obs, self.num_envs)
         self.action_space = gym.vector.utils.batch_space(act, self.num_envs)

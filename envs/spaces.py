@@ -47,6 +47,13 @@ def action_space(spec: dict, group: int = 1) -> spaces.Space:
     return spaces.Box(lo, hi, dtype=np.float32)
 
 
+def model_action_space(cfg) -> spaces.Space:
+    """The action space of a world model's config: its ``ActionSpec``, grouped by its action group."""
+    a = cfg.action
+    spec = {"type": "discrete", "n": a.n} if a.kind == "discrete" else {"type": "box", "low": a.low, "high": a.high}
+    return action_space(spec, cfg.backbone.action_group)
+
+
 def check_actions(space: spaces.Space, actions, lead: tuple[int, ...] = (), who: str = "actions") -> np.ndarray:
     """Validate ``actions`` against ``space`` (with ``lead`` batch dims); returns them as an array.
 

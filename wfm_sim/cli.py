@@ -189,14 +189,13 @@ def _score(args) -> None:
 
     from wfm_sim.evaluation.policy_sets import graded_set
     from wfm_sim.evaluation.score_report import ranking_table, write_score_report
-    from wfm_sim.evaluation.scoring import SHIPPED_SOURCES, ScoreConfig, score_policies
+    from wfm_sim.envs.spaces import model_action_space
+    from wfm_sim.evaluation.scoring import ScoreConfig, score_policies, twin_source
     from wfm_sim.models import WorldModel
     from wfm_sim.policies import make_policy
 
     model = WorldModel.from_pretrained(args.model, device=args.device, precision=args.precision)
-    source = args.source or SHIPPED_SOURCES.get(str(args.model)) or SHIPPED_SOURCES.get(model.cfg.name)
-    if source is None:
-        raise ValueError(f"--source is needed: which simulator did {args.model} learn? (wfm-sim collect --help lists them)")
+    source = twin_source(model, args.model, args.source)
     cfg = ScoreConfig(starts=args.starts, start_seed=args.start_seed, samples=args.samples, horizon=args.horizon,
                       batch=args.batch, real=not args.no_real, decoder=args.decoder, mode=args.mode, seed=args.seed)
     policies = {}
@@ -205,7 +204,7 @@ def _score(args) -> None:
             raise ValueError(f"--policies {name} is a scripted expert that reads the real simulator's state and cannot "
                              "play in imagination; --graded scores plans derived from it")
         policies[Path(name).stem if Path(name).exists() else name] = make_policy(
-            name, _action_space(model), source=source, camera=model.cfg.cameras[0])
+            name, model_action_space(model.cfg), source=source, camera=model.cfg.cameras[0])
     if args.graded:
         graded = graded_set(source, cfg, model)
         clash = sorted(set(graded) & set(policies))
@@ -217,14 +216,6 @@ def _score(args) -> None:
     print(ranking_table(report))
     print(json.dumps({"speed": report["speed"]}))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-
-
-def _action_space(model):
-    from wfm_sim.envs.spaces import action_space
-
-    a = model.cfg.action
-    spec = {"type": "discrete", "n": a.n} if a.kind == "discrete" else {"type": "box", "low": a.low, "high": a.high}
-    return action_space(spec)
 
 
 def _add_score(sub) -> None:
@@ -257,16 +248,14 @@ def _plan(args) -> None:
 
     from wfm_sim.checkpoint import atomic_write_json
     from wfm_sim.evaluation.planning import PlanConfig, plan_and_execute
-    from wfm_sim.evaluation.scoring import SHIPPED_SOURCES, check_setup, ScoreConfig
+    from wfm_sim.evaluation.scoring import check_rig, twin_source
     from wfm_sim.models import WorldModel
 
     model = WorldModel.from_pretrained(args.model, device=args.device, precision=args.precision)
-    source = args.source or SHIPPED_SOURCES.get(str(args.model)) or SHIPPED_SOURCES.get(model.cfg.name)
-    if source is None:
-        raise ValueError(f"--source is needed: which simulator did {args.model} learn?")
+    source = twin_source(model, args.model, args.source)
     cfg = PlanConfig(horizon=args.horizon, population=args.population, elites=args.elites,
                      iterations=args.iterations, samples=args.samples, seed=args.seed)
-    check_setup(model, source, {"_": None}, ScoreConfig(starts=args.starts, horizon=args.horizon))
+    check_rig(model, source, args.horizon + model.cfg.context_frames - 1)
     seeds = list(range(args.start_seed, args.start_seed + args.starts))
     result = plan_and_execute(model, source, seeds, cfg, progress=not args.quiet)
     out = Path(args.out)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from wfm_sim.envs.contexts import Context
+from wfm_sim.evaluation.scoring import neutral_action, play_rows, start_contexts
 from wfm_sim.policies.base import PlanPolicy
 from wfm_sim.rollout.play import play
 
@@ -49,21 +50,16 @@ def rank_plans(env, context: Context, plans: np.ndarray, samples: int = 1, seed:
     """Mean imagined return of each plan ``(N, T, A)`` from ``context``; ``env`` an ImaginedVectorEnv."""
     plans = np.asarray(plans, np.float32)
     N, T = plans.shape[:2]
-    rows = [(p, k) for p in range(N) for k in range(samples)]
-    total = np.zeros(N)
-    n = env.num_envs
-    for c in range(0, len(rows), n):
-        chunk = rows[c : c + n]
-        seeds = [seed * 1_000_003 + p * samples + k + 1 for p, k in chunk]
-        eps = play(env, PlanPolicy(plans), seeds, T, options={"context": [context] * n}, episodes=[p for p, _ in chunk])
-        for (p, _), ep in zip(chunk, eps):
-            total[p] += ep.total_reward()
-    return total / samples
+    rows = [p for p in range(N) for _ in range(samples)]
+    seeds = [seed * 1_000_003 + j + 1 for j in range(len(rows))]
+    eps = play_rows(env, PlanPolicy(plans), rows, seeds, T, lambda chunk: {"context": [context] * env.num_envs})
+    return np.bincount(rows, weights=[ep.total_reward() for ep in eps], minlength=N) / samples
 
 
 def cem_plan(env, context: Context, low, high, cfg: PlanConfig = PlanConfig()) -> tuple[np.ndarray, dict]:
     """The cross-entropy method in imagination. Returns the best plan ``(T, A)`` and a log with
-    each iteration's best and mean imagined return and the first population (for baselines)."""
+    each iteration's best and mean imagined return and the first population with its imagined
+    returns (for baselines)."""
     rng = np.random.default_rng(cfg.seed)
     low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
     A = low.shape[0]
@@ -72,9 +68,9 @@ def cem_plan(env, context: Context, low, high, cfg: PlanConfig = PlanConfig()) -
     best, best_score, log = None, -np.inf, {"iterations": []}
     for it in range(cfg.iterations):
         pop = np.clip(mean + std * rng.standard_normal((cfg.population, cfg.horizon, A)), low, high).astype(np.float32)
-        if it == 0:
-            log["first_population"] = pop
         scores = rank_plans(env, context, pop, cfg.samples, seed=cfg.seed + it)
+        if it == 0:
+            log["first_population"], log["first_scores"] = pop, scores
         elite = pop[np.argsort(-scores)[: cfg.elites]]
         mean, std = elite.mean(0), elite.std(0) + 1e-3
         if scores.max() > best_score:
@@ -93,7 +89,6 @@ def plan_and_execute(model, source: str, seeds: list[int], cfg: PlanConfig = Pla
     from wfm_sim.envs.imagined import ImaginedVectorEnv
     from wfm_sim.envs.real import make_real_vec
     from wfm_sim.evaluation.policy_sets import expert_for
-    from wfm_sim.evaluation.scoring import neutral_action, start_contexts
 
     warmup = model.cfg.context_frames - 1
     size = model.cfg.tokenizer.image_size
@@ -115,7 +110,7 @@ def plan_and_execute(model, source: str, seeds: list[int], cfg: PlanConfig = Pla
                 s = ep.extras.get("success")
                 if s is not None:
                     out[f"{name}_real_success"] = bool(np.asarray(s).any())
-            out["random_candidate_imagined_return"] = float(rank_plans(env, ctx, rand[None], cfg.samples, cfg.seed)[0])
+            out["random_candidate_imagined_return"] = float(log["first_scores"][0])
             rows.append(out)
     finally:
         real.close()

@@ -72,13 +72,12 @@ def graded_plans(expert: np.ndarray, low, high, neutral, seed: int = 0) -> dict[
 
 def graded_set(source: str, cfg, model) -> dict[str, PlanPolicy]:
     """The graded plan set for ``cfg``'s start states (the same warm-up as scoring uses)."""
-    from wfm_sim.envs.real import RealEnv
+    from wfm_sim.envs.sources import get_source
+    from wfm_sim.envs.spaces import action_space
     from wfm_sim.evaluation.scoring import neutral_action
 
     warmup = model.cfg.context_frames - 1 if cfg.warmup is None else cfg.warmup
-    probe = RealEnv(source, model.cfg.tokenizer.image_size)
-    space = probe.action_space
-    probe.close()
+    space = action_space(get_source(source).action_space)
     neutral = neutral_action(space)
     expert = expert_plans(source, cfg.start_seeds, cfg.horizon, np.tile(neutral, (warmup, 1)),
                           model.cfg.tokenizer.image_size, cfg.real_batch)

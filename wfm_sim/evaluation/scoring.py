@@ -120,16 +120,29 @@ def start_contexts(source: str, seeds: list[int], size: int, warmup: int) -> tup
         env.close()
 
 
-def check_setup(model, source: str, policies: dict, cfg: ScoreConfig) -> None:
-    """Clear errors before anything runs: rigs that differ, plans shorter than the horizon."""
+def twin_source(model, name: str, source: str | None = None) -> str:
+    """The recording source of a model's real twin: ``source``, or the shipped model's own."""
+    source = source or SHIPPED_SOURCES.get(str(name)) or SHIPPED_SOURCES.get(model.cfg.name)
+    if source is None:
+        raise ValueError(f"--source is needed: which simulator did {name} learn? (wfm-sim collect --help lists them)")
+    return source
+
+
+def check_rig(model, source: str, steps: int) -> None:
+    """The model and the source must share a camera rig and action size, and an episode must hold ``steps``."""
     src = get_source(source)
     if tuple(src.cameras) != tuple(model.cfg.cameras):
         raise ValueError(f"the model sees cameras {list(model.cfg.cameras)} but source {source!r} renders "
                          f"{list(src.cameras)}: score a model against the real twin of the simulator it learned")
     if src.action_space["type"] == "box" and src.action_space["shape"][0] != model.cfg.action.dim:
         raise ValueError(f"source {source!r} takes {src.action_space['shape'][0]}-d actions, the model {model.cfg.action.dim}-d")
-    if cfg.horizon + (cfg.warmup or 0) > src.max_steps:
-        raise ValueError(f"horizon {cfg.horizon} + warm-up exceeds the {src.max_steps} steps of a {source} episode")
+    if steps > src.max_steps:
+        raise ValueError(f"horizon {steps} (with the warm-up) exceeds the {src.max_steps} steps of a {source} episode")
+
+
+def check_setup(model, source: str, policies: dict, cfg: ScoreConfig) -> None:
+    """Clear errors before anything runs: rigs that differ, plans shorter than the horizon."""
+    check_rig(model, source, cfg.horizon + (cfg.warmup or 0))
     if not policies:
         raise ValueError("score needs at least one policy")
     for name, pol in policies.items():
@@ -145,44 +158,45 @@ def _success(ep) -> bool | None:
     return None if s is None else bool(np.asarray(s).any())
 
 
+def play_rows(env, policy, starts: list[int], seeds: list[int], horizon: int, options) -> list:
+    """One episode per row (its start index, its seed), ``env.num_envs`` rows at a time;
+    ``options(chunk)`` gives a chunk's reset options from its start indices."""
+    eps, n = [], env.num_envs
+    for c in range(0, len(starts), n):
+        chunk = starts[c : c + n]
+        eps += play(env, policy, seeds[c : c + n], horizon, options=options(chunk), episodes=chunk)
+    return eps
+
+
+def _outcomes(eps) -> tuple[np.ndarray, np.ndarray | None]:
+    """Returns, and success (None when the env reports none) of each episode."""
+    succ = [_success(ep) for ep in eps]
+    return (np.array([ep.total_reward() for ep in eps]),
+            None if any(s is None for s in succ) else np.array(succ, dtype=bool))
+
+
 def play_imagined(env, policy, contexts: list[Context], cfg: ScoreConfig) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Every start ``samples`` times in the imagined vector env ``env``."""
     S, K, n = len(contexts), cfg.samples, env.num_envs
-    rows = [(i, k) for i in range(S) for k in range(K)]
-    ret, succ, clips = np.zeros((S, K)), np.zeros((S, K), bool), {}
-    has_success = True
-    for c in range(0, len(rows), n):
-        chunk = rows[c : c + n]
-        seeds = [cfg.seed * 1_000_003 + i * K + k + 1 for i, k in chunk]
-        ctx = [contexts[i] for i, _ in chunk]
-        ctx += [ctx[0]] * (n - len(ctx))  # rows past the chunk replay the first start, unrecorded
-        eps = play(env, policy, seeds, cfg.horizon, options={"context": ctx}, episodes=[i for i, _ in chunk])
-        for (i, k), ep in zip(chunk, eps):
-            ret[i, k] = ep.total_reward()
-            s = _success(ep)
-            has_success &= s is not None
-            succ[i, k] = bool(s)
-            if k == 0 and i < cfg.videos:
-                clips[i] = ep
-    return ret, (succ if has_success else None), clips
+    starts = [i for i in range(S) for _ in range(K)]
+    seeds = [cfg.seed * 1_000_003 + j + 1 for j in range(S * K)]
+
+    def options(chunk):  # rows past the chunk replay its first start, unrecorded
+        ctx = [contexts[i] for i in chunk]
+        return {"context": ctx + [ctx[0]] * (n - len(ctx))}
+
+    eps = play_rows(env, policy, starts, seeds, cfg.horizon, options)
+    ret, succ = _outcomes(eps)
+    clips = {i: eps[i * K] for i in range(min(cfg.videos, S))}
+    return ret.reshape(S, K), (None if succ is None else succ.reshape(S, K)), clips
 
 
 def play_real(env, policy, seeds: list[int], warmup: np.ndarray, cfg: ScoreConfig) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Every start once in the real twins ``env`` (a vector env), after the same warm-up."""
-    n = env.num_envs
-    ret, succ, clips, has_success = np.zeros(len(seeds)), np.zeros(len(seeds), bool), {}, True
     options = {"warmup": warmup} if len(warmup) else None
-    for c in range(0, len(seeds), n):
-        eps = play(env, policy, seeds[c : c + n], cfg.horizon, options=options, episodes=list(range(c, c + n))[: len(seeds[c : c + n])])
-        for j, ep in enumerate(eps):
-            i = c + j
-            ret[i] = ep.total_reward()
-            s = _success(ep)
-            has_success &= s is not None
-            succ[i] = bool(s)
-            if i < cfg.videos:
-                clips[i] = ep
-    return ret, (succ if has_success else None), clips
+    eps = play_rows(env, policy, list(range(len(seeds))), list(seeds), cfg.horizon, lambda chunk: options)
+    ret, succ = _outcomes(eps)
+    return ret, succ, {i: eps[i] for i in range(min(cfg.videos, len(seeds)))}
 
 
 def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreConfig(), progress: bool = True) -> dict:
@@ -225,7 +239,6 @@ def report(results: dict[str, PolicyResult], cfg: ScoreConfig, source: str, mode
     rows = [r.summary() for r in results.values()]
     out = {"model": model.cfg.name, "source": source, "config": asdict(cfg), "start_seeds": cfg.start_seeds,
            "policies": rows}
-    names = [r["policy"] for r in rows]
     agree = {}
     for metric in ("return", "success"):
         if len(rows) >= 2 and all(f"real_{metric}" in r and f"imagined_{metric}" in r for r in rows):
@@ -240,6 +253,6 @@ def report(results: dict[str, PolicyResult], cfg: ScoreConfig, source: str, mode
         speed.update({"real_episodes_per_s": len(results) * cfg.starts / max(t_real, 1e-9),
                       "real_steps_per_s": len(results) * cfg.starts * cfg.horizon / max(t_real, 1e-9)})
     out["speed"] = speed
-    out["ranking"] = sorted(names, key=lambda n: -next(r for r in rows if r["policy"] == n).get(
-        "real_return", next(r for r in rows if r["policy"] == n)["imagined_return"]))
+    key = "real_return" if cfg.real else "imagined_return"
+    out["ranking"] = [r["policy"] for r in sorted(rows, key=lambda r: -r[key])]
     return out
