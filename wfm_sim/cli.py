@@ -7,28 +7,8 @@ import json
 import os
 import sys
 
-
-def _bounded(cast, lo: float, strict: bool = False):
-    """An argparse type: a finite ``cast`` number ``> lo`` (strict) or ``>= lo``, else a one-line error."""
-    what = f"{'an integer' if cast is int else 'a finite number'} {'>' if strict else '>='} {lo:g}"
-
-    def parse(text: str):
-        try:
-            v = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if v != v or abs(v) == float("inf") or (v <= lo if strict else v < lo):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
-        return v
-
-    parse.__name__ = what  # argparse names the type in its messages
-    return parse
-
-
-positive_int = _bounded(int, 1)
-nonneg_int = _bounded(int, 0)
-positive_float = _bounded(float, 0, strict=True)
-nonneg_float = _bounded(float, 0)
+from wfm_sim.cli_args import Parser, nonneg_float, nonneg_int, positive_float, positive_int
+from wfm_sim.cli_eval import add_evaluate, add_plan, add_score
 
 
 def _collect(args) -> None:
@@ -96,32 +76,6 @@ def _train(args) -> None:
     print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in last.items()}))
 
 
-def _evaluate(args) -> None:
-    from pathlib import Path
-
-    from wfm_sim.evaluation.fidelity import EvalConfig, evaluate
-    from wfm_sim.evaluation.report import summary_table, write_report
-    from wfm_sim.models import SamplingConfig, WorldModel
-
-    model = WorldModel.from_pretrained(args.model, device=args.device, precision=args.precision)
-    cfg = EvalConfig(horizon=args.horizon, windows=args.windows, split=args.split, modes=tuple(args.modes),
-                     decoders=tuple(args.decoders), parallel_steps=args.parallel_steps,
-                     diffusion_steps=args.diffusion_steps, sampling=SamplingConfig(temperature=args.temperature,
-                                                                                    top_k=args.top_k), seed=args.seed)
-    split = None
-    if args.split != "all":
-        from wfm_sim.datasets.split import load_split
-        from wfm_sim.models.world_model import resolve_pretrained
-
-        split = load_split(resolve_pretrained(args.model), args.data)
-    report, videos = evaluate(model, args.data, cfg, split)
-    report["model"] = str(args.model)
-    out = Path(args.out or Path(str(args.model)) / "eval")
-    paths = write_report(report, videos, out, fps=model.cfg.fps / 2)
-    print(summary_table(report))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-
-
 def _demo(args) -> None:
     from wfm_sim.demo import run_demo
     from wfm_sim.models.world_model import resolve_pretrained
@@ -182,109 +136,6 @@ def _rollout(args) -> None:
     print(f"wrote {n} imagined episodes ({frames} steps) to {args.out} in {time.perf_counter() - t0:.1f} s "
           f"with {args.workers} workers")
     pool.shutdown()
-
-
-def _score(args) -> None:
-    from pathlib import Path
-
-    from wfm_sim.evaluation.policy_sets import graded_set
-    from wfm_sim.evaluation.score_report import ranking_table, write_score_report
-    from wfm_sim.envs.spaces import model_action_space
-    from wfm_sim.evaluation.scoring import ScoreConfig, score_policies, twin_source
-    from wfm_sim.models import WorldModel
-    from wfm_sim.policies import make_policy
-
-    model = WorldModel.from_pretrained(args.model, device=args.device, precision=args.precision)
-    source = twin_source(model, args.model, args.source)
-    cfg = ScoreConfig(starts=args.starts, start_seed=args.start_seed, samples=args.samples, horizon=args.horizon,
-                      batch=args.batch, real=not args.no_real, decoder=args.decoder, mode=args.mode, seed=args.seed)
-    policies = {}
-    for name in args.policies:
-        if name in ("driver", "mixed", "expert"):
-            raise ValueError(f"--policies {name} is a scripted expert that reads the real simulator's state and cannot "
-                             "play in imagination; --graded scores plans derived from it")
-        policies[Path(name).stem if Path(name).exists() else name] = make_policy(
-            name, model_action_space(model.cfg), source=source, camera=model.cfg.cameras[0])
-    if args.graded:
-        graded = graded_set(source, cfg, model)
-        clash = sorted(set(graded) & set(policies))
-        if clash:
-            raise ValueError(f"--policies {clash} have the names of graded plans; rename them")
-        policies.update(graded)
-    report = score_policies(model, source, policies, cfg, progress=not args.quiet)
-    paths = write_score_report(report, args.out, fps=model.cfg.fps / 2)
-    print(ranking_table(report))
-    print(json.dumps({"speed": report["speed"]}))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-
-
-def _add_score(sub) -> None:
-    sc = sub.add_parser("score", help="score policies in imagination and in the real simulator from the same starts",
-                        description="Play every policy from the same real start states in the world model (K samples) "
-                                    "and in its real twin; report return and success per policy with 95%% CIs, and "
-                                    "Pearson, Spearman and MMRV between imagined and real across policies.")
-    sc.add_argument("--model", default="manipulation", help="shipped model name or folder")
-    sc.add_argument("--source", default=None, help="the real simulator (default: the shipped model's twin)")
-    sc.add_argument("--policies", nargs="*", default=[], help="random, road, .npy plans, ConvPolicy folders, module:callable")
-    sc.add_argument("--graded", action="store_true", help="add 9 plans derived from the scripted expert (best to worst)")
-    sc.add_argument("--starts", type=positive_int, default=20, help="start states (real simulator seeds)")
-    sc.add_argument("--start-seed", type=nonneg_int, default=1_000_000, help="first start seed (training data uses small seeds)")
-    sc.add_argument("--samples", type=positive_int, default=2, help="imagined samples per start (K)")
-    sc.add_argument("--horizon", type=positive_int, default=30)
-    sc.add_argument("--batch", type=positive_int, default=32, help="imagined envs stepped together")
-    sc.add_argument("--no-real", action="store_true", help="imagination only")
-    sc.add_argument("--decoder", default="token", choices=["token", "diffusion"])
-    sc.add_argument("--mode", default="parallel", choices=["sequential", "parallel"])
-    sc.add_argument("--seed", type=nonneg_int, default=0)
-    sc.add_argument("--device", default="auto")
-    sc.add_argument("--precision", default="auto")
-    sc.add_argument("--out", required=True, help="report folder (report.json is written last)")
-    sc.add_argument("--quiet", action="store_true")
-    sc.set_defaults(func=_score)
-
-
-def _plan(args) -> None:
-    from pathlib import Path
-
-    from wfm_sim.checkpoint import atomic_write_json
-    from wfm_sim.evaluation.planning import PlanConfig, plan_and_execute
-    from wfm_sim.evaluation.scoring import check_rig, twin_source
-    from wfm_sim.models import WorldModel
-
-    model = WorldModel.from_pretrained(args.model, device=args.device, precision=args.precision)
-    source = twin_source(model, args.model, args.source)
-    cfg = PlanConfig(horizon=args.horizon, population=args.population, elites=args.elites,
-                     iterations=args.iterations, samples=args.samples, seed=args.seed)
-    check_rig(model, source, args.horizon + model.cfg.context_frames - 1)
-    seeds = list(range(args.start_seed, args.start_seed + args.starts))
-    result = plan_and_execute(model, source, seeds, cfg, progress=not args.quiet)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "plan.json", result)
-    print(json.dumps(result["mean"], indent=2))
-    print(f"wrote {out / 'plan.json'}")
-
-
-def _add_plan(sub) -> None:
-    pl = sub.add_parser("plan", help="plan with CEM in imagination, execute in the real simulator",
-                        description="From each real start state, search action sequences with the cross-entropy "
-                                    "method in the world model; play the chosen plan, a random candidate and the "
-                                    "scripted expert in the real twin from the same start.")
-    pl.add_argument("--model", default="manipulation")
-    pl.add_argument("--source", default=None)
-    pl.add_argument("--starts", type=positive_int, default=5)
-    pl.add_argument("--start-seed", type=nonneg_int, default=2_000_000)
-    pl.add_argument("--horizon", type=positive_int, default=20)
-    pl.add_argument("--population", type=positive_int, default=32)
-    pl.add_argument("--elites", type=positive_int, default=6)
-    pl.add_argument("--iterations", type=positive_int, default=2)
-    pl.add_argument("--samples", type=positive_int, default=1)
-    pl.add_argument("--seed", type=nonneg_int, default=0)
-    pl.add_argument("--device", default="auto")
-    pl.add_argument("--precision", default="auto")
-    pl.add_argument("--out", required=True)
-    pl.add_argument("--quiet", action="store_true")
-    pl.set_defaults(func=_plan)
 
 
 def _add_collect(sub) -> None:
@@ -353,26 +204,6 @@ def _add_train(sub) -> None:
     t.set_defaults(func=_train)
 
 
-def _add_evaluate(sub) -> None:
-    e = sub.add_parser("evaluate", help="open-loop fidelity against real episodes: JSON, plot, side-by-side mp4")
-    e.add_argument("model", help="shipped model name or model folder")
-    e.add_argument("--data", required=True, help="held-out episode store of the model's simulator")
-    e.add_argument("--split", default="all", choices=["all", "val", "train"], help="'val' for a training store's held-out episodes")
-    e.add_argument("--horizon", type=positive_int, default=8)
-    e.add_argument("--windows", type=positive_int, default=32)
-    e.add_argument("--modes", nargs="+", default=["sequential", "parallel"])
-    e.add_argument("--decoders", nargs="+", default=["token", "diffusion"])
-    e.add_argument("--parallel-steps", type=positive_int, default=8)
-    e.add_argument("--diffusion-steps", type=positive_int, default=None)
-    e.add_argument("--temperature", type=nonneg_float, default=1.0)
-    e.add_argument("--top-k", type=nonneg_int, default=0)
-    e.add_argument("--seed", type=nonneg_int, default=0)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--precision", default="auto")
-    e.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
-    e.set_defaults(func=_evaluate)
-
-
 def _add_demo(sub) -> None:
     dm = sub.add_parser("demo", help="imagined multi-camera drive with the shipped model: mp4 + PNG + frames/s")
     dm.add_argument("--model", default="driving", help="shipped model name or folder (default: driving)")
@@ -405,17 +236,10 @@ def _add_rollout(sub) -> None:
     ro.set_defaults(func=_rollout)
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line: ``wfm-sim collect: error: argument --episodes: ...``."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="wfm-sim", description="World-foundation-model simulator tools")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_collect, _add_dataset, _add_train, _add_evaluate, _add_score, _add_plan, _add_demo, _add_rollout):
+    for add in (_add_collect, _add_dataset, _add_train, add_evaluate, add_score, add_plan, _add_demo, _add_rollout):
         add(sub)
     return p
 
