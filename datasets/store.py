@@ -276,10 +276,6 @@ class EpisodeWriter:
             self.root.attrs.update({"schema_version": SCHEMA_VERSION, "episode_seeds": None})
         self.root.attrs["stats"] = self._recompute_stats()
 
-    def _all_arrays(self):
-        yield from (self.root[f"data/obs/{c}"] for c in self.cameras)
-        yield from (self.root[f"data/{k}"] for k in self._specs())
-
     # -------------------------------------------------------------- steps
     def has(self, key: str) -> bool:
         """Whether the store already holds a committed episode with this key."""
