@@ -51,7 +51,7 @@ class RealEnv(gym.Env):
     ## Info
     ``privileged``: the simulator state scripted experts read (:class:`~wfm_sim.envs.sources.CarState`,
     :class:`~wfm_sim.envs.sources.ArmState`); ``success`` where the simulator has one;
-    ``seed`` after a seeded reset.
+    ``seed`` after a seeded reset; the step-info fields a ``gym:`` source was asked to record.
 
     ## Reset options
     ``{"warmup": actions}``: ``(n, A)`` actions played right after the reset, before the episode
@@ -118,6 +118,10 @@ class RealEnv(gym.Env):
         info = {"privileged": self.sim.privileged(self.sim.env, self.sim.raw_obs)}
         if self.sim.success is not None:
             info["success"] = self.sim.success(sim_info)
+        for key in self.sim.info_keys:  # step-info fields a gym: source records
+            if key not in sim_info:
+                raise KeyError(f"the simulator's step info lacks {key!r} (recorded from its first step); it has {sorted(sim_info)}")
+            info[key] = np.asarray(sim_info[key], np.float32)
         return obs, float(reward), terminated, truncated, info
 
     def _observe(self):

@@ -69,7 +69,7 @@ class CarState(_State):
 
 @dataclass(frozen=True, eq=False)
 class ArmState(_State):
-    """Privileged Meta-World state: the simulator's own 39-d observation vector."""
+    """Privileged robot state: the simulator's own observation vector (Meta-World's 39-d, a Gymnasium env's)."""
 
     state: np.ndarray
 
@@ -87,6 +87,7 @@ class Simulator:
         seed_fn: called with ``(env, seed)`` before every seeded reset (simulators whose
             ``reset(seed=...)`` does not decide the start state on its own).
         action_repeat: simulator steps per env step (same action; rewards summed).
+        info_keys: fields of the simulator's step ``info`` the twin passes on (and recorders store).
     """
 
     env: object
@@ -96,6 +97,7 @@ class Simulator:
     success: Callable[[dict], bool] | None = None
     seed_fn: Callable[[object, int], None] | None = None
     action_repeat: int = 1
+    info_keys: tuple[str, ...] = ()
 
     def reset(self, seed: int | None) -> object:
         if seed is not None and self.seed_fn is not None:
@@ -135,11 +137,15 @@ class Source:
     max_steps: int = 300
     package: str = "gymnasium"
     """The Python package that provides the simulator (for the install hint)."""
+    info_fields: tuple[tuple[str, tuple, str], ...] = ()
+    """``(name, shape, dtype)`` of the step-``info`` fields recorded besides success."""
 
     @property
     def extras(self) -> dict:
         """Per-step store keys beyond the core ones."""
-        return {"success": ((), "bool")} if self.has_success else {}
+        out = {"success": ((), "bool")} if self.has_success else {}
+        out.update({k: (tuple(shape), dtype) for k, shape, dtype in self.info_fields})
+        return out
 
     def env_version(self) -> str:
         import gymnasium
@@ -261,8 +267,14 @@ def _register(src: Source) -> None:
 
 
 def get_source(name: str) -> Source:
+    """A shipped source by name, or any Gymnasium env as ``gym:<EnvId>[?options]`` (:mod:`~wfm_sim.envs.gym_source`)."""
+    if name.startswith("gym:"):
+        from wfm_sim.envs.gym_source import gym_source
+
+        return gym_source(name)
     if name not in SOURCES:
-        raise ValueError(f"unknown source {name!r}; choose one of {sorted(SOURCES)}")
+        raise ValueError(f"unknown source {name!r}; choose one of {sorted(SOURCES)} or gym:<EnvId> "
+                         "(any registered Gymnasium env that renders rgb_array)")
     return SOURCES[name]
 
 

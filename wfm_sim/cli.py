@@ -7,14 +7,28 @@ import json
 import os
 import sys
 
-from wfm_sim.cli_args import Parser, nonneg_float, nonneg_int, positive_float, positive_int
+from wfm_sim.cli_args import (Parser, json_object, name_list, nonneg_float, nonneg_int, positive_float, positive_int,
+                              source_name)
 from wfm_sim.cli_eval import add_evaluate, add_plan, add_score
 
 
 def _collect(args) -> None:
+    from wfm_sim.envs.gym_source import GymSpec
     from wfm_sim.rollout.record import record
 
-    stats = record(args.source, args.out, args.episodes, policy=args.policy, size=args.size,
+    gym_flags = {"--cameras": args.cameras, "--fps": args.fps, "--action-repeat": args.action_repeat,
+                 "--info": args.info, "--env-kwargs": args.env_kwargs}
+    source = args.source
+    if source.startswith("gym:"):
+        spec = GymSpec.parse(source)
+        spec = GymSpec(spec.env_id, tuple(args.cameras or spec.cameras), args.action_repeat or spec.repeat,
+                       args.fps or spec.fps, tuple(args.info or spec.info), args.env_kwargs or spec.kwargs,
+                       args.max_steps or spec.max_steps)
+        source = spec.name()
+    elif any(v is not None for v in gym_flags.values()):
+        given = [k for k, v in gym_flags.items() if v is not None]
+        raise ValueError(f"{', '.join(given)} apply to gym:<EnvId> sources only; {source} has a fixed rig and rate")
+    stats = record(source, args.out, args.episodes, policy=args.policy, size=args.size,
                    max_steps=args.max_steps, seed=args.seed, progress=not args.quiet)
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in stats.items()}))
 
@@ -57,6 +71,21 @@ def _dataset_merge(args) -> None:
     added = merge_stores(args.sources, args.out, progress=not args.quiet)
     r = EpisodeReader(args.out)
     print(json.dumps({"added_episodes": added, "episodes": r.num_episodes, "frames": r.num_steps}))
+
+
+def _dataset_import(args) -> None:
+    from wfm_sim.datasets import EpisodeReader
+    from wfm_sim.datasets.importers import import_lerobot, import_robomimic
+
+    if args.format == "robomimic":
+        stats = import_robomimic(args.path, args.out, args.cameras, args.size, args.fps, progress=not args.quiet)
+    else:
+        if args.fps is not None:
+            raise ValueError("--fps applies to robomimic files; a LeRobot dataset gives its own (meta/info.json)")
+        stats = import_lerobot(args.path, args.out, args.cameras, args.size, progress=not args.quiet)
+    r = EpisodeReader(args.out)
+    print(json.dumps({**{k: round(v, 2) if isinstance(v, float) else v for k, v in stats.items()},
+                      "store_episodes": r.num_episodes, "cameras": list(r.cameras)}))
 
 
 def _train(args) -> None:
@@ -145,7 +174,9 @@ def _add_collect(sub) -> None:
     c = sub.add_parser("collect", help="record episodes from a real simulator into a zarr store",
                        description=f"Record episodes from a real simulator.\n\nsources:\n{lines}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("source", choices=sorted(SOURCES), metavar="SOURCE", help="simulator to record (listed above)")
+    c.add_argument("source", type=source_name, metavar="SOURCE",
+                   help="simulator to record (listed above), or gym:<EnvId> for any registered Gymnasium env "
+                        "that renders rgb_array, e.g. gym:Reacher-v5")
     c.add_argument("--episodes", type=positive_int, required=True, help="episodes to record: seeds --seed .. --seed+N-1; episodes the store holds already are skipped")
     c.add_argument("--out", required=True, help="output store, e.g. data/driving.zarr")
     c.add_argument("--policy", default=None, help="random, driver (CarRacing), expert (Meta-World), road, a .npy plan, "
@@ -154,11 +185,20 @@ def _add_collect(sub) -> None:
     c.add_argument("--max-steps", type=positive_int, default=None, help="steps per episode (default: per source)")
     c.add_argument("--seed", type=nonneg_int, default=0, help="first episode seed")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = c.add_argument_group("gym:<EnvId> sources")
+    g.add_argument("--cameras", type=name_list, default=None,
+                   help="MuJoCo views, comma-separated: the model's camera names, free, free_az<deg>[_el<deg>] "
+                        "(default: the env's own render, stored as CAM_MAIN)")
+    g.add_argument("--fps", type=positive_float, default=None, help="recorded frames/s (default: render_fps / repeat)")
+    g.add_argument("--action-repeat", type=positive_int, default=None, help="simulator steps per recorded step")
+    g.add_argument("--info", type=name_list, default=None,
+                   help="step-info fields to store, comma-separated (a field named success is the success flag)")
+    g.add_argument("--env-kwargs", type=json_object, default=None, help="gym.make keyword arguments as a JSON object")
     c.set_defaults(func=_collect)
 
 
 def _add_dataset(sub) -> None:
-    d = sub.add_parser("dataset", help="inspect episode stores")
+    d = sub.add_parser("dataset", help="inspect, check, merge and import episode stores")
     dsub = d.add_subparsers(dest="dataset_command", required=True)
     info = dsub.add_parser("info", help="print a summary of a store; optionally write a PNG contact sheet")
     info.add_argument("path")
@@ -179,6 +219,19 @@ def _add_dataset(sub) -> None:
     merge.add_argument("--out", required=True, help="destination store (created or appended to)")
     merge.add_argument("--quiet", action="store_true")
     merge.set_defaults(func=_dataset_merge)
+    imp = dsub.add_parser("import", help="import robomimic HDF5 or a LeRobot dataset folder into a store",
+                          description="Import a team's own recordings: a robomimic-style HDF5 file "
+                                      "(data/demo_N/{actions, rewards, dones, obs/<camera>_image}) or a local LeRobot "
+                                      "dataset folder (v2.x or v3.0: meta/info.json, data/ parquet, videos/ mp4). "
+                                      "Episodes the store holds already are skipped.")
+    imp.add_argument("format", choices=["robomimic", "lerobot"])
+    imp.add_argument("path", help="the .hdf5 file or the LeRobot folder")
+    imp.add_argument("--out", required=True, help="destination store (created or completed)")
+    imp.add_argument("--cameras", type=name_list, default=None, help="cameras to keep, comma-separated (default: all)")
+    imp.add_argument("--size", type=positive_int, default=64, help="frame side in pixels after resizing (default 64)")
+    imp.add_argument("--fps", type=positive_float, default=None, help="robomimic: control rate, when the file does not say it")
+    imp.add_argument("--quiet", action="store_true")
+    imp.set_defaults(func=_dataset_import)
 
 
 def _add_train(sub) -> None:

@@ -4,6 +4,7 @@ errors as one line."""
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def _bounded(cast, lo: float, strict: bool = False):
@@ -27,6 +28,43 @@ positive_int = _bounded(int, 1)
 nonneg_int = _bounded(int, 0)
 positive_float = _bounded(float, 0, strict=True)
 nonneg_float = _bounded(float, 0)
+
+
+def source_name(text: str) -> str:
+    """A shipped source name or ``gym:<EnvId>[?options]`` (the env itself is checked when it is built)."""
+    from wfm_sim.envs.sources import SOURCES
+
+    if text in SOURCES or (text.startswith("gym:") and len(text) > 4):
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {sorted(SOURCES)} or gym:<EnvId>, got {text!r}")
+
+
+source_name.__name__ = "source"
+
+
+def name_list(text: str) -> list[str]:
+    """Comma-separated names, none empty."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+name_list.__name__ = "names"
+
+
+def json_object(text: str) -> dict:
+    """A JSON object, e.g. ``'{"reward_dist_weight": 2}'``."""
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e.msg})") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return v
+
+
+json_object.__name__ = "JSON object"
 
 
 class Parser(argparse.ArgumentParser):

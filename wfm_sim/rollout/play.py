@@ -54,7 +54,8 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
     obs, info = env.reset(seed=all_seeds, options=options)
     origin = _origins(info, all_seeds)
     policy.reset(all_seeds, episodes=ep_ids)
-    rec: dict[str, list] = {"obs": [], "action": [], "reward": [], "terminated": [], "truncated": [], "success": []}
+    extra_keys = env_extras(env)
+    rec: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "terminated", "truncated", *extra_keys)}
     alive = np.arange(n) < k
     length = np.zeros(n, dtype=np.int64)
     final: dict[int, object] = {}
@@ -64,7 +65,7 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
         nxt, reward, term, trunc, info = env.step(action)
         trunc = np.asarray(trunc) | (t == horizon - 1)
         for key, value in (("obs", obs), ("action", action), ("reward", reward), ("terminated", term),
-                           ("truncated", trunc), ("success", info.get("success"))):
+                           ("truncated", trunc), *((k, info.get(k)) for k in extra_keys)):
             rec[key].append(value)
         length[alive] += 1
         ended = alive & (np.asarray(term) | trunc)
@@ -75,7 +76,8 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
         obs = nxt
         if not alive.any():
             break
-    return [_episode(rec, env, i, int(length[i]), all_seeds[i], origin[i], final.get(i)) for i in range(k)]
+    return [_episode(rec, env, i, int(length[i]), all_seeds[i], origin[i], final.get(i), extra_keys)
+            for i in range(k)]
 
 
 def _row(obs, i: int):
@@ -93,6 +95,16 @@ def env_cameras(env) -> tuple[str, ...]:
     return tuple(cams)
 
 
+def env_extras(env) -> tuple[str, ...]:
+    """Per-step ``info`` fields an episode of ``env`` records: the real twin's source extras
+    (success, a gym: source's chosen fields), or ``success`` for an imagined env."""
+    if hasattr(env, "envs"):
+        source = getattr(env.envs[0].unwrapped, "source", None)
+        if source is not None:
+            return tuple(source.extras)
+    return ("success",)
+
+
 def _origins(info: dict, seeds: list[int]) -> list[str]:
     ctx = info.get("context")
     if ctx is not None:
@@ -100,7 +112,7 @@ def _origins(info: dict, seeds: list[int]) -> list[str]:
     return [f"seed={s}" for s in seeds]
 
 
-def _episode(rec: dict, env, row: int, length: int, seed: int, origin: str, final) -> Episode:
+def _episode(rec: dict, env, row: int, length: int, seed: int, origin: str, final, extra_keys) -> Episode:
     def col(key):
         return np.stack([np.asarray(step[row]) for step in rec[key][:length]])
 
@@ -112,8 +124,10 @@ def _episode(rec: dict, env, row: int, length: int, seed: int, origin: str, fina
     if final is not None:
         final = {c: np.asarray(final[c]) for c in cams} if isinstance(final, dict) else {cams[0]: np.asarray(final)}
     extras = {}
-    if all(s is not None for s in rec["success"][:length]):
-        extras["success"] = col("success").astype(bool)
+    for key in extra_keys:
+        if all(s is not None for s in rec[key][:length]):
+            values = col(key)
+            extras[key] = values.astype(bool) if key == "success" else values.astype(np.float32)
     return Episode(obs=obs, action=col("action"), reward=col("reward").astype(np.float32),
                    terminated=col("terminated").astype(bool), truncated=col("truncated").astype(bool),
                    extras=extras, seed=seed, origin=origin, final_obs=final)

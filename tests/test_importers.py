@@ -1,0 +1,217 @@
+"""Importers: robomimic HDF5 and LeRobot folders written here round-trip into the store."""
+
+import json
+
+import numpy as np
+import pytest
+
+from wfm_sim.datasets.importers import ImportFormatError, decode_video, import_lerobot, import_robomimic
+from wfm_sim.datasets.store import EpisodeReader
+
+h5py = pytest.importorskip("h5py")
+av = pytest.importorskip("av")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def _episodes(n=3, cams=("agentview", "wrist"), size=(48, 64), seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        t = 5 + 2 * i
+        out.append({
+            "frames": {c: rng.integers(0, 256, (t, *size, 3), dtype=np.uint8) for c in cams},
+            "actions": rng.uniform(-1, 1, (t, 7)).astype(np.float32),
+            "rewards": rng.normal(size=t).astype(np.float32),
+            "dones": np.r_[np.zeros(t - 1), 1.0 if i != 1 else 0.0].astype(np.int64),
+            "states": rng.normal(size=(t, 5)).astype(np.float32),
+        })
+    return out
+
+
+def _write_robomimic(path, eps, control_freq=20):
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_name": "Lift", "env_kwargs": {"control_freq": control_freq}})
+        for i, ep in enumerate(eps):
+            g = data.create_group(f"demo_{i}")
+            g.create_dataset("actions", data=ep["actions"])
+            g.create_dataset("rewards", data=ep["rewards"])
+            g.create_dataset("dones", data=ep["dones"])
+            g.create_dataset("states", data=ep["states"])
+            for c, fr in ep["frames"].items():
+                g.create_dataset(f"obs/{c}_image", data=fr)
+            g.attrs["num_samples"] = len(ep["actions"])
+
+
+def _write_video(path, frames, fps=10):
+    """Lossless RGB H.264 (libx264rgb, qp 0), so imported frames can be compared exactly."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264rgb", rate=fps)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
+        s.options = {"qp": "0", "preset": "ultrafast"}
+        for fr in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def _features(eps):
+    cams = list(eps[0]["frames"])
+    h, w = eps[0]["frames"][cams[0]].shape[1:3]
+    feats = {f"observation.images.{c}": {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channel"]}
+             for c in cams}
+    feats.update({"action": {"dtype": "float32", "shape": [7]}, "observation.state": {"dtype": "float32", "shape": [5]},
+                  "next.reward": {"dtype": "float32", "shape": [1]}, "next.done": {"dtype": "bool", "shape": [1]},
+                  "episode_index": {"dtype": "int64", "shape": [1]}, "frame_index": {"dtype": "int64", "shape": [1]}})
+    return feats
+
+
+def _table(ep, e):
+    t = len(ep["actions"])
+    return pa.table({"action": ep["actions"].tolist(), "observation.state": ep["states"].tolist(),
+                     "next.reward": ep["rewards"].tolist(), "next.done": ep["dones"].astype(bool).tolist(),
+                     "episode_index": [e] * t, "frame_index": list(range(t))})
+
+
+def _write_lerobot_v2(root, eps, fps=10):
+    (root / "meta").mkdir(parents=True)
+    (root / "meta" / "info.json").write_text(json.dumps({
+        "codebase_version": "v2.1", "fps": fps, "robot_type": "so100", "chunks_size": 1000, "features": _features(eps),
+        "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+        "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"}))
+    for e, ep in enumerate(eps):
+        (root / "data" / "chunk-000").mkdir(parents=True, exist_ok=True)
+        pq.write_table(_table(ep, e), root / "data" / "chunk-000" / f"episode_{e:06d}.parquet")
+        for c, fr in ep["frames"].items():
+            _write_video(root / "videos" / "chunk-000" / f"observation.images.{c}" / f"episode_{e:06d}.mp4", fr, fps)
+
+
+def _write_lerobot_v3(root, eps, fps=10):
+    """v3.0: all episodes in one parquet and one mp4 per camera, located by meta/episodes."""
+    (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
+    (root / "meta" / "info.json").write_text(json.dumps({
+        "codebase_version": "v3.0", "fps": fps, "features": _features(eps),
+        "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"}))
+    (root / "data" / "chunk-000").mkdir(parents=True)
+    pq.write_table(pa.concat_tables([_table(ep, e) for e, ep in enumerate(eps)]), root / "data" / "chunk-000" / "file-000.parquet")
+    meta = {"episode_index": [], "length": []}
+    starts = np.cumsum([0] + [len(ep["actions"]) for ep in eps])
+    for c in eps[0]["frames"]:
+        key = f"observation.images.{c}"
+        _write_video(root / "videos" / key / "chunk-000" / "file-000.mp4", np.concatenate([ep["frames"][c] for ep in eps]), fps)
+        meta[f"videos/{key}/chunk_index"] = [0] * len(eps)
+        meta[f"videos/{key}/file_index"] = [0] * len(eps)
+        meta[f"videos/{key}/from_timestamp"] = [float(s) / fps for s in starts[:-1]]
+    meta["episode_index"] = list(range(len(eps)))
+    meta["length"] = [len(ep["actions"]) for ep in eps]
+    pq.write_table(pa.table(meta), root / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+
+
+def _check_round_trip(store, eps, cams, size=None):
+    r = EpisodeReader(store)
+    assert r.num_episodes == len(eps)
+    for i, ep in enumerate(eps):
+        got = r.episode(i)
+        t = len(ep["actions"])
+        for c in cams:
+            want = ep["frames"][c]
+            if size is not None:
+                import cv2
+
+                want = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in want])
+            np.testing.assert_array_equal(got.obs[c], want)
+        np.testing.assert_array_equal(got.action, ep["actions"])
+        np.testing.assert_array_equal(got.reward, ep["rewards"])
+        np.testing.assert_array_equal(got.terminated, ep["dones"].astype(bool))
+        np.testing.assert_array_equal(got.truncated, np.r_[np.zeros(t - 1, bool), not ep["dones"][-1]])
+        np.testing.assert_allclose(got.extras["state"], ep["states"])
+
+
+def test_robomimic_round_trip_and_resume(tmp_path):
+    eps = _episodes(12, size=(48, 48))  # demo_10, demo_11: numeric order, not string order
+    _write_robomimic(tmp_path / "lift.hdf5", eps)
+    store = tmp_path / "lift.zarr"
+    stats = import_robomimic(tmp_path / "lift.hdf5", store, size=48, progress=False)
+    assert stats["episodes"] == 12
+    _check_round_trip(store, eps, ("agentview", "wrist"))
+    r = EpisodeReader(store)
+    assert r.fps == 20 and r.action_space["low"] == [-1.0] * 7
+    assert import_robomimic(tmp_path / "lift.hdf5", store, size=48, progress=False)["skipped"] == 12
+
+
+def test_robomimic_camera_selection_and_resize(tmp_path):
+    eps = _episodes(2)
+    _write_robomimic(tmp_path / "a.hdf5", eps)
+    import_robomimic(tmp_path / "a.hdf5", tmp_path / "a.zarr", cameras=["wrist"], size=32, progress=False)
+    assert EpisodeReader(tmp_path / "a.zarr").cameras == ("wrist",)
+    _check_round_trip(tmp_path / "a.zarr", eps, ("wrist",), size=32)
+    with pytest.raises(ImportFormatError, match=r"no camera\(s\) \['top'\]; it has \['agentview', 'wrist'\]"):
+        import_robomimic(tmp_path / "a.hdf5", tmp_path / "b.zarr", cameras=["top"], progress=False)
+
+
+def test_robomimic_bad_files(tmp_path):
+    (tmp_path / "junk.hdf5").write_bytes(b"not an hdf5 file at all")
+    with pytest.raises(ImportFormatError, match="not a readable HDF5 file.*data/demo_N"):
+        import_robomimic(tmp_path / "junk.hdf5", tmp_path / "x.zarr", progress=False)
+    with h5py.File(tmp_path / "nodata.hdf5", "w") as f:
+        f.create_group("demos")
+    with pytest.raises(ImportFormatError, match="no 'data' group"):
+        import_robomimic(tmp_path / "nodata.hdf5", tmp_path / "x.zarr", progress=False)
+    eps = _episodes(1)
+    _write_robomimic(tmp_path / "nofreq.hdf5", eps, control_freq=None)
+    with pytest.raises(ImportFormatError, match="give fps"):
+        import_robomimic(tmp_path / "nofreq.hdf5", tmp_path / "x.zarr", progress=False)
+    with h5py.File(tmp_path / "short.hdf5", "w") as f:
+        f.attrs["x"] = 1
+        g = f.create_group("data/demo_0")
+        g.create_dataset("actions", data=np.zeros((4, 2)))
+        g.create_dataset("rewards", data=np.zeros(3))
+        g.create_dataset("obs/cam_image", data=np.zeros((4, 8, 8, 3), np.uint8))
+    with pytest.raises(ImportFormatError, match="rewards has 3 steps, actions 4"):
+        import_robomimic(tmp_path / "short.hdf5", tmp_path / "x.zarr", fps=10, progress=False)
+    assert not (tmp_path / "x.zarr").exists()  # nothing is written before the whole file is checked
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_lerobot_round_trip(tmp_path, version):
+    eps = _episodes(3, cams=("top", "wrist"))
+    root = tmp_path / "so100_pick"
+    (_write_lerobot_v2 if version == "v2" else _write_lerobot_v3)(root, eps)
+    store = tmp_path / "so100.zarr"
+    stats = import_lerobot(root, store, size=32, progress=False)
+    assert stats["episodes"] == 3
+    _check_round_trip(store, eps, ("top", "wrist"), size=32)
+    assert EpisodeReader(store).fps == 10
+    assert import_lerobot(root, store, size=32, progress=False)["skipped"] == 3
+
+
+def test_lerobot_lossless_video_decodes_exactly(tmp_path):
+    frames = np.random.default_rng(3).integers(0, 256, (6, 24, 32, 3), dtype=np.uint8)
+    _write_video(tmp_path / "v.mp4", frames)
+    np.testing.assert_array_equal(decode_video(tmp_path / "v.mp4"), frames)
+
+
+def test_lerobot_bad_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no LeRobot dataset folder"):
+        import_lerobot(tmp_path / "nope", tmp_path / "x.zarr", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImportFormatError, match="meta/info.json"):
+        import_lerobot(tmp_path / "empty", tmp_path / "x.zarr", progress=False)
+    eps = _episodes(2, cams=("top",))
+    root = tmp_path / "ds"
+    _write_lerobot_v2(root, eps)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    (root / "meta" / "info.json").write_text(json.dumps({**info, "codebase_version": "v1.6"}))
+    with pytest.raises(ImportFormatError, match=r"v1.6.*not supported \(v2.x, v3.0\)"):
+        import_lerobot(root, tmp_path / "x.zarr", progress=False)
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    (root / "videos" / "chunk-000" / "observation.images.top" / "episode_000001.mp4").write_bytes(b"\x00" * 64)
+    with pytest.raises(ImportFormatError, match="episode_000001.mp4 is not a decodable video"):
+        import_lerobot(root, tmp_path / "x.zarr", progress=False)
+    assert EpisodeReader(tmp_path / "x.zarr").num_episodes == 1  # the finished episode is kept; a rerun completes it
+    (root / "data" / "chunk-000" / "episode_000000.parquet").write_bytes(b"PAR1garbage")
+    with pytest.raises(ImportFormatError, match="episode_000000.parquet is not a readable parquet file"):
+        import_lerobot(root, tmp_path / "y.zarr", progress=False)
