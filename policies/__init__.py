@@ -5,11 +5,12 @@ start of episodes; scripted experts (:class:`ScriptedPolicy`) read the real simu
 and are called ``policy(obs, info)``. See :mod:`wfm_sim.policies.base`.
 """
 
+from wfm_sim.policies.actor_critic import ActorCritic, ActorCriticConfig
 from wfm_sim.policies.base import (ConvPolicy, ConvPolicyConfig, PlanPolicy, Policy, RandomPolicy, ScriptedPolicy,
                                    SeededPolicy)
 from wfm_sim.policies.driving import MixedDriver, RoadCentroidDriver, TrackFollower
 from wfm_sim.policies.manipulation import MetaWorldExpert
 from wfm_sim.policies.registry import make_policy
 
-__all__ = ["ConvPolicy", "ConvPolicyConfig", "MetaWorldExpert", "MixedDriver", "PlanPolicy", "Policy", "RandomPolicy",
+__all__ = ["ActorCritic", "ActorCriticConfig", "ConvPolicy", "ConvPolicyConfig", "MetaWorldExpert", "MixedDriver", "PlanPolicy", "Policy", "RandomPolicy",
            "RoadCentroidDriver", "ScriptedPolicy", "SeededPolicy", "TrackFollower", "make_policy"]

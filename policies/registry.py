@@ -9,7 +9,8 @@
 * ``expert``: :class:`~wfm_sim.policies.MetaWorldExpert` for the source's task (scripted, real
   Meta-World only);
 * a ``.npy`` file: an open-loop plan ``(T, A)`` or ``(episodes, T, A)``;
-* a folder with ``config.json`` + ``model.safetensors``: a saved :class:`~wfm_sim.policies.ConvPolicy`;
+* a folder with ``config.json`` + ``model.safetensors``: a saved :class:`~wfm_sim.policies.ConvPolicy`
+  or :class:`~wfm_sim.policies.ActorCritic` (``wfm-sim train policy``);
 * ``module:callable``: a Python entry point; calling it with no arguments returns a policy.
 """
 
@@ -63,6 +64,10 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is a folder but not a saved policy (no config.json)")
+        from wfm_sim.policies.actor_critic import FORMAT, ActorCritic
+
+        if f'"{FORMAT}"' in (path / "config.json").read_text(errors="replace"):
+            return ActorCritic.from_pretrained(path)
         return ConvPolicy.from_pretrained(path)
     if ":" in name and not path.exists():
         return _entry_point(name)

@@ -76,6 +76,18 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
 
 
+def content_hash(folder: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a checkpoint folder's config.json and model.safetensors."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        with open(Path(folder) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def read_json(path: Path, fmt: str) -> dict:
     """Read a config written by us; ``fmt`` is the expected ``"format"`` tag."""
     path = Path(path)

@@ -110,6 +110,8 @@ class WorldModel(nn.Module):
         self.decoder = DiffusionDecoder(cfg.decoder) if cfg.decoder is not None else None
         self.text_encoder = None  # attached at run time, never saved with the model
         self.amp_dtype: torch.dtype | None = None
+        self.trained: tuple[str, ...] | None = None
+        """Components trained so far (config.json ``trained``); None for models saved without the record."""
 
     # ------------------------------------------------------------ device
     @property
@@ -241,8 +243,10 @@ class WorldModel(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         state = ckpt.pack_state(self.state_dict(), storage)
         ckpt.save_tensors(path / "model.safetensors", state, {"format": FORMAT, "storage": storage})
-        ckpt.atomic_write_json(path / "config.json", {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                                       "config": ckpt.to_dict(self.cfg)})
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": ckpt.to_dict(self.cfg)}
+        if self.trained is not None:
+            meta["trained"] = sorted(self.trained)
+        ckpt.atomic_write_json(path / "config.json", meta)
         return path
 
     @classmethod
@@ -266,6 +270,8 @@ class WorldModel(nn.Module):
         model = cls(config if config is not None else cls.read_config(path))
         state = ckpt.unpack_state(ckpt.load_tensors(path / "model.safetensors"))
         load_state_strict(model, state, path / "model.safetensors")
+        trained = ckpt.read_json(path / "config.json", FORMAT).get("trained")
+        model.trained = None if trained is None else tuple(trained)
         return model.eval().setup(device, precision)
 
 

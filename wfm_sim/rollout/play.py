@@ -49,6 +49,10 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
         raise ValueError(f"play runs 1..{n} episodes on this env (num_envs={n}), got {k} seeds")
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
+    if hasattr(policy, "check_spaces"):  # a trained policy refuses a rig or action space it was not trained for
+        space = env.single_observation_space
+        frame = next(iter(space.spaces.values())) if hasattr(space, "spaces") else space
+        policy.check_spaces(env_cameras(env), int(frame.shape[0]), env.single_action_space)
     all_seeds = [int(s) for s in seeds] + [PAD_SEED - i for i in range(n - k)]
     ep_ids = None if episodes is None else [int(e) for e in episodes] + [int(episodes[0])] * (n - k)
     obs, info = env.reset(seed=all_seeds, options=options)

@@ -148,12 +148,15 @@ def open_model(cfg: TrainConfig) -> WorldModel:
     torch.manual_seed(cfg.seed)
     model_cfg = config_for_data(cfg.preset, cfg.data, out.name)
     if cfg.tokenizer_from is None:
-        return WorldModel(model_cfg).setup(cfg.device, cfg.precision)
+        model = WorldModel(model_cfg)
+        model.trained = ()
+        return model.setup(cfg.device, cfg.precision)
     donor = WorldModel.from_pretrained(cfg.tokenizer_from, device="cpu", precision="fp32")
     if donor.cfg.cameras != model_cfg.cameras:
         raise StoreError(f"--tokenizer-from {cfg.tokenizer_from} has cameras {donor.cfg.cameras}, the data {model_cfg.cameras}")
     model = WorldModel(replace(model_cfg, tokenizer=donor.cfg.tokenizer))
     model.tokenizer.load_state_dict(donor.tokenizer.state_dict())
+    model.trained = ("tokenizer",)
     return model.setup(cfg.device, cfg.precision)
 
 
@@ -326,6 +329,7 @@ def save_component(model: WorldModel, out: Path, component: str) -> None:
     with open(out / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "model.safetensors").is_file():
+            model.trained = tuple(sorted(set(model.trained or ()) | {component}))
             model.save_pretrained(out)
             return
         state = ckpt.load_tensors(out / "model.safetensors")
@@ -337,5 +341,7 @@ def save_component(model: WorldModel, out: Path, component: str) -> None:
         state = {k: v for k, v in state.items() if not k.startswith(prefix)} | mine
         meta = ckpt.read_json(out / "config.json", FORMAT)
         meta["config"][component] = ckpt.to_dict(getattr(model.cfg, component))
+        if "trained" in meta:  # folders saved before the record existed stay without it (taken as trained)
+            meta["trained"] = sorted(set(meta["trained"]) | {component})
         ckpt.save_tensors(out / "model.safetensors", state, {"format": FORMAT})
         ckpt.atomic_write_json(out / "config.json", meta)

@@ -1,0 +1,286 @@
+"""Train a policy only inside a world model (actor-critic in imagination), resumable.
+
+The recipe of IRIS / DIAMOND / Dreamer: every iteration starts ``num_envs`` imagined rollouts
+from *real* context frames (a store's episodes or the contexts shipped with the model), runs
+them for a short ``horizon`` (15 steps by default, so model errors have little time to
+compound), bootstraps the return beyond it with a learned value, and updates the policy with
+PPO on GAE(lambda) advantages. The real simulator is never stepped here.
+
+Guard against exploiting model errors: the model's own uncertainty, its mean token entropy of
+the predicted frame, is subtracted from the reward (``uncertainty_penalty`` per nat), and an
+imagined rollout whose entropy exceeds ``max_entropy`` ends there (terminated, no bootstrap):
+a policy gains nothing by steering into frames the model cannot predict.
+
+On disk (``out``): ``policy/`` (the :class:`~wfm_sim.policies.ActorCritic`, loadable by every
+``--policy`` flag), ``run.json`` (the config, checked on ``--resume``), ``metrics.jsonl``
+(one line per iteration) and ``train_state/`` (weights, optimizer, RNGs, iteration). A run
+killed mid-iteration resumes from its last saved iteration and repeats nothing after it.
+
+Dimension legend: ``n`` imagined envs, ``T`` horizon, ``V`` cameras, ``H W`` pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from wfm_sim import checkpoint as ckpt
+from wfm_sim.policies.actor_critic import ActorCritic, ActorCriticConfig
+
+RUN_FORMAT = "wfm_sim.ImaginationRL"
+
+
+@dataclass(frozen=True)
+class ImaginationRLConfig:
+    """An actor-critic trained in a world model's imagined env."""
+
+    model: str
+    """Shipped model name or model folder (needs reward and termination heads)."""
+    out: str
+    """Run folder: policy/, run.json, metrics.jsonl, train_state/."""
+    data: str | None = None
+    """Store whose real episodes start the imagined rollouts (default: the model's shipped contexts)."""
+    iterations: int = 100
+    num_envs: int = 16
+    horizon: int = 15
+    """Imagined steps per rollout before the value bootstraps."""
+    gamma: float = 0.98
+    lam: float = 0.95
+    lr: float = 3e-4
+    epochs: int = 4
+    minibatches: int = 4
+    clip: float = 0.2
+    entropy_coef: float = 1e-3
+    value_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    uncertainty_penalty: float = 0.0
+    """Reward minus this times the model's mean token entropy (nats) of the predicted frame."""
+    max_entropy: float | None = None
+    """End an imagined rollout (terminated) where the token entropy exceeds this."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this for the update (logs stay in env units)."""
+    decoder: str = "token"
+    parallel_steps: int = 4
+    width: int = 32
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    save_every: int = 5
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("iterations", "num_envs", "horizon", "epochs", "minibatches", "save_every", "parallel_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ValueError(f"gamma and lam must lie in [0, 1], got {self.gamma}, {self.lam}")
+        if (self.num_envs * self.horizon) % self.minibatches:
+            raise ValueError(f"num_envs * horizon ({self.num_envs * self.horizon}) must divide into {self.minibatches} minibatches")
+
+    def fingerprint(self) -> dict:
+        """What must match for ``resume`` (the iteration count may grow; logging may change)."""
+        d = asdict(self)
+        for k in ("iterations", "progress", "save_every", "device", "precision", "out"):
+            d.pop(k)
+        return d
+
+
+def gae(rewards, values, terminated, last_value, gamma: float, lam: float):
+    """Generalised advantage estimation over ``(T, n)`` rollouts (Schulman et al. 2016).
+
+    ``terminated[t]``: the rollout ended after step t (no bootstrap past it). Returns
+    ``(advantages, returns)``, both ``(T, n)``.
+    """
+    T = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(last_value)
+    for t in reversed(range(T)):
+        nxt = last_value if t == T - 1 else values[t + 1]
+        alive = 1.0 - terminated[t].float()
+        delta = rewards[t] + gamma * nxt * alive - values[t]
+        running = delta + gamma * lam * alive * running
+        adv[t] = running
+    return adv, adv + values
+
+
+class ImaginationTrainer:
+    """PPO on the batched imagined env; see the module docstring."""
+
+    def __init__(self, cfg: ImaginationRLConfig, resume: bool = False):
+        from wfm_sim.envs.imagined import ImaginedVectorEnv
+        from wfm_sim.models.world_model import resolve_pretrained
+
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self._check_run_folder(resume)
+        self.env = ImaginedVectorEnv(cfg.num_envs, cfg.model, dataset=cfg.data, decoder=cfg.decoder,
+                                     parallel_steps=cfg.parallel_steps, max_episode_steps=None,
+                                     autoreset_mode="same_step", device=cfg.device, precision=cfg.precision,
+                                     torch_obs=True)
+        trained = self.env.model.trained
+        if trained is not None and "backbone" not in trained:
+            raise ValueError(f"{cfg.model} has no trained reward or termination heads (its backbone was never trained, "
+                             f"trained: {list(trained)}): run `wfm-sim train backbone` on a store with rewards first")
+        self.device = next(self.env.model.parameters()).device
+        ac = ActorCriticConfig.for_spaces(self.env.cameras, self.env.model.cfg.tokenizer.image_size,
+                                          self.env.single_action_space, width=cfg.width,
+                                          trained_in=f"{cfg.model} ({ckpt.content_hash(resolve_pretrained(cfg.model))})")
+        torch.manual_seed(cfg.seed)
+        self.policy = ActorCritic(ac).to(self.device)
+        self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=1e-5)
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.iteration = 0
+        if resume:
+            self._load()
+
+    # ------------------------------------------------------------------ run folder
+    def _check_run_folder(self, resume: bool) -> None:
+        run = self.out / "run.json"
+        if resume:
+            if not (self.out / "train_state" / "state.json").is_file():
+                raise ValueError(f"--resume: {self.out} holds no saved policy train state; start without --resume")
+            saved = ckpt.read_json(run, RUN_FORMAT)["config"]
+            mine = json.loads(json.dumps(self.cfg.fingerprint()))
+            diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            if diff:
+                raise ValueError(f"--resume with a different config: {', '.join(f'{k}: run has {saved.get(k)!r}, given {mine.get(k)!r}' for k in diff)}")
+        elif run.is_file():
+            raise ValueError(f"{self.out} holds a policy run already: pass --resume to continue it, or another --out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            ckpt.atomic_write_json(run, {"format": RUN_FORMAT, "config": self.cfg.fingerprint()})
+
+    def _save(self) -> None:
+        from wfm_sim.training.state import save_train_state
+
+        self.policy.save_pretrained(self.out / "policy")
+        save_train_state(self.out / "train_state", self.policy, self.opt, self.iteration,
+                         {"generator": self.gen.get_state().tolist()})
+
+    def _load(self) -> None:
+        from wfm_sim.training.state import load_train_state
+
+        self.iteration, extra = load_train_state(self.out / "train_state", self.policy, self.opt)
+        self.gen.set_state(torch.tensor(extra["generator"], dtype=torch.uint8))
+        # Metrics past the saved iteration belong to work that is being redone: drop them.
+        log = self.out / "metrics.jsonl"
+        if log.is_file():
+            keep = [x for x in log.read_text().splitlines() if x.strip() and json.loads(x)["iteration"] <= self.iteration]
+            ckpt.atomic_write_bytes(log, ("\n".join(keep) + "\n" if keep else "").encode())
+
+    # ------------------------------------------------------------------ one iteration
+    @torch.no_grad()
+    def collect(self) -> dict:
+        """``horizon`` imagined steps from fresh real contexts, with the current policy."""
+        cfg, n = self.cfg, self.cfg.num_envs
+        seeds = [cfg.seed * 1_000_003 + self.iteration * n + i for i in range(n)]
+        obs, _ = self.env.reset(seed=seeds)
+        buf = {k: [] for k in ("frames", "u", "logp", "value", "reward", "raw_reward", "terminated", "entropy")}
+        for _ in range(cfg.horizon):
+            frames = self.policy.frames(obs)
+            h = self.policy.features(frames)
+            dist = self.policy.distribution(h)
+            u = _sample(dist, self.gen, self.policy.cfg.action_kind)
+            action = self.policy.to_env(u)
+            obs, reward, term, _, info = self.env.step(action.cpu().numpy())
+            ent = torch.as_tensor(np.asarray(info.get("entropy", np.zeros(n)), np.float32))
+            reward = torch.as_tensor(np.asarray(reward, np.float32))
+            term = torch.as_tensor(np.asarray(term, bool))
+            if cfg.max_entropy is not None:
+                term = term | (ent > cfg.max_entropy)
+            buf["frames"].append(frames.cpu())
+            buf["u"].append(u.cpu())
+            buf["logp"].append(self.policy.log_prob(dist, u).cpu())
+            buf["value"].append(self.policy.value(h).cpu())
+            buf["raw_reward"].append(reward)
+            buf["reward"].append((reward - cfg.uncertainty_penalty * ent) * cfg.reward_scale)
+            buf["terminated"].append(term)
+            buf["entropy"].append(ent)
+        last = self.policy.value(self.policy.features(self.policy.frames(obs))).cpu()
+        out = {k: torch.stack(v) for k, v in buf.items()}  # (T, n, ...)
+        out["adv"], out["ret"] = gae(out["reward"], out["value"], out["terminated"], last, cfg.gamma, cfg.lam)
+        return out
+
+    def update(self, roll: dict) -> dict:
+        cfg = self.cfg
+        flat = {k: v.flatten(0, 1) for k, v in roll.items()}  # (T*n, ...)
+        adv = (flat["adv"] - flat["adv"].mean()) / (flat["adv"].std() + 1e-8)
+        total = len(adv)
+        logs = {"pg_loss": 0.0, "v_loss": 0.0, "policy_entropy": 0.0, "clip_frac": 0.0}
+        count = 0
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(total, generator=self.gen)
+            for idx in perm.chunk(cfg.minibatches):
+                h = self.policy.features(flat["frames"][idx].to(self.device))
+                dist = self.policy.distribution(h)
+                logp = self.policy.log_prob(dist, flat["u"][idx].to(self.device))
+                ratio = (logp - flat["logp"][idx].to(self.device)).exp()
+                a = adv[idx].to(self.device)
+                pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a).mean()
+                v_loss = (self.policy.value(h) - flat["ret"][idx].to(self.device)).pow(2).mean()
+                ent = self.policy.entropy(dist).mean()
+                loss = pg + cfg.value_coef * v_loss - cfg.entropy_coef * ent
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.opt.step()
+                logs["pg_loss"] += pg.item()
+                logs["v_loss"] += v_loss.item()
+                logs["policy_entropy"] += ent.item()
+                logs["clip_frac"] += ((ratio - 1).abs() > cfg.clip).float().mean().item()
+                count += 1
+        return {k: v / count for k, v in logs.items()}
+
+    def train(self) -> dict:
+        """Run to ``cfg.iterations``; returns the last iteration's log."""
+        cfg = self.cfg
+        log_path = self.out / "metrics.jsonl"
+        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc="train policy (imagination)", unit="it",
+                   disable=not cfg.progress)
+        last: dict = {}
+        try:
+            while self.iteration < cfg.iterations:
+                t0 = time.perf_counter()
+                roll = self.collect()
+                t1 = time.perf_counter()
+                logs = self.update(roll)
+                self.iteration += 1
+                steps = cfg.num_envs * cfg.horizon
+                last = {"iteration": self.iteration, "imagined_steps": self.iteration * steps,
+                        "imagined_reward_per_step": float(roll["raw_reward"].mean()),
+                        "imagined_return_per_rollout": float(roll["raw_reward"].sum(0).mean()),
+                        "terminated_frac": float(roll["terminated"].float().mean()),
+                        "token_entropy": float(roll["entropy"].mean()),
+                        "imagined_steps_per_s": steps / max(t1 - t0, 1e-9), "seconds": time.perf_counter() - t0,
+                        **logs}
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                if self.iteration % cfg.save_every == 0 or self.iteration == cfg.iterations:
+                    self._save()
+                bar.update(1)
+                bar.set_postfix(ret=f"{last['imagined_return_per_rollout']:.2f}", sps=f"{last['imagined_steps_per_s']:.0f}")
+        finally:
+            bar.close()
+        return last
+
+
+def _sample(dist, gen: torch.Generator, kind: str) -> torch.Tensor:
+    """A sample drawn from ``gen`` (on CPU, so runs repeat across devices)."""
+    if kind == "discrete":
+        probs = dist.probs.float().cpu()
+        return torch.multinomial(probs, 1, generator=gen).squeeze(-1).to(dist.probs.device)
+    noise = torch.randn(dist.mean.shape, generator=gen).to(dist.mean.device)
+    return dist.mean + dist.stddev * noise
+
+
+def train_policy(cfg: ImaginationRLConfig, resume: bool = False) -> dict:
+    """Train (or resume) an imagination policy; returns the last iteration's log."""
+    return ImaginationTrainer(cfg, resume).train()
+
+
+__all__ = ["ImaginationRLConfig", "ImaginationTrainer", "gae", "train_policy"]
