@@ -246,7 +246,10 @@ class ImaginedVectorEnv(VectorEnv):
         if mode == AutoresetMode.SAME_STEP and self._done.any():
             ended = np.flatnonzero(self._done)
             final = self._obs_all()
-            infos["final_obs"] = np.array([self._index_obs(final, i) if i in ended else None for i in range(n)], dtype=object)
+            finals = np.empty(n, dtype=object)  # filled per row: np.array(list) would build an object array of pixels
+            for i in ended:
+                finals[i] = self._index_obs(final, i)
+            infos["final_obs"] = finals
             infos["_final_obs"] = self._done.copy()
             infos.update(self._reset_rows(ended, self._context_options(ended), None))
             self._done[:] = False

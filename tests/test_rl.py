@@ -61,3 +61,33 @@ def test_ppo_learns_the_optimal_action_of_the_imagined_env(steer_world):
     # Untrained, the greedy policy steers about 0; an agent that learned nothing stays there.
     assert steer > 0.8, f"PPO should learn to steer right (optimum +1), steers {steer:.2f}"
     assert after > before + 0.3 and after > 0.9 * best, (before, after, best)
+
+
+def test_sb3_trains_on_the_batched_imagined_env_through_its_vecenv(steer_world):
+    """One batched model call per step for all n_envs (SB3's VecEnv interface), and SB3's
+    autoreset contract: the terminal observation in the info, the next episode's first frame returned."""
+    from stable_baselines3 import PPO
+
+    from wfm_sim.envs import ImaginedVectorEnv
+    from wfm_sim.rl.sb3 import SB3VecEnv
+
+    env = ImaginedVectorEnv(8, steer_world, obs_mode="tokens", parallel_steps=1, max_episode_steps=4,
+                            autoreset_mode="same_step", device="cpu", precision="fp32")
+    venv = SB3VecEnv(env)
+    venv.seed(3)
+    obs = venv.reset()
+    assert obs.shape == (8, 1, 4, 4) and obs.dtype == np.int64
+    for t in range(4):
+        obs, reward, done, infos = venv.step(np.tile([0.5, 0.5, 0.0], (8, 1)))
+        assert done.all() == (t == 3)
+    assert all(i["TimeLimit.truncated"] for i in infos)
+    assert all(i["terminal_observation"].shape == obs.shape[1:] and i["terminal_observation"].dtype == np.int64
+               for i in infos)
+    torch.manual_seed(0)
+    agent = PPO("MlpPolicy", venv, n_steps=32, batch_size=64, n_epochs=4, learning_rate=3e-3, gamma=0.0, seed=0,
+                verbose=0, device="cpu")
+    agent.learn(total_timesteps=2048)  # 8 envs x 256 steps: 256 batched model steps
+    steer = agent.predict(venv.reset(), deterministic=True)[0][:, 0]
+    assert (steer > 0.5).all(), steer
+    with pytest.raises(ValueError, match="autoreset_mode='same_step'"):
+        SB3VecEnv(ImaginedVectorEnv(2, steer_world, obs_mode="tokens", device="cpu", precision="fp32"))

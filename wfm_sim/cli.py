@@ -10,6 +10,7 @@ import sys
 from wfm_sim.cli_args import (Parser, json_object, name_list, nonneg_float, nonneg_int, positive_float, positive_int,
                               source_name)
 from wfm_sim.cli_eval import add_evaluate, add_plan, add_score
+from wfm_sim.cli_rl import add_policy_flags
 
 
 def _collect(args) -> None:
@@ -89,7 +90,12 @@ def _dataset_import(args) -> None:
 
 
 def _train(args) -> None:
+    from wfm_sim.cli_rl import check_flags, train_policy_cmd
     from wfm_sim.training.loop import TrainConfig, train
+
+    check_flags(args)
+    if args.component == "policy":
+        return train_policy_cmd(args)
 
     cfg = TrainConfig(component=args.component, data=args.data, out=args.out, preset=args.preset, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, device=args.device, precision=args.precision,
@@ -235,9 +241,10 @@ def _add_dataset(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    t = sub.add_parser("train", help="train one component (tokenizer, then backbone, then decoder)")
-    t.add_argument("component", choices=["tokenizer", "backbone", "decoder"])
-    t.add_argument("--data", required=True, help="episode store to train on")
+    t = sub.add_parser("train", help="train one component (tokenizer, then backbone, then decoder), or a policy in imagination")
+    t.add_argument("component", choices=["tokenizer", "backbone", "decoder", "policy"])
+    t.add_argument("--data", default=None, help="episode store to train on (policy: real episodes to start from; "
+                                                 "default the model's shipped contexts)")
     t.add_argument("--out", required=True, help="model folder (created from --preset on first use)")
     t.add_argument("--preset", default="small", help="model size when creating the folder: tiny, small, small-mv, base, large")
     t.add_argument("--steps", type=positive_int, default=2000)
@@ -254,6 +261,7 @@ def _add_train(sub) -> None:
     t.add_argument("--ray-workers", type=nonneg_int, default=0, help="> 0: data-parallel on Ray Train with this many workers")
     t.add_argument("--tokenizer-from", default=None, help="when creating --out, reuse this model folder's tokenizer")
     t.add_argument("--quiet", action="store_true")
+    add_policy_flags(t)
     t.set_defaults(func=_train)
 
 

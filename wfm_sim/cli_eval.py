@@ -49,11 +49,12 @@ def _score(args) -> None:
     cfg = ScoreConfig(starts=args.starts, start_seed=args.start_seed, samples=args.samples, horizon=args.horizon,
                       batch=args.batch, real=not args.no_real, decoder=args.decoder, mode=args.mode, seed=args.seed)
     policies = {}
-    for name in args.policies:
-        if name in ("driver", "mixed", "expert"):
-            raise ValueError(f"--policies {name} is a scripted expert that reads the real simulator's state and cannot "
-                             "play in imagination; --graded scores plans derived from it")
-        policies[Path(name).stem if Path(name).exists() else name] = make_policy(
+    for name in args.policies:  # scripted experts (driver, expert) play only in the real simulator, as references
+        label = name
+        if Path(name).exists():
+            p = Path(name)
+            label = p.parent.name if p.name == "policy" and p.parent.name else p.stem
+        policies[label] = make_policy(
             name, model_action_space(model.cfg), source=source, camera=model.cfg.cameras[0])
     if args.graded:
         graded = graded_set(source, cfg, model)
@@ -75,7 +76,9 @@ def add_score(sub) -> None:
                                     "Pearson, Spearman and MMRV between imagined and real across policies.")
     sc.add_argument("--model", default="manipulation", help="shipped model name or folder")
     sc.add_argument("--source", default=None, help="the real simulator (default: the shipped model's twin)")
-    sc.add_argument("--policies", nargs="*", default=[], help="random, road, .npy plans, ConvPolicy folders, module:callable")
+    sc.add_argument("--policies", nargs="*", default=[],
+                    help="random, road, .npy plans, policy folders (ConvPolicy, train policy), module:callable; "
+                         "scripted experts (driver, expert) run in the real simulator only, as references")
     sc.add_argument("--graded", action="store_true", help="add 9 plans derived from the scripted expert (best to worst)")
     sc.add_argument("--starts", type=positive_int, default=20, help="start states (real simulator seeds)")
     sc.add_argument("--start-seed", type=nonneg_int, default=1_000_000, help="first start seed (training data uses small seeds)")

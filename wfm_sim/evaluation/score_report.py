@@ -17,9 +17,9 @@ from wfm_sim.viz import _label, mosaic, write_mp4
 def ranking_table(report: dict) -> str:
     """A markdown table, best real score first: imagined and real return / success with 95% CIs."""
     rows = {r["policy"]: r for r in report["policies"]}
-    has_real = all("real_return" in r for r in rows.values())
-    has_success = all("imagined_success" in r for r in rows.values())
-    head = ["policy", "imagined return", "real return" if has_real else None,
+    has_real = any("real_return" in r for r in rows.values())
+    has_success = any("imagined_success" in r or "real_success" in r for r in rows.values())
+    head = ["policy", "imagined return", "real return" if has_real else None, "real return std" if has_real else None,
             "imagined success", "real success" if has_real else None]
     head = [h for h in head if h and (has_success or "success" not in h)]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
@@ -28,7 +28,12 @@ def ranking_table(report: dict) -> str:
         cells = [name]
         for key in head[1:]:
             k = key.replace(" ", "_")
-            cells.append(f"{r[k]:.2f} ± {r[k + '_ci']:.2f}" if np.isfinite(r[k + "_ci"]) else f"{r[k]:.2f}")
+            if k not in r:
+                cells.append("-")  # a scripted reference has no imagined score
+            elif k.endswith("_std"):
+                cells.append(f"{r[k]:.2f}")
+            else:
+                cells.append(f"{r[k]:.2f} ± {r[k + '_ci']:.2f}" if np.isfinite(r[k + "_ci"]) else f"{r[k]:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     for metric, a in report.get("agreement", {}).items():
         lines.append(f"\n{metric}: Pearson {a['pearson']:.3f}, Spearman {a['spearman']:.3f}, MMRV {a['mmrv']:.3f}, "
@@ -43,16 +48,17 @@ def plot_agreement(report: dict, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in ("return", "success") if all(f"real_{m}" in r for r in report["policies"])]
+    both = [r for r in report["policies"] if "imagined_return" in r]  # scripted references: real only
+    metrics = [m for m in ("return", "success") if both and all(f"real_{m}" in r and f"imagined_{m}" in r for r in both)]
     if not metrics:
         return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.6), squeeze=False)
     for ax, m in zip(axes[0], metrics):
-        x = [r[f"real_{m}"] for r in report["policies"]]
-        y = [r[f"imagined_{m}"] for r in report["policies"]]
-        ax.errorbar(x, y, xerr=[r[f"real_{m}_ci"] for r in report["policies"]],
-                    yerr=[r[f"imagined_{m}_ci"] for r in report["policies"]], fmt="o", ms=4, capsize=2)
-        for r, xi, yi in zip(report["policies"], x, y):
+        x = [r[f"real_{m}"] for r in both]
+        y = [r[f"imagined_{m}"] for r in both]
+        ax.errorbar(x, y, xerr=[r[f"real_{m}_ci"] for r in both],
+                    yerr=[r[f"imagined_{m}_ci"] for r in both], fmt="o", ms=4, capsize=2)
+        for r, xi, yi in zip(both, x, y):
             ax.annotate(r["policy"], (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
         lo, hi = min(x + y), max(x + y)
         ax.plot([lo, hi], [lo, hi], "--", color="grey", lw=0.8, label="imagined = real")
@@ -104,7 +110,7 @@ def write_score_report(report: dict, out: str | Path, fps: float = 5.0) -> dict[
     plot = plot_agreement(report, out / "agreement.png")
     if plot is not None:
         paths["plot"] = plot
-    results = report.get("results", {})
+    results = {k: r for k, r in report.get("results", {}).items() if r.clips}
     if results:
         first = next(iter(results.values()))
         clip = next(iter(first.clips.values()), (None,))[0]

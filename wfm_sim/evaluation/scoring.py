@@ -76,8 +76,8 @@ class PolicyResult:
     """One policy's episodes' outcomes. Arrays are per start (real) or per start and sample (imagined)."""
 
     name: str
-    imagined_return: np.ndarray
-    """``(S, K)``."""
+    imagined_return: np.ndarray | None
+    """``(S, K)``; None for a scripted reference policy, which runs only in the real simulator."""
     imagined_success: np.ndarray | None
     real_return: np.ndarray | None = None
     """``(S,)``."""
@@ -95,6 +95,7 @@ class PolicyResult:
                 continue
             per_start = ret.mean(axis=1) if ret.ndim == 2 else ret
             out[f"{world}_return"], out[f"{world}_return_ci"] = mean_ci(per_start)
+            out[f"{world}_return_std"] = float(np.std(per_start, ddof=1)) if len(per_start) > 1 else 0.0
             if succ is not None:
                 rate = succ.mean(axis=1) if succ.ndim == 2 else succ.astype(float)
                 out[f"{world}_success"], out[f"{world}_success_ci"] = mean_ci(rate)
@@ -145,6 +146,9 @@ def check_setup(model, source: str, policies: dict, cfg: ScoreConfig) -> None:
     check_rig(model, source, cfg.horizon + (cfg.warmup or 0))
     if not policies:
         raise ValueError("score needs at least one policy")
+    if cfg.real is False and any(getattr(p, "privileged", False) for p in policies.values()):
+        scripted = [n for n, p in policies.items() if getattr(p, "privileged", False)]
+        raise ValueError(f"{scripted} read the real simulator's state: they run only with --real (drop --no-real)")
     for name, pol in policies.items():
         if isinstance(pol, PlanPolicy):
             if len(pol) < cfg.horizon:
@@ -220,7 +224,10 @@ def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreC
     try:
         for name, policy in tqdm(policies.items(), desc="score", unit="policy", disable=not progress):
             t0 = time.perf_counter()
-            ret, succ, clips = play_imagined(imagined, policy, contexts, cfg)
+            if getattr(policy, "privileged", False):  # a scripted reference: real simulator only
+                ret, succ, clips = None, None, {}
+            else:
+                ret, succ, clips = play_imagined(imagined, policy, contexts, cfg)
             res = PolicyResult(name, ret, succ, imagined_seconds=time.perf_counter() - t0)
             if real is not None:
                 t0 = time.perf_counter()
@@ -240,11 +247,12 @@ def report(results: dict[str, PolicyResult], cfg: ScoreConfig, source: str, mode
     out = {"model": model.cfg.name, "source": source, "config": asdict(cfg), "start_seeds": cfg.start_seeds,
            "policies": rows}
     agree = {}
+    both = [r for r in rows if "imagined_return" in r]  # scripted references have no imagined score
     for metric in ("return", "success"):
-        if len(rows) >= 2 and all(f"real_{metric}" in r and f"imagined_{metric}" in r for r in rows):
-            agree[metric] = agreement([r[f"imagined_{metric}"] for r in rows], [r[f"real_{metric}"] for r in rows])
+        if len(both) >= 2 and all(f"real_{metric}" in r and f"imagined_{metric}" in r for r in both):
+            agree[metric] = agreement([r[f"imagined_{metric}"] for r in both], [r[f"real_{metric}"] for r in both])
     out["agreement"] = agree
-    n_imag = len(results) * cfg.starts * cfg.samples
+    n_imag = len(both) * cfg.starts * cfg.samples
     t_imag = sum(r.imagined_seconds for r in results.values())
     speed = {"imagined_episodes_per_s": n_imag / max(t_imag, 1e-9),
              "imagined_steps_per_s": n_imag * cfg.horizon / max(t_imag, 1e-9)}
