@@ -30,10 +30,17 @@ def test_mp4_round_trip_and_mosaic(tmp_path):
     back = read_mp4(tmp_path / "v.mp4")
     assert len(back) == 5 and back[0].shape == (16, 24, 3)
     assert abs(int(back[3].mean()) - 30) <= 3
+    import av
+
+    with av.open(str(tmp_path / "v.mp4")) as c:  # H.264 in yuv420p: what browsers play
+        assert c.streams.video[0].codec_context.name == "h264" and c.streams.video[0].format.name == "yuv420p"
+    assert not list(tmp_path.glob("*.partial*"))
     m = mosaic({"A": frames[1], "B": frames[2], "C": frames[3], "D": frames[4]})
-    assert m.shape == (2 * 16 + 1, 2 * 24 + 1, 3)
-    sheet = contact_sheet([[frames[0], frames[1]], [frames[2], frames[3]]], ["row 0", "row 1"])
-    assert sheet.ndim == 3 and sheet.shape[1] >= 2 * 24 * 2
+    assert m.shape == (2 * (12 + 16) + 1, 2 * 24 + 1, 3)  # a 12-pixel label strip above each tile
+    assert (m[:12, :24] < 128).any() and (m[12:28, :24] == 10).all()  # the label is drawn in the strip, not on the frame
+    assert mosaic([frames[1]] * 2, scale=3).shape == (48, 2 * 72 + 1, 3)
+    sheet = contact_sheet([[frames[0]] * 30, [frames[2], frames[3]]], ["row 0", "row 1"], scale=2, max_width=400)
+    assert sheet.shape[1] <= 400  # 30 frames of 52 pixels wrap onto several lines
 
 
 def test_near_plane_clipping():

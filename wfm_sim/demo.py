@@ -30,16 +30,17 @@ def run_demo(model: str = "driving", steps: int = 48, envs: int = 2, out: str | 
     episodes = play(env, driver, [seed + i for i in range(envs)], steps)
     elapsed = time.perf_counter() - t0
     cols = len(cams) if len(cams) <= 4 else 3
-    frames = [[mosaic([ep.obs[c][t] for c in cams], cams, cols=cols) for t in range(len(ep))]
-              + [mosaic([ep.final_obs[c] for c in cams], cams, cols=cols)] for ep in episodes]
+    frames = [[mosaic([ep.obs[c][t] for c in cams], cams, cols=cols, scale=2) for t in range(len(ep))]
+              + [mosaic([ep.final_obs[c] for c in cams], cams, cols=cols, scale=2)] for ep in episodes]
     length = min(len(f) for f in frames)
     out = Path(out)
     video = write_mp4(out / "demo.mp4", [np.concatenate([f[t] for f in frames], axis=0) for t in range(length)],
-                      fps=env.cfg.fps / 2, scale=2)
+                      fps=env.cfg.fps / 2)
     picks = [int(t) for t in np.linspace(0, length - 1, 8)]
     sheet = save_png(out / "demo_contact_sheet.png",
                      contact_sheet([[frames[i][t] for t in picks] for i in range(envs)],
-                                   [f"imagined episode {i} (seed {seed + i}), steps {list(picks)}" for i in range(envs)]))
+                                   [f"imagined episode {i} (seed {seed + i})" for i in range(envs)], scale=1,
+                                   col_labels=[f"step {t}" for t in picks]))
     n_steps = sum(len(ep) for ep in episodes)
     return {"video": str(video), "contact_sheet": str(sheet), "steps": steps, "envs": envs,
             "env_steps_per_s": n_steps / elapsed, "frames_per_s": n_steps * len(cams) / elapsed,

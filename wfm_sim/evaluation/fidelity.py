@@ -170,20 +170,22 @@ def evaluate(model: WorldModel, data: str, cfg: EvalConfig = EvalConfig(),
     return report, videos
 
 
-def side_by_side(videos: dict, window: int, cameras: list[str]) -> list[np.ndarray]:
-    """Frames of one window: a row per method (real first), cameras side by side."""
-    from wfm_sim.viz import _label
+def side_by_side(videos: dict, window: int, cameras: list[str], scale: int = 2) -> list[np.ndarray]:
+    """Frames of one window: a row per method (real first, its name in a strip above), cameras
+    side by side (named in the top row), upscaled ``scale`` times so the labels stay legible."""
+    from wfm_sim.viz import label_bar, mosaic
 
     rows = []
     H = videos["real"].shape[1]
     for h in range(H):
         lines = []
-        for name, v in videos.items():
-            cams = [_label(v[window, h, c].numpy(), cameras[c] if len(cameras) > 1 else "") for c in range(len(cameras))]
-            line = np.concatenate(cams, axis=1)
-            bar = np.full((10, line.shape[1], 3), 255, np.uint8)
-            lines.append(np.concatenate((_label(bar, name, 0.28), line), axis=0))
-        rows.append(np.concatenate(lines, axis=0))
+        for k, (name, v) in enumerate(videos.items()):
+            names = cameras if (k == 0 and len(cameras) > 1) else None
+            line = mosaic([v[window, h, c].numpy() for c in range(len(cameras))], names, cols=len(cameras), scale=scale)
+            lines.append(np.concatenate((label_bar(name, line.shape[1], 16), line), axis=0))
+        width = max(x.shape[1] for x in lines)
+        rows.append(np.concatenate([np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0)), constant_values=255)
+                                    for x in lines], axis=0))
     return rows
 
 

@@ -47,7 +47,7 @@ def write_report(report: dict, videos: dict, out: str | Path, fps: float = 4.0, 
     frames = []
     for w in range(min(n_videos, videos["real"].shape[0])):
         frames += side_by_side(videos, w, report["cameras"])
-    write_mp4(paths["video"], frames, fps=fps, scale=2)
+    write_mp4(paths["video"], frames, fps=fps)  # side_by_side upscales before labelling
     return paths
 
 

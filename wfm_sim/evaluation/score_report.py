@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from wfm_sim.checkpoint import atomic_write_json
-from wfm_sim.viz import _label, mosaic, write_mp4
+from wfm_sim.viz import label_bar, mosaic, write_mp4
 
 
 def ranking_table(report: dict) -> str:
@@ -77,12 +77,12 @@ def plot_agreement(report: dict, path: Path) -> Path | None:
     return path
 
 
-def _frames(ep, cams, length: int) -> list[np.ndarray]:
+def _frames(ep, cams, length: int, scale: int = 2) -> list[np.ndarray]:
     views = [[ep.obs[c][t] for c in cams] for t in range(len(ep))]
     if ep.final_obs is not None:
         views.append([ep.final_obs[c] for c in cams])
     views += [views[-1]] * (length - len(views))
-    return [mosaic(v, None, cols=len(cams)) for v in views[:length]]
+    return [mosaic(v, None, cols=len(cams), scale=scale) for v in views[:length]]
 
 
 def video_grid(results: dict, cams: list[str], path: Path, fps: float) -> Path | None:
@@ -94,10 +94,11 @@ def video_grid(results: dict, cams: list[str], path: Path, fps: float) -> Path |
     strips = []
     for name, i, real, dream in rows:
         left, right = _frames(real, cams, length), _frames(dream, cams, length)
-        strips.append([np.concatenate((_label(a, f"{name} #{i} real", 0.25), _label(b, "imagined", 0.25)), axis=1)
-                       for a, b in zip(left, right)])
+        w = left[0].shape[1]
+        head = np.concatenate((label_bar(f"{name} #{i}: real", w, 16), label_bar("imagined", w, 16)), axis=1)
+        strips.append([np.concatenate((head, np.concatenate((a, b), axis=1)), axis=0) for a, b in zip(left, right)])
     frames = [np.concatenate([s[t] for s in strips], axis=0) for t in range(length)]
-    return write_mp4(path, frames, fps=fps, scale=2)
+    return write_mp4(path, frames, fps=fps)
 
 
 def write_score_report(report: dict, out: str | Path, fps: float = 5.0) -> dict[str, Path]:
