@@ -60,7 +60,9 @@ def open_root(path: str | Path, mode: str = "r"):
     except Exception as e:  # a corrupt zarr.json
         raise StoreError(f"{path} cannot be opened as a zarr group: {e}") from e
     if attrs.get("schema") != "wfm_sim.episodes":
-        raise StoreError(f"{path} is a zarr group but not a wfm_sim episode store (attrs 'schema' missing)")
+        creating = (path / ".writer.lock").exists() and not attrs
+        raise StoreError(f"{path} is a zarr group but not a wfm_sim episode store (attrs 'schema' missing)"
+                         + ("; a writer is creating it right now" if creating else ""))
     if attrs.get("schema_version", 0) > SCHEMA_VERSION:
         raise StoreError(f"{path} has schema_version {attrs['schema_version']}; this wfm_sim reads <= {SCHEMA_VERSION}")
     missing = [k for k in ("cameras", "keys", "image_size", "fps", "action_space") if k not in attrs]

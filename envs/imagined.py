@@ -103,6 +103,9 @@ class ImaginedVectorEnv(VectorEnv):
         folder = None if isinstance(model, WorldModel) else resolve_pretrained(model)
         self.contexts = (ContextBank.from_store(dataset, c.cameras, c.context_frames) if dataset is not None
                          else ContextBank.load(folder) if folder is not None else None)
+        if self.contexts is not None and self.contexts.frames.shape[3:5] != (c.tokenizer.image_size,) * 2:
+            raise ValueError(f"context frames are {self.contexts.frames.shape[3]}px, the model takes "
+                             f"{c.tokenizer.image_size}px: start from a store recorded at the model's frame size")
         self.text_encoder = text_encoder
         text_emb = text_mask = None
         if text_encoder is not None:

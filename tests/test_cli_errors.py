@@ -40,7 +40,16 @@ CASES = [
     "dataset import lerobot {file} --out {out}/i.zarr",
     "dataset import lerobot {store} --out {out}/i.zarr",
     "dataset import parquet {store} --out {out}/i.zarr",
+    # generate
+    "generate --model nope --episodes 1 --out {out}/g.zarr",
+    "generate --model {model} --episodes 0 --out {out}/g.zarr",
+    "generate --model {model} --episodes 1 --starts {missing} --out {out}/g.zarr",
+    "generate --model {model} --episodes 1 --prompt left --out {out}/g.zarr",
+    "generate --model {model} --episodes 1 --policy driver --out {out}/g.zarr",
     # train
+    "train policy --out {out}/p",
+    "train policy --model {model} --out {out}/p --resume",
+    "train backbone --data {store} --out {out}/m --horizon 3",
     "train tokenizer --data {missing} --out {out}/m --preset tiny",
     "train tokenizer --data {file} --out {out}/m --preset tiny",
     "train tokenizer --data {store} --out {out}/m --preset nope",

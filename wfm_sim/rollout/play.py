@@ -101,12 +101,12 @@ def env_cameras(env) -> tuple[str, ...]:
 
 def env_extras(env) -> tuple[str, ...]:
     """Per-step ``info`` fields an episode of ``env`` records: the real twin's source extras
-    (success, a gym: source's chosen fields), or ``success`` for an imagined env."""
+    (success, a gym: source's chosen fields), or an imagined env's success and token entropy."""
     if hasattr(env, "envs"):
         source = getattr(env.envs[0].unwrapped, "source", None)
         if source is not None:
             return tuple(source.extras)
-    return ("success",)
+    return ("success", "entropy")
 
 
 def _origins(info: dict, seeds: list[int]) -> list[str]:

@@ -73,6 +73,13 @@ def policy_id(spec: PolicySpec) -> str:
     return f"{spec.kind}-{type(spec.obj).__name__ if spec.obj is not None else 'ref'}"
 
 
+def split_chunks(req: RolloutRequest, size: int) -> list[Chunk]:
+    """The request's episodes, ``size`` at a time, in order."""
+    ids = np.asarray(req.episode_ids, dtype=np.int64)
+    return [Chunk(i, tuple(int(x) for x in ids[s : s + size]), tuple(int(req.seed + x) for x in ids[s : s + size]),
+                  req.horizon, dict(req.reset_options)) for i, s in enumerate(range(0, len(ids), size))]
+
+
 class RolloutPool:
     """N Ray actors, each a :class:`RolloutWorker`.
 
@@ -124,10 +131,7 @@ class RolloutPool:
         return self.ray.get([w.ready.remote() for w in self.workers])
 
     def _chunks(self, req: RolloutRequest) -> list[Chunk]:
-        ids = np.asarray(req.episode_ids, dtype=np.int64)
-        size = self.envs
-        return [Chunk(i, tuple(int(x) for x in ids[s : s + size]), tuple(int(req.seed + x) for x in ids[s : s + size]),
-                      req.horizon, dict(req.reset_options)) for i, s in enumerate(range(0, len(ids), size))]
+        return split_chunks(req, self.envs)
 
     def iter_chunks(self, req: RolloutRequest, on_result: Callable[[int], None] | None = None) -> Iterator[list[Episode]]:
         """Yield each chunk's episodes in request order as soon as that order allows."""
