@@ -170,7 +170,7 @@ def _car_state(env, obs) -> CarState:
                     np.asarray(hull.linearVelocity, np.float64), _track_points(u), bool(on_road))
 
 
-def _make_carracing(size: int, multicam: int = 0) -> Simulator:
+def _make_carracing(size: int, multicam: int = 0, only: tuple[str, ...] | None = None) -> Simulator:
     gym = require("gymnasium")
     require("Box2D", "sim")
     env = gym.make("CarRacing-v3", continuous=True, disable_env_checker=True)  # its obs: the 96x96 chase view
@@ -179,7 +179,8 @@ def _make_carracing(size: int, multicam: int = 0) -> Simulator:
                          action_repeat=CAR_REPEAT)
     from wfm_sim.envs.car_cameras import RIG_4, RIG_6, CameraRig, CarRacingCameras
 
-    rig = CameraRig(yaws=tuple((RIG_4 if multicam == 4 else RIG_6).items()))
+    yaws = (RIG_4 if multicam == 4 else RIG_6).items()
+    rig = CameraRig(yaws=tuple((n, y) for n, y in yaws if only is None or n in only))
     cams = CarRacingCameras(rig, size)
     return Simulator(env, rig.names, cams.render, _car_state, action_repeat=CAR_REPEAT)
 
@@ -283,6 +284,9 @@ _register(Source("carracing", "CarRacing-v3", "CarRacing, one top-down chase cam
 _register(Source("carracing-4cam", "CarRacing-v3", "CarRacing, 4 ego cameras (front, back, left, right)", 50.0 / CAR_REPEAT,
                  ("CAM_FRONT", "CAM_BACK", "CAM_LEFT", "CAM_RIGHT"), CAR_ACTION,
                  lambda size: _make_carracing(size, 4), "driver", max_steps=250, package="Box2D"))
+_register(Source("carracing-front", "CarRacing-v3", "CarRacing, the 4-camera rig's front camera alone (RL models)",
+                 50.0 / CAR_REPEAT, ("CAM_FRONT",), CAR_ACTION, lambda size: _make_carracing(size, 4, ("CAM_FRONT",)),
+                 "driver", max_steps=250, package="Box2D"))
 _register(Source("carracing-6cam", "CarRacing-v3", "CarRacing, 6 nuScenes-style ego cameras", 50.0 / CAR_REPEAT,
                  ("CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"),
                  CAR_ACTION, lambda size: _make_carracing(size, 6), "driver", max_steps=250, package="Box2D"))

@@ -210,3 +210,19 @@ def test_the_held_out_split_is_drawn_once_and_read_back_by_evaluate(tmp_path, sq
     other = square_world_store(tmp_path / "other.zarr", episodes=3, steps=6)
     assert main(["evaluate", str(out), "--data", str(other), "--split", "val", "--horizon", "1"]) == 2
     assert "holds no train/val split" in capsys.readouterr().err
+
+
+def test_a_model_of_a_camera_subset_reuses_a_multi_camera_tokenizer(tmp_path):
+    from wfm_sim.testing import square_world_store
+
+    store = square_world_store(tmp_path / "two.zarr", episodes=4, cameras=("CAM_FRONT", "CAM_BACK"))
+    train(_cfg(store, tmp_path / "both", "tokenizer", steps=2))
+    train(_cfg(store, tmp_path / "front", "backbone", steps=2, cameras=("CAM_FRONT",),
+               tokenizer_from=str(tmp_path / "both")))
+    front = WorldModel.from_pretrained(tmp_path / "front", device="cpu")
+    both = WorldModel.from_pretrained(tmp_path / "both", device="cpu")
+    assert front.cfg.cameras == ("CAM_FRONT",) and front.cfg.backbone.num_views == 1
+    assert all(torch.equal(a, b) for a, b in zip(front.tokenizer.state_dict().values(), both.tokenizer.state_dict().values()))
+    assert front.trained == ("backbone", "tokenizer")
+    with pytest.raises(StoreError, match=r"has no camera\(s\) \['CAM_LEFT'\]"):
+        train(_cfg(store, tmp_path / "left", "tokenizer", steps=1, cameras=("CAM_LEFT",)))

@@ -101,7 +101,7 @@ def _train(args) -> None:
                       batch_size=args.batch_size, lr=args.lr, device=args.device, precision=args.precision,
                       compile=args.compile, num_workers=args.num_workers, eval_every=args.eval_every,
                       save_every=args.save_every, seed=args.seed, resume=args.resume, progress=not args.quiet,
-                      tokenizer_from=args.tokenizer_from)
+                      tokenizer_from=args.tokenizer_from, cameras=tuple(args.cameras) if args.cameras else None)
     if args.ray_workers:
         from wfm_sim.training.distributed import train_distributed
 
@@ -282,7 +282,7 @@ def _add_train(sub) -> None:
     t.add_argument("--data", default=None, help="episode store to train on (policy: real episodes to start from; "
                                                  "default the model's shipped contexts)")
     t.add_argument("--out", required=True, help="model folder (created from --preset on first use)")
-    t.add_argument("--preset", default="small", help="model size when creating the folder: tiny, small, small-mv, base, large")
+    t.add_argument("--preset", default="small", help="model size when creating the folder: tiny, small, small-mv, rl, base, large")
     t.add_argument("--steps", type=positive_int, default=2000)
     t.add_argument("--batch-size", type=positive_int, default=16)
     t.add_argument("--lr", type=positive_float, default=3e-4)
@@ -296,6 +296,8 @@ def _add_train(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the folder's train state")
     t.add_argument("--ray-workers", type=nonneg_int, default=0, help="> 0: data-parallel on Ray Train with this many workers")
     t.add_argument("--tokenizer-from", default=None, help="when creating --out, reuse this model folder's tokenizer")
+    t.add_argument("--cameras", type=name_list, default=None,
+                   help="when creating --out: the cameras the model sees, a subset of the store's (default all)")
     t.add_argument("--quiet", action="store_true")
     add_policy_flags(t)
     t.set_defaults(func=_train)

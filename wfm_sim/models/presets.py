@@ -28,11 +28,14 @@ _TOKENIZERS = {
                             levels=(8, 8, 8, 5, 5, 5)),
 }
 _TOKENIZERS["large"] = _TOKENIZERS["base"]
+_TOKENIZERS["rl"] = _TOKENIZERS["small-mv"]
 
 _BACKBONES = {
     "tiny": BackboneConfig(dim=32, depth=2, heads=4, kv_heads=2, max_frames=4),
     "small": BackboneConfig(dim=256, depth=6, heads=8, kv_heads=4, max_frames=6),
     "small-mv": BackboneConfig(dim=256, depth=6, heads=8, kv_heads=4, max_frames=6),
+    # For RL in imagination on a CPU: one 4x4-token camera, a narrow and shallow backbone.
+    "rl": BackboneConfig(dim=128, depth=4, heads=4, kv_heads=2, max_frames=4),
     # Cosmos-Predict1-4B-like: 16 layers, width 4096, 32 heads, 8 kv heads, SwiGLU 14336.
     "base": BackboneConfig(dim=4096, depth=16, heads=32, kv_heads=8, mlp_ratio=3.5, max_frames=3),
     # Cosmos-Predict1-12B-like: 40 layers, width 5120, 32 heads, 8 kv heads.
@@ -47,6 +50,7 @@ _DECODERS = {
                           token_embed_dim=32, cond_prev_frame=False, steps=4),
 }
 _DECODERS["large"] = _DECODERS["base"]
+_DECODERS["rl"] = _DECODERS["small-mv"]
 
 PRESETS = tuple(_BACKBONES)
 

@@ -64,7 +64,9 @@ class TrainConfig:
     progress: bool = True
     tokenizer_from: str | None = None
     """When creating ``out``: take the tokenizer (weights and config) from this model folder
-    (e.g. one trained on other recordings of the same simulator and cameras)."""
+    (e.g. one trained on other recordings of the same simulator; its cameras must include ours)."""
+    cameras: tuple[str, ...] | None = None
+    """When creating ``out``: the cameras the model sees (a subset of the store's; default all)."""
 
     def __post_init__(self):
         if self.component not in COMPONENTS:
@@ -105,9 +107,13 @@ class StepSampler(Sampler):
         return max(0, self.steps - self.start)
 
 
-def config_for_data(preset_name: str, data: str, name: str = ""):
-    """A preset's config shaped to a store: its cameras, action space, fps and extras."""
+def config_for_data(preset_name: str, data: str, name: str = "", cameras: tuple[str, ...] | None = None):
+    """A preset's config shaped to a store: its cameras (or the subset ``cameras``), action space, fps and extras."""
     r = EpisodeReader(data)
+    if cameras:
+        missing = [c for c in cameras if c not in r.cameras]
+        if missing:
+            raise StoreError(f"{data} has no camera(s) {missing}; it has {list(r.cameras)}")
     a = r.action_space
     if a["type"] == "box":
         action = ActionSpec("box", dim=a["shape"][0], low=tuple(a["low"]), high=tuple(a["high"]))
@@ -116,7 +122,7 @@ def config_for_data(preset_name: str, data: str, name: str = ""):
     size = preset(preset_name).tokenizer.image_size
     if size != r.image_size:
         raise StoreError(f"{data} has {r.image_size}px frames but preset {preset_name!r} expects {size}px")
-    cfg = preset(preset_name, cameras=r.cameras, action=action, success_head="success" in r.extras,
+    cfg = preset(preset_name, cameras=tuple(cameras) if cameras else r.cameras, action=action, success_head="success" in r.extras,
                  fps=r.fps, name=name, source_env=str(r.attrs.get("source_env", "")))
     return replace(cfg, backbone=replace(cfg.backbone, reward_scale=reward_scale(r)))
 
@@ -146,14 +152,15 @@ def open_model(cfg: TrainConfig) -> WorldModel:
             model_cfg = replace(model_cfg, backbone=replace(model_cfg.backbone, reward_scale=reward_scale(r)))
         return WorldModel.from_pretrained(out, device=cfg.device, precision=cfg.precision, config=model_cfg)
     torch.manual_seed(cfg.seed)
-    model_cfg = config_for_data(cfg.preset, cfg.data, out.name)
+    model_cfg = config_for_data(cfg.preset, cfg.data, out.name, cfg.cameras)
     if cfg.tokenizer_from is None:
         model = WorldModel(model_cfg)
         model.trained = ()
         return model.setup(cfg.device, cfg.precision)
     donor = WorldModel.from_pretrained(cfg.tokenizer_from, device="cpu", precision="fp32")
-    if donor.cfg.cameras != model_cfg.cameras:
-        raise StoreError(f"--tokenizer-from {cfg.tokenizer_from} has cameras {donor.cfg.cameras}, the data {model_cfg.cameras}")
+    if not set(model_cfg.cameras) <= set(donor.cfg.cameras):  # the tokenizer is shared by all views
+        raise StoreError(f"--tokenizer-from {cfg.tokenizer_from} learned cameras {list(donor.cfg.cameras)}; the new "
+                         f"model sees {list(model_cfg.cameras)}")
     model = WorldModel(replace(model_cfg, tokenizer=donor.cfg.tokenizer))
     model.tokenizer.load_state_dict(donor.tokenizer.state_dict())
     model.trained = ("tokenizer",)
