@@ -240,7 +240,7 @@ class ImaginedVectorEnv(VectorEnv):
             mask = np.isin(np.arange(n), rows)
             ent = np.zeros(n, np.float32)
             ent[rows] = ent_rows
-            infos.update({"entropy": ent, "_entropy": mask, "decoder": self.decoder})
+            infos.update({"entropy": ent, "_entropy": mask})  # every value an (n,) array with its mask (Gymnasium vector info)
             if out.success is not None:
                 succ = np.zeros(n, bool)
                 succ[rows] = out.success.cpu().numpy()

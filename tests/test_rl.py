@@ -91,3 +91,23 @@ def test_sb3_trains_on_the_batched_imagined_env_through_its_vecenv(steer_world):
     assert (steer > 0.5).all(), steer
     with pytest.raises(ValueError, match="autoreset_mode='same_step'"):
         SB3VecEnv(ImaginedVectorEnv(2, steer_world, obs_mode="tokens", device="cpu", precision="fp32"))
+
+
+def test_rllib_ppo_trains_on_a_registered_imagined_id(steer_world):
+    pytest.importorskip("ray.rllib")
+    import ray
+
+    from wfm_sim.rl.rllib import ppo_config
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    config = (ppo_config(str(steer_world), num_envs=4, parallel_steps=1, max_episode_steps=8)
+              .env_runners(rollout_fragment_length=32)
+              .training(train_batch_size_per_learner=128, minibatch_size=64, num_epochs=2, lr=1e-3))
+    algo = config.build_algo()
+    try:
+        results = [algo.train() for _ in range(3)]  # 384 imagined steps
+    finally:
+        algo.stop()
+    runs = [r["env_runners"] for r in results]
+    assert runs[-1]["num_env_steps_sampled_lifetime"] >= 384
+    assert all(np.isfinite(r["episode_return_mean"]) for r in runs)

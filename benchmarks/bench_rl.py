@@ -1,0 +1,98 @@
+"""RL in imagination: imagined env steps/s at batch 64 for the shipped 4-camera driving model and
+the one-camera ``rl`` preset, and the PPO trainer's end-to-end imagined steps/s.
+
+    python benchmarks/bench_rl.py [--rl-model runs/driving_rl] [--batch 64] [--steps 5]
+
+Without ``--rl-model`` a random-weight ``rl`` preset model stands in (speed does not depend on
+the weights). The machine's matmul peak is printed in the same run, so figures read as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from common import emit, machine
+from wfm_sim.envs import ImaginedVectorEnv
+from wfm_sim.models import ActionSpec, WorldModel, preset
+
+CAR = ActionSpec("box", dim=3, low=(-1.0, 0.0, 0.0), high=(1.0, 1.0, 1.0))
+
+
+def rl_model(path: str | None) -> WorldModel:
+    if path:
+        return WorldModel.from_pretrained(path, device="cpu", precision="auto")
+    torch.manual_seed(0)
+    return WorldModel(preset("rl", cameras=("CAM_FRONT",), action=CAR, name="rl-random")).setup("cpu", "auto").eval()
+
+
+def env_speed(model, name: str, batch: int, obs_mode: str, passes: int, steps: int) -> dict:
+    env = ImaginedVectorEnv(batch, model, obs_mode=obs_mode, parallel_steps=passes, max_episode_steps=None,
+                            device="cpu")
+    s, c = model.cfg.tokenizer.image_size, model.cfg.context_frames
+    frames = np.random.default_rng(0).integers(0, 255, (c, len(model.cfg.cameras), s, s, 3), dtype=np.uint8)
+    env.reset(seed=0, options={"frames": frames, "actions": np.zeros((c - 1, 3), np.float32)})
+    act = np.tile(np.array([0.0, 0.5, 0.0], np.float32), (batch, 1))
+    env.step(act)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        env.step(act)
+    dt = time.perf_counter() - t0
+    return {"model": name, "cameras": len(model.cfg.cameras), "batch": batch, "obs": obs_mode, "passes": passes,
+            "env_steps_s": batch * steps / dt}
+
+
+def trainer_speed(model_dir: str, batch: int) -> dict:
+    from wfm_sim.rl import ImaginationRLConfig, ImaginationTrainer
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = ImaginationRLConfig(model_dir, out, iterations=2, num_envs=batch, horizon=15, parallel_steps=2,
+                                  device="cpu", progress=False, minibatches=4)
+        trainer = ImaginationTrainer(cfg)
+        trainer.train()
+        t0 = time.perf_counter()
+        cfg2 = trainer.cfg
+        trainer.cfg = type(cfg2)(**{**cfg2.__dict__, "iterations": 4})
+        trainer.train()
+        dt = time.perf_counter() - t0
+    return {"model": "PPO trainer (collect + update)", "cameras": 1, "batch": batch, "obs": "pixels", "passes": 2,
+            "env_steps_s": 2 * batch * 15 / dt}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rl-model", default=None, help="a trained rl-preset model folder (default: random weights)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--skip-shipped", action="store_true")
+    args = ap.parse_args()
+    info = machine()
+    rows = []
+    if not args.skip_shipped:
+        shipped = WorldModel.from_pretrained("driving", device="cpu", precision="auto")
+        rows.append(env_speed(shipped, "driving (shipped, small-mv)", args.batch, "pixels", 8, args.steps))
+        rows.append(env_speed(shipped, "driving (shipped, small-mv)", args.batch, "tokens", 2, args.steps))
+    rl = rl_model(args.rl_model)
+    for obs, passes in (("pixels", 4), ("pixels", 2), ("tokens", 2)):
+        rows.append(env_speed(rl, f"rl preset ({rl.cfg.name})", args.batch, obs, passes, args.steps))
+    folder = args.rl_model
+    if folder is None:
+        tmp = tempfile.mkdtemp()
+        rl.save_pretrained(tmp)
+        folder = tmp
+    from wfm_sim.envs.contexts import ContextBank
+
+    if ContextBank.load(folder) is None:
+        s = rl.cfg.tokenizer.image_size
+        frames = np.random.default_rng(1).integers(0, 255, (8, rl.cfg.context_frames, 1, s, s, 3), dtype=np.uint8)
+        ContextBank(frames, np.zeros((8, rl.cfg.context_frames - 1, 3), np.float32), ["bench"] * 8).save(folder)
+    rows.append(trainer_speed(folder, args.batch))
+    emit("RL in imagination", rows, info)
+
+
+if __name__ == "__main__":
+    main()
