@@ -111,3 +111,36 @@ def test_plans_are_ranked_and_cem_finds_the_best_in_imagination():
     plan, log = cem_plan(env, ctx, [-1, 0, 0], [1, 1, 1], PlanConfig(horizon=4, population=16, elites=4, iterations=3))
     assert plan.shape == (4, 3) and plan[:, 0].mean() > 0.5
     assert log["iterations"][-1]["mean"] > log["iterations"][0]["mean"]
+
+
+def test_behaviour_cloning_learns_a_frame_to_action_map_and_repeats(tmp_path):
+    from wfm_sim.datasets import EpisodeWriter
+    from wfm_sim.policies import make_policy
+    from wfm_sim.policies.bc import BCConfig, train_bc
+
+    rng = np.random.default_rng(0)
+    store = tmp_path / "teach.zarr"
+    with EpisodeWriter(store, ("CAM_FRONT",), 16, {"type": "box", "shape": [2], "low": [-1, -1], "high": [1, 1]},
+                       fps=10, source_env="Teach") as w:
+        for e in range(6):
+            for t in range(10):
+                a = rng.uniform(-1, 1, 2).astype(np.float32)
+                frame = np.zeros((16, 16, 3), np.uint8)
+                frame[:, :8] = int((a[0] + 1) * 127)  # the action is written in the frame: learnable
+                frame[:, 8:] = int((a[1] + 1) * 127)
+                w.add_step({"CAM_FRONT": frame}, a, 0.0, False, t == 9)
+            w.end_episode(seed=e)
+    rec = train_bc(store, tmp_path / "bc", BCConfig(episodes=6, steps=300, batch_size=32, lr=3e-3, width=8),
+                   progress=False)
+    assert rec["final_mse"] < 0.05  # random actions in [-1, 1] have variance 1/3
+    again = train_bc(store, tmp_path / "bc2", BCConfig(episodes=6, steps=300, batch_size=32, lr=3e-3, width=8),
+                     progress=False)
+    assert again["final_mse"] == rec["final_mse"]  # one seed, one policy
+    policy = make_policy(str(tmp_path / "bc"))
+    frame = np.zeros((1, 16, 16, 3), np.uint8)
+    frame[:, :, :8], frame[:, :, 8:] = 200, 30
+    np.testing.assert_allclose(policy(frame)[0], [200 / 127 - 1, 30 / 127 - 1], atol=0.15)
+    from wfm_sim.datasets import StoreError
+
+    with pytest.raises(StoreError, match="holds 6 episodes; asked to clone from 7"):
+        train_bc(store, tmp_path / "x", BCConfig(episodes=7, steps=1), progress=False)
