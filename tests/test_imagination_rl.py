@@ -10,19 +10,6 @@ from wfm_sim.policies import ActorCritic, make_policy
 from wfm_sim.rl import ImaginationRLConfig, ImaginationTrainer, gae, train_policy
 
 
-@pytest.fixture(scope="module")
-def steer_world(tmp_path_factory, square_store):
-    """A tiny world model whose reward rises with action[0] (optimum: steer = +1), with contexts."""
-    from wfm_sim.envs.contexts import ContextBank
-    from wfm_sim.models import preset
-    from wfm_sim.testing import steer_reward_model
-
-    folder = tmp_path_factory.mktemp("models") / "steer"
-    steer_reward_model(preset("tiny")).save_pretrained(folder)
-    ContextBank.from_store(square_store, ("CAM_FRONT",), 2).save(folder)
-    return folder
-
-
 def _cfg(model, out, **kw):
     base = dict(iterations=12, num_envs=8, horizon=4, minibatches=2, epochs=4, lr=3e-3, gamma=0.9, width=8,
                 parallel_steps=1, device="cpu", precision="fp32", save_every=2, progress=False, entropy_coef=0.0)

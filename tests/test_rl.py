@@ -7,19 +7,6 @@ import torch
 pytest.importorskip("stable_baselines3")
 
 
-@pytest.fixture(scope="module")
-def steer_world(tmp_path_factory, square_store):
-    """A tiny world model whose reward rises with action[0] (optimum: steer = +1), with contexts."""
-    from wfm_sim.envs.contexts import ContextBank
-    from wfm_sim.models import preset
-    from wfm_sim.testing import steer_reward_model
-
-    folder = tmp_path_factory.mktemp("models") / "steer"
-    steer_reward_model(preset("tiny")).save_pretrained(folder)
-    ContextBank.from_store(square_store, ("CAM_FRONT",), 2).save(folder)
-    return folder
-
-
 def _mean_reward(env, policy, episodes=4):
     total = []
     for i in range(episodes):
