@@ -65,6 +65,28 @@ def test_score_plays_both_worlds_from_the_same_start_state(top_model, tmp_path):
     assert paths["video"].stat().st_size > 1000 and "| gas |" in paths["table"].read_text()
 
 
+def test_ray_workers_score_like_one_process_and_scripted_experts_are_real_only(top_model, tmp_path):
+    from wfm_sim.evaluation.score_report import ranking_table
+    from wfm_sim.evaluation.scoring import ScoreConfig, score_policies
+    from wfm_sim.policies import PlanPolicy, TrackFollower
+
+    folder = top_model.save_pretrained(tmp_path / "tiny-car")
+    plans = np.random.default_rng(0).uniform([-1, 0, 0], [1, 1, 1], (3, 3, 3)).astype(np.float32)  # one per start
+    policies = {"plans": PlanPolicy(plans), "driver": TrackFollower()}
+    cfg = ScoreConfig(starts=3, samples=2, horizon=3, batch=4, real_batch=3, videos=1, start_seed=77)
+    one = score_policies(top_model, "carracing", policies, cfg, progress=False)
+    two = score_policies(top_model, "carracing", policies, ScoreConfig(**{**cfg.__dict__, "workers": 2}),
+                         progress=False, model_ref=str(folder))
+    assert np.array_equal(one["results"]["plans"].imagined_return, two["results"]["plans"].imagined_return)
+    drv = two["results"]["driver"]
+    assert drv.imagined_return is None and drv.real_return.shape == (3,)  # a scripted reference: real only
+    rows = {r["policy"]: r for r in two["policies"]}
+    assert "imagined_return" not in rows["driver"] and "real_return_std" in rows["driver"]
+    assert "| driver | - |" in ranking_table(two)
+    with pytest.raises(ValueError, match="run only with --real"):
+        score_policies(top_model, "carracing", policies, ScoreConfig(**{**cfg.__dict__, "real": False}), progress=False)
+
+
 def test_bad_scoring_input_is_refused_before_anything_runs(top_model, tiny_model):
     from wfm_sim.evaluation.scoring import ScoreConfig, score_policies
     from wfm_sim.policies import PlanPolicy

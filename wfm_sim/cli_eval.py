@@ -47,7 +47,8 @@ def _score(args) -> None:
     model = WorldModel.from_pretrained(args.model, device=args.device, precision=args.precision)
     source = twin_source(model, args.model, args.source)
     cfg = ScoreConfig(starts=args.starts, start_seed=args.start_seed, samples=args.samples, horizon=args.horizon,
-                      batch=args.batch, real=not args.no_real, decoder=args.decoder, mode=args.mode, seed=args.seed)
+                      batch=args.batch, real=not args.no_real, decoder=args.decoder, mode=args.mode, seed=args.seed,
+                      workers=args.workers)
     policies = {}
     for name in args.policies:  # scripted experts (driver, expert) play only in the real simulator, as references
         label = name
@@ -62,7 +63,7 @@ def _score(args) -> None:
         if clash:
             raise ValueError(f"--policies {clash} have the names of graded plans; rename them")
         policies.update(graded)
-    report = score_policies(model, source, policies, cfg, progress=not args.quiet)
+    report = score_policies(model, source, policies, cfg, progress=not args.quiet, model_ref=args.model)
     paths = write_score_report(report, args.out, fps=model.cfg.fps / 2)
     print(ranking_table(report))
     print(json.dumps({"speed": report["speed"]}))
@@ -85,6 +86,7 @@ def add_score(sub) -> None:
     sc.add_argument("--samples", type=positive_int, default=2, help="imagined samples per start (K)")
     sc.add_argument("--horizon", type=positive_int, default=30)
     sc.add_argument("--batch", type=positive_int, default=32, help="imagined envs stepped together")
+    sc.add_argument("--workers", type=positive_int, default=1, help="> 1: imagine on a Ray pool of this many model replicas")
     sc.add_argument("--no-real", action="store_true", help="imagination only")
     sc.add_argument("--decoder", default="token", choices=["token", "diffusion"])
     sc.add_argument("--mode", default="parallel", choices=["sequential", "parallel"])

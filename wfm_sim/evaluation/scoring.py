@@ -56,9 +56,11 @@ class ScoreConfig:
     """Seeds the imagined samples (row seeds) and the policies' randomness."""
     videos: int = 2
     """Starts per policy kept for the side-by-side video (real | imagined)."""
+    workers: int = 1
+    """> 1: imagine on a Ray pool of this many model replicas (each stepping ``batch`` envs)."""
 
     def __post_init__(self):
-        for name in ("starts", "samples", "horizon", "batch", "real_batch"):
+        for name in ("starts", "samples", "horizon", "batch", "real_batch", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (0 <= self.start_seed and self.start_seed + self.starts <= 2**32):
@@ -195,6 +197,22 @@ def play_imagined(env, policy, contexts: list[Context], cfg: ScoreConfig) -> tup
     return ret.reshape(S, K), (None if succ is None else succ.reshape(S, K)), clips
 
 
+def play_imagined_pool(pool, policy, contexts: list[Context], cfg: ScoreConfig):
+    """:func:`play_imagined` on a Ray :class:`~wfm_sim.rollout.RolloutPool`: the same seeds,
+    starts and per-start plan rows, split over the pool's replicas."""
+    from wfm_sim.rollout.pool import RolloutRequest
+    from wfm_sim.rollout.worker import PolicySpec
+
+    S, K = len(contexts), cfg.samples
+    starts = [i for i in range(S) for _ in range(K)]
+    req = RolloutRequest(S * K, cfg.horizon, seed=cfg.seed * 1_000_003 + 1, policy=PolicySpec("callable", obj=policy),
+                         contexts=tuple(contexts[i] for i in starts), labels=tuple(starts))
+    eps = pool.run(req)
+    ret, succ = _outcomes(eps)
+    clips = {i: eps[i * K] for i in range(min(cfg.videos, S))}
+    return ret.reshape(S, K), (None if succ is None else succ.reshape(S, K)), clips
+
+
 def play_real(env, policy, seeds: list[int], warmup: np.ndarray, cfg: ScoreConfig) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Every start once in the real twins ``env`` (a vector env), after the same warm-up."""
     options = {"warmup": warmup} if len(warmup) else None
@@ -203,9 +221,12 @@ def play_real(env, policy, seeds: list[int], warmup: np.ndarray, cfg: ScoreConfi
     return ret, succ, {i: eps[i] for i in range(min(cfg.videos, len(seeds)))}
 
 
-def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreConfig(), progress: bool = True) -> dict:
+def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreConfig(), progress: bool = True,
+                   model_ref: str | None = None) -> dict:
     """Play every policy in both worlds from the same starts. Returns the report (JSON-ready) and
-    the results (``report["results"]``: :class:`PolicyResult` per policy, not JSON)."""
+    the results (``report["results"]``: :class:`PolicyResult` per policy, not JSON).
+
+    ``model_ref`` (a shipped name or folder) is what Ray replicas load when ``cfg.workers > 1``."""
     from tqdm.auto import tqdm
 
     from wfm_sim.envs.imagined import ImaginedVectorEnv
@@ -220,12 +241,23 @@ def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreC
                                  diffusion_steps=cfg.diffusion_steps, max_episode_steps=cfg.horizon)
     real = make_real_vec(source, min(cfg.real_batch, cfg.starts), model.cfg.tokenizer.image_size,
                          context_frames=warmup + 1) if cfg.real else None
+    pool = None
+    if cfg.workers > 1:
+        from wfm_sim.rollout.pool import RolloutPool
+
+        if model_ref is None:
+            raise ValueError("scoring on Ray workers needs model_ref= (a shipped name or folder the replicas load)")
+        pool = RolloutPool(model_ref, cfg.workers, imagined.num_envs,
+                           env_kwargs={"decoder": cfg.decoder, "mode": cfg.mode, "diffusion_steps": cfg.diffusion_steps,
+                                       "max_episode_steps": cfg.horizon})
     results = {}
     try:
         for name, policy in tqdm(policies.items(), desc="score", unit="policy", disable=not progress):
             t0 = time.perf_counter()
             if getattr(policy, "privileged", False):  # a scripted reference: real simulator only
                 ret, succ, clips = None, None, {}
+            elif pool is not None:
+                ret, succ, clips = play_imagined_pool(pool, policy, contexts, cfg)
             else:
                 ret, succ, clips = play_imagined(imagined, policy, contexts, cfg)
             res = PolicyResult(name, ret, succ, imagined_seconds=time.perf_counter() - t0)
@@ -238,6 +270,8 @@ def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreC
     finally:
         if real is not None:
             real.close()
+        if pool is not None:
+            pool.shutdown()
     return {**report(results, cfg, source, model), "results": results}
 
 

@@ -37,6 +37,10 @@ class RolloutRequest:
     """Passed to every env reset (e.g. ``{"episode": 3}`` to start from one dataset context)."""
     only: tuple[int, ...] | None = None
     """Run only these episode indices of the request (the rest are held already)."""
+    contexts: tuple | None = None
+    """One start :class:`~wfm_sim.envs.Context` per episode (e.g. real start states for scoring)."""
+    labels: tuple[int, ...] | None = None
+    """The id each episode has for its policy (per-episode plans); default its index."""
 
     def __post_init__(self):
         for name in ("episodes", "horizon"):
@@ -49,6 +53,9 @@ class RolloutRequest:
             raise ValueError(f"policy must be a PolicySpec, got {type(self.policy).__name__}")
         if self.only is not None and any(not 0 <= i < self.episodes for i in self.only):
             raise ValueError(f"only= must hold episode indices in [0, {self.episodes})")
+        for name in ("contexts", "labels"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != self.episodes:
+                raise ValueError(f"{name}= must hold one entry per episode ({self.episodes}), got {len(getattr(self, name))}")
 
     @property
     def episode_ids(self) -> list[int]:
@@ -76,8 +83,13 @@ def policy_id(spec: PolicySpec) -> str:
 def split_chunks(req: RolloutRequest, size: int) -> list[Chunk]:
     """The request's episodes, ``size`` at a time, in order."""
     ids = np.asarray(req.episode_ids, dtype=np.int64)
-    return [Chunk(i, tuple(int(x) for x in ids[s : s + size]), tuple(int(req.seed + x) for x in ids[s : s + size]),
-                  req.horizon, dict(req.reset_options)) for i, s in enumerate(range(0, len(ids), size))]
+    out = []
+    for i, s in enumerate(range(0, len(ids), size)):
+        part = [int(x) for x in ids[s : s + size]]
+        out.append(Chunk(i, tuple(part), tuple(int(req.seed + x) for x in part), req.horizon, dict(req.reset_options),
+                         None if req.contexts is None else tuple(req.contexts[x] for x in part),
+                         None if req.labels is None else tuple(int(req.labels[x]) for x in part)))
+    return out
 
 
 class RolloutPool:

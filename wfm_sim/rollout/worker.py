@@ -57,6 +57,10 @@ class Chunk:
     seeds: tuple[int, ...]
     horizon: int
     reset_options: dict = field(default_factory=dict)
+    contexts: tuple | None = None
+    """One start context per episode, or None (the env draws its own)."""
+    labels: tuple[int, ...] | None = None
+    """The id each episode has for its policy (default: its episode id)."""
 
 
 class RolloutWorker:
@@ -124,5 +128,10 @@ class RolloutWorker:
         n, policy = self.env.num_envs, self._policy(spec)
         for s in range(0, len(chunk.seeds), n):
             ids, seeds = chunk.episode_ids[s : s + n], chunk.seeds[s : s + n]
-            out += play(self.env, policy, seeds, chunk.horizon, dict(chunk.reset_options) or None, episodes=ids)
+            labels = ids if chunk.labels is None else chunk.labels[s : s + n]
+            options = dict(chunk.reset_options)
+            if chunk.contexts is not None:  # rows past the episodes replay the first context, unrecorded
+                ctx = list(chunk.contexts[s : s + n])
+                options["context"] = ctx + [ctx[0]] * (n - len(ctx))
+            out += play(self.env, policy, seeds, chunk.horizon, options or None, episodes=labels)
         return chunk.index, out
