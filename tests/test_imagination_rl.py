@@ -87,3 +87,42 @@ def test_a_policy_for_another_rig_is_refused_by_name(steer_world, tmp_path, squa
     with pytest.raises(ValueError, match=r"this policy acts on cameras \['CAM_BACK', 'CAM_FRONT'\] at 16px.*the env "
                                          r"has cameras \['CAM_FRONT'\]"):
         play(env, other, [0], horizon=2)
+
+
+def test_the_dyna_loop_runs_logs_both_worlds_and_resumes(tmp_path):
+    """Two iterations on a tiny model of the one-camera CarRacing rig: real data grows, the
+    world model is fine-tuned on it, each iteration's real and imagined returns are logged, and
+    a rerun after the end redoes nothing."""
+    from wfm_sim.datasets import EpisodeReader
+    from wfm_sim.rl.dyna import DynaConfig, run_dyna
+    from wfm_sim.rollout import record
+    from wfm_sim.envs import sources
+    from wfm_sim.training.loop import TrainConfig, train
+
+    pytest.importorskip("Box2D")
+    store = tmp_path / "car.zarr"
+    record("carracing", store, episodes=3, max_steps=8, size=16, progress=False)
+    model = tmp_path / "m"
+    for c in ("tokenizer", "backbone"):
+        train(TrainConfig(c, str(store), str(model), preset="tiny", steps=2, batch_size=2, eval_every=100,
+                          save_every=100, progress=False, num_workers=0))
+    cfg = DynaConfig(str(model), "carracing", str(store), str(tmp_path / "dyna"), iterations=2, collect_episodes=1,
+                     wm_steps=1, wm_batch=2, policy_iterations=1, num_envs=2, horizon=2, score_starts=1,
+                     progress=False)
+    limit = sources.SOURCES["carracing"]
+    monkey = {"carracing": type(limit)(**{**limit.__dict__, "max_steps": 4})}  # short real episodes for the test
+    old = dict(sources.SOURCES)
+    sources.SOURCES.update(monkey)
+    try:
+        logs = run_dyna(cfg)
+        assert [x["iteration"] for x in logs] == [0, 1]
+        assert all(np.isfinite(x["real_return"]) and np.isfinite(x["imagined_return"]) for x in logs)
+        assert logs[1]["data_episodes"] == 4 and EpisodeReader(store).num_episodes == 5  # 3 + 1 per iteration
+        assert (tmp_path / "dyna" / "iter_1" / "model" / "model.safetensors").is_file()
+        again = run_dyna(cfg)  # finished stages are not redone: no new data, no new log lines
+        assert len(again) == 2 and EpisodeReader(store).num_episodes == 5
+        with pytest.raises(ValueError, match="other settings \\(horizon\\)"):
+            run_dyna(DynaConfig(**{**cfg.__dict__, "horizon": 3}))
+    finally:
+        sources.SOURCES.clear()
+        sources.SOURCES.update(old)

@@ -48,3 +48,38 @@ def train_policy_cmd(args) -> None:
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}))
     print(f"policy: {cfg.out}/policy (score it: wfm-sim score --model {cfg.model} --policies {cfg.out}/policy random "
           "--real)")
+
+
+def add_dyna(sub) -> None:
+    d = sub.add_parser("dyna", help="the Dyna loop: policy in imagination, real score, real data, world-model update",
+                       description="Each iteration: fine-tune the world model on all real data (from iteration 1), "
+                                   "train the policy in imagination from the previous one, score it in both worlds "
+                                   "(logged to OUT/dyna.jsonl), and collect real episodes with it. Resumable.")
+    d.add_argument("--model", required=True, help="the starting world model (folder or shipped name)")
+    d.add_argument("--source", required=True, help="its real simulator (a wfm-sim collect source)")
+    d.add_argument("--data", required=True, help="its real training store; collected episodes are appended")
+    d.add_argument("--out", required=True)
+    d.add_argument("--iterations", type=positive_int, default=3)
+    d.add_argument("--collect-episodes", type=positive_int, default=20)
+    d.add_argument("--collect-noise", type=nonneg_float, default=0.3)
+    d.add_argument("--wm-steps", type=positive_int, default=400)
+    d.add_argument("--policy-iterations", type=positive_int, default=40)
+    d.add_argument("--num-envs", type=positive_int, default=32)
+    d.add_argument("--horizon", type=positive_int, default=15)
+    d.add_argument("--score-starts", type=positive_int, default=5)
+    d.add_argument("--uncertainty-penalty", type=nonneg_float, default=0.2)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_dyna)
+
+
+def _dyna(args) -> None:
+    from wfm_sim.rl.dyna import DynaConfig, run_dyna
+
+    cfg = DynaConfig(model=args.model, source=args.source, data=args.data, out=args.out, iterations=args.iterations,
+                     collect_episodes=args.collect_episodes, collect_noise=args.collect_noise, wm_steps=args.wm_steps,
+                     policy_iterations=args.policy_iterations, num_envs=args.num_envs, horizon=args.horizon,
+                     score_starts=args.score_starts, uncertainty_penalty=args.uncertainty_penalty, seed=args.seed,
+                     progress=not args.quiet)
+    for line in run_dyna(cfg):
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in line.items()}))

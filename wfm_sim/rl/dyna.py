@@ -1,0 +1,181 @@
+"""The Dyna loop as one command: policy in imagination, real score, real data, world-model update.
+
+Each iteration ``i`` (folder ``out/iter_<i>``):
+
+1. **world model**: iteration 0 uses ``model``; later ones copy the previous model and fine-tune
+   its backbone (reward and termination heads included) on all real data so far, so the model
+   learns the states the current policy actually reaches;
+2. **policy**: an :class:`~wfm_sim.rl.imagination.ImaginationTrainer` run in that model,
+   starting from the previous iteration's policy weights;
+3. **score**: the policy played from ``score_starts`` real start states in both worlds (full
+   episodes); imagined and real returns are appended to ``out/dyna.jsonl``;
+4. **collect**: ``collect_episodes`` real episodes with the policy (plus Gaussian exploration
+   noise) appended to ``data``, under keys that name the run and iteration.
+
+Every stage records its completion, so a run killed anywhere resumes at the stage it was in:
+real episodes already collected are skipped (episode keys), a policy run resumes from its last
+saved iteration, and nothing finished is redone. The real simulator is used for data and
+scores only, never for gradient steps.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wfm_sim import checkpoint as ckpt
+from wfm_sim.policies.base import SeededPolicy
+
+
+@dataclass(frozen=True)
+class DynaConfig:
+    """``wfm-sim dyna`` flags."""
+
+    model: str
+    """The starting world model (a folder or shipped name)."""
+    source: str
+    """The real simulator the model learned (``wfm-sim collect`` source)."""
+    data: str
+    """The real store the model was trained on; collected episodes are appended to it."""
+    out: str
+    iterations: int = 3
+    collect_episodes: int = 20
+    collect_noise: float = 0.3
+    """Std of the Gaussian noise added to the policy's actions while collecting (clipped to bounds)."""
+    wm_steps: int = 400
+    wm_batch: int = 16
+    wm_lr: float = 2e-4
+    policy_iterations: int = 40
+    num_envs: int = 32
+    horizon: int = 15
+    parallel_steps: int = 2
+    reward_scale: float = 0.1
+    uncertainty_penalty: float = 0.2
+    score_starts: int = 5
+    score_seed: int = 1_000_000
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("iterations", "collect_episodes", "wm_steps", "policy_iterations", "score_starts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class NoisyPolicy(SeededPolicy):
+    """A policy's actions plus Gaussian noise (per-episode generators), clipped to the bounds."""
+
+    stream = 13
+
+    def __init__(self, policy, sigma: float, low, high):
+        super().__init__()
+        self.policy, self.sigma = policy, float(sigma)
+        self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+
+    def __call__(self, obs) -> np.ndarray:
+        a = np.asarray(self.policy(obs), np.float32)
+        noise = np.stack([self.rng(i).normal(0, self.sigma, a.shape[1:]) for i in range(len(a))]).astype(np.float32)
+        return np.clip(a + noise, self.low, self.high)
+
+
+def _done(folder: Path, stage: str) -> bool:
+    return (folder / f".{stage}.done").is_file()
+
+
+def _mark(folder: Path, stage: str, info: dict | None = None) -> None:
+    ckpt.atomic_write_json(folder / f".{stage}.done", info or {})
+
+
+def run_dyna(cfg: DynaConfig) -> list[dict]:
+    """Run (or resume) the loop; returns one log line per finished iteration."""
+    from wfm_sim.evaluation.scoring import ScoreConfig, check_rig, score_policies
+    from wfm_sim.envs.sources import get_source
+    from wfm_sim.models import WorldModel
+    from wfm_sim.models.world_model import resolve_pretrained
+    from wfm_sim.policies.actor_critic import ActorCritic
+    from wfm_sim.rl.imagination import ImaginationRLConfig, ImaginationTrainer
+    from wfm_sim.rollout.record import record
+    from wfm_sim.training.loop import TrainConfig, train
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / "dyna.json"
+    mine = json.loads(json.dumps(asdict(cfg)))
+    mine.pop("progress")
+    if run_file.is_file():
+        saved = json.loads(run_file.read_text())
+        diff = sorted(k for k in mine if k != "iterations" and saved.get(k) != mine[k])
+        if diff:
+            raise ValueError(f"{out} holds a Dyna run with other settings ({', '.join(diff)}); use another --out")
+    ckpt.atomic_write_json(run_file, mine)
+    src = get_source(cfg.source)
+    check_rig(WorldModel.from_pretrained(cfg.model, device="cpu", precision="fp32"), cfg.source, 2)
+    log_path = out / "dyna.jsonl"
+    logs = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.is_file() else []
+    prev_model, prev_policy = str(resolve_pretrained(cfg.model)), None
+    for it in range(cfg.iterations):
+        folder = out / f"iter_{it}"
+        folder.mkdir(exist_ok=True)
+        model_dir = folder / "model"
+        # 1. the world model: fine-tuned on all real data from the previous one
+        if it == 0:
+            model_dir = Path(prev_model)
+        elif not _done(folder, "model"):
+            shutil.rmtree(model_dir, ignore_errors=True)
+            model_dir.mkdir()
+            for name in ("config.json", "model.safetensors"):
+                shutil.copy(Path(prev_model) / name, model_dir / name)
+            train(TrainConfig("backbone", cfg.data, str(model_dir), steps=cfg.wm_steps, batch_size=cfg.wm_batch,
+                              lr=cfg.wm_lr, eval_every=cfg.wm_steps, save_every=max(1, cfg.wm_steps // 4),
+                              seed=cfg.seed + it, progress=cfg.progress, num_workers=0,
+                              resume=(model_dir / "train_state" / "backbone" / "state.json").is_file()))
+            _mark(folder, "model")
+        # 2. the policy, in imagination only
+        rl = ImaginationRLConfig(str(model_dir), str(folder / "policy_run"), data=cfg.data,
+                                 iterations=cfg.policy_iterations, num_envs=cfg.num_envs, horizon=cfg.horizon,
+                                 parallel_steps=cfg.parallel_steps, reward_scale=cfg.reward_scale,
+                                 uncertainty_penalty=cfg.uncertainty_penalty, seed=cfg.seed + it,
+                                 progress=cfg.progress, device="cpu")
+        if not _done(folder, "policy"):
+            resume = (folder / "policy_run" / "train_state" / "state.json").is_file()
+            trainer = ImaginationTrainer(rl, resume=resume)
+            if prev_policy is not None and not resume:
+                trainer.policy.load_state_dict(ActorCritic.from_pretrained(prev_policy).state_dict())
+            trainer.train()
+            _mark(folder, "policy")
+        policy_dir = folder / "policy_run" / "policy"
+        policy = ActorCritic.from_pretrained(policy_dir)
+        # 3. the policy scored in both worlds, from the same real starts
+        if not _done(folder, "score"):
+            model = WorldModel.from_pretrained(model_dir, device="cpu")
+            sc = ScoreConfig(starts=cfg.score_starts, start_seed=cfg.score_seed, samples=1, horizon=src.max_steps - 1,
+                             batch=cfg.score_starts, real_batch=min(cfg.score_starts, 5), videos=0)
+            rep = score_policies(model, cfg.source, {"policy": policy}, sc, progress=False)
+            row = next(r for r in rep["policies"] if r["policy"] == "policy")
+            line = {"iteration": it, "real_return": row["real_return"], "real_return_std": row["real_return_std"],
+                    "imagined_return": row["imagined_return"], "starts": cfg.score_starts,
+                    "data_episodes": _episodes(cfg.data)}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            logs.append(line)
+            _mark(folder, "score", line)
+        # 4. real data with the current policy (never a gradient step in the real simulator)
+        if not _done(folder, "collect"):
+            a = src.action_space
+            noisy = NoisyPolicy(policy, cfg.collect_noise, a["low"], a["high"])
+            record(cfg.source, cfg.data, cfg.collect_episodes, policy=noisy, size=policy.cfg.image_size,
+                   seed=cfg.seed * 100_000 + 10_000 * (it + 1), progress=cfg.progress,
+                   tag=f"dyna-{out.name}-it{it}")
+            _mark(folder, "collect")
+        prev_model, prev_policy = str(model_dir), str(policy_dir)
+    return logs
+
+
+def _episodes(store: str) -> int:
+    from wfm_sim.datasets.store import EpisodeReader
+
+    return EpisodeReader(store).num_episodes
