@@ -86,7 +86,8 @@ def test_rllib_ppo_trains_on_a_registered_imagined_id(steer_world):
 
     from wfm_sim.rl.rllib import ppo_config
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    ray.shutdown()  # a fresh session: actors left by earlier tests must not hold its CPUs
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     config = (ppo_config(str(steer_world), num_envs=4, parallel_steps=1, max_episode_steps=8)
               .env_runners(rollout_fragment_length=32)
               .training(train_batch_size_per_learner=128, minibatch_size=64, num_epochs=2, lr=1e-3))
@@ -95,6 +96,7 @@ def test_rllib_ppo_trains_on_a_registered_imagined_id(steer_world):
         results = [algo.train() for _ in range(3)]  # 384 imagined steps
     finally:
         algo.stop()
+        ray.shutdown()
     runs = [r["env_runners"] for r in results]
     assert runs[-1]["num_env_steps_sampled_lifetime"] >= 384
     assert all(np.isfinite(r["episode_return_mean"]) for r in runs)

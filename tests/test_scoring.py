@@ -166,3 +166,16 @@ def test_behaviour_cloning_learns_a_frame_to_action_map_and_repeats(tmp_path):
 
     with pytest.raises(StoreError, match="holds 6 episodes; asked to clone from 7"):
         train_bc(store, tmp_path / "x", BCConfig(episodes=7, steps=1), progress=False)
+
+
+def test_policy_labels_keep_folder_names_whole(tmp_path):
+    """A folder like bc-noise0.5 keeps its whole name (a stem would cut it to bc-noise0 and make
+    bc-noise0.5 and bc-noise0.8 collide); plan files lose their suffix; RUN/policy takes RUN's name."""
+    from wfm_sim.cli_eval import policy_label
+    (tmp_path / "bc-noise0.5").mkdir()
+    (tmp_path / "run7" / "policy").mkdir(parents=True)
+    (tmp_path / "left.npy").write_bytes(b"")
+    assert policy_label(str(tmp_path / "bc-noise0.5")) == "bc-noise0.5"
+    assert policy_label(str(tmp_path / "run7" / "policy")) == "run7"
+    assert policy_label(str(tmp_path / "left.npy")) == "left"
+    assert policy_label("random") == "random"

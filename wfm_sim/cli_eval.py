@@ -4,6 +4,7 @@ real simulator. Flags map onto :mod:`wfm_sim.evaluation`; no logic lives here.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from wfm_sim.cli_args import nonneg_float, nonneg_int, positive_int
 
@@ -51,10 +52,9 @@ def _score(args) -> None:
                       workers=args.workers)
     policies = {}
     for name in args.policies:  # scripted experts (driver, expert) play only in the real simulator, as references
-        label = name
-        if Path(name).exists():
-            p = Path(name)
-            label = p.parent.name if p.name == "policy" and p.parent.name else p.stem
+        label = policy_label(name)
+        if label in policies:
+            raise ValueError(f"--policies name two policies {label!r}; give them distinct names")
         policies[label] = make_policy(
             name, model_action_space(model.cfg), source=source, camera=model.cfg.cameras[0])
     if args.graded:
@@ -68,6 +68,17 @@ def _score(args) -> None:
     print(ranking_table(report))
     print(json.dumps({"speed": report["speed"]}))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def policy_label(name: str) -> str:
+    """The name a policy gets in score tables: a folder's name (its run's name for RUN/policy),
+    a plan file's name without its suffix, or the name itself for built-ins and entry points."""
+    p = Path(name)
+    if not p.exists():
+        return name
+    if p.is_dir():
+        return p.parent.name if p.name == "policy" and p.parent.name else p.name
+    return p.stem
 
 
 def add_score(sub) -> None:

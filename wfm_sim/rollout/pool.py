@@ -115,7 +115,8 @@ class RolloutPool:
         import ray
 
         _check_pool_args(workers, envs_per_worker, num_gpus, num_cpus, max_retries)
-        if not ray.is_initialized():
+        self._owns_ray = not ray.is_initialized()  # a Ray session this pool started, it also ends
+        if self._owns_ray:
             ray.init(include_dashboard=False, log_to_driver=False)
         self.ray = ray
         self.model, self.envs, self.max_retries = str(model), envs_per_worker, max_retries
@@ -231,6 +232,9 @@ class RolloutPool:
         for w in self.workers:
             self.ray.kill(w)
         self.workers = []
+        if self._owns_ray and self.ray.is_initialized():
+            self.ray.shutdown()
+            self._owns_ray = False
 
 
 def _check_pool_args(workers, envs_per_worker, num_gpus, num_cpus, max_retries) -> None:
