@@ -12,42 +12,80 @@ from wfm_sim.datasets.store import EpisodeReader, EpisodeWriter, StoreError
 SCHEMA_KEYS = ("cameras", "image_size", "action_space", "source_env", "fps", "keys")
 
 
-def _identity(r: EpisodeReader) -> dict:
+def _identity(r: EpisodeReader, cameras: list[str] | None = None, source: str | None = None,
+              selected: bool = False) -> dict:
+    """What must agree: the schema, with ``cameras``/``source`` standing in for the store's own when
+    the store is a selection source (``selected``)."""
     a = r.attrs
-    return {k: a.get(k) for k in SCHEMA_KEYS} | {"source": a.get("source")}
+    ident = {k: a.get(k) for k in SCHEMA_KEYS} | {"source": a.get("source")}
+    if selected and cameras is not None:
+        ident["cameras"] = list(cameras)
+        if source is not None:
+            ident["source"] = source
+    return ident
 
 
-def merge_stores(sources: list[str | Path], dest: str | Path, progress: bool = False) -> int:
+def _check_selection(readers: list[EpisodeReader], cameras: list[str], source: str | None) -> None:
+    if len(set(cameras)) != len(cameras) or not cameras:
+        raise StoreError(f"--cameras must name distinct cameras, got {cameras}")
+    for r in readers:
+        missing = [c for c in cameras if c not in r.cameras]
+        if missing:
+            raise StoreError(f"{r.path} has no camera {missing}; it holds {list(r.cameras)}")
+    if source is not None:
+        from wfm_sim.envs.sources import get_source
+
+        src_cams = list(get_source(source).cameras)
+        if src_cams != list(cameras):
+            raise StoreError(f"source {source!r} records cameras {src_cams}, not the selected {list(cameras)}; "
+                             "name the source whose cameras these are, so that later `collect` runs can append")
+
+
+def merge_stores(sources: list[str | Path], dest: str | Path, progress: bool = False,
+                 cameras: list[str] | None = None, source: str | None = None) -> int:
     """Append every complete episode of ``sources`` to ``dest`` (created from the first source's schema).
 
     Episodes are copied under their keys, so an episode ``dest`` holds already is skipped: re-running
     an interrupted merge completes it and never duplicates. Refuses a store merged into itself and
-    stores whose cameras, frame size, action space, fps, source or extras differ. Returns episodes appended.
+    stores whose cameras, frame size, action space, fps, source or extras differ. ``cameras`` keeps only
+    those views (in that order), e.g. the front camera of a 4-camera rig for a one-camera RL model;
+    ``source`` then names the collect source those views are (``carracing-front``), so that episodes
+    recorded later from it append to the result. Returns episodes appended.
     """
     if not sources:
         raise StoreError("merge needs at least one source store")
+    if source is not None and cameras is None:
+        raise StoreError("source= renames the source of a camera selection; give cameras= too")
     readers = [EpisodeReader(p) for p in sources]
+    if cameras is not None:
+        cameras = list(cameras)
+        _check_selection(readers, cameras, source)
     dest = Path(dest)
     if dest.exists() and (dest / "zarr.json").is_file():
         target = EpisodeReader(dest)
         for r in readers:
             if r.attrs["store_id"] == target.attrs["store_id"] or r.path.resolve() == dest.resolve():
                 raise StoreError(f"cannot merge {r.path} into itself ({dest})")
-        readers_all = [target] + readers
+        readers_all = [(target, False)] + [(r, True) for r in readers]
     else:
-        readers_all = readers
-    first = readers_all[0]
-    for r in readers_all[1:]:
-        diff = [f"{k}: {first.path} has {first.attrs.get(k)!r}, {r.path} has {r.attrs.get(k)!r}"
-                for k in (*SCHEMA_KEYS, "source") if _identity(first)[k] != _identity(r)[k]]
+        readers_all = [(r, True) for r in readers]
+    first = _identity(readers_all[0][0], cameras, source, readers_all[0][1])
+    for r, selected in readers_all[1:]:
+        other = _identity(r, cameras, source, selected)
+        diff = [f"{k}: {readers_all[0][0].path} has {first[k]!r}, {r.path} has {other[k]!r}"
+                for k in (*SCHEMA_KEYS, "source") if first[k] != other[k]]
         if diff:
             raise StoreError("these stores are not one dataset: " + "; ".join(diff))
     src = readers[0]
-    added = 0
-    with EpisodeWriter(dest, src.cameras, src.image_size, src.action_space, src.fps, src.attrs.get("source_env", ""),
+    metadata = {k: src.attrs[k] for k in ("source", "source_version", "policy") if k in src.attrs}
+    if cameras is not None:
+        metadata["source"] = source if source is not None else metadata.get("source")
+        metadata["selected_from"] = f"{', '.join(str(r.path) for r in readers)} (cameras {', '.join(cameras)})"
+    with EpisodeWriter(dest, cameras or src.cameras, src.image_size, src.action_space, src.fps,
+                       src.attrs.get("source_env", ""),
                        extras={k: (tuple(v[0]), v[1]) for k, v in src.attrs.get("extras", {}).items()},
-                       metadata={k: src.attrs[k] for k in ("source", "source_version", "policy") if k in src.attrs}
-                       ) as writer:
+                       metadata={k: v for k, v in metadata.items() if v is not None}) as writer:
+        added = 0
         total = sum(r.num_episodes for r in readers)
         with tqdm(total=total, desc="merge", unit="ep", disable=not progress) as bar:
             seen = set()

@@ -343,3 +343,32 @@ def test_a_schema_1_store_is_read_and_upgraded_by_a_writer(tmp_path):
         w.write_episode(_episode(3, 12))
     r = EpisodeReader(path)
     assert r.attrs["schema_version"] == 2 and r.episode_seeds == [10, 11, 12] and len(set(r.episode_keys)) == 3
+
+
+def test_merge_selects_cameras_and_appends_to_the_selection(tmp_path):
+    """A 2-camera store merged with cameras=[CAM_BACK] holds that view alone, byte for byte; a second
+    2-camera store appends to it under the same selection; a camera the store lacks, or a source whose
+    cameras are not the selection, is refused by name."""
+    a, b = _writer(tmp_path / "a.zarr"), _writer(tmp_path / "b.zarr")
+    a.write_episode(_episode(4, 1))
+    b.write_episode(_episode(5, 2))
+    a.close(), b.close()
+    assert merge_stores([tmp_path / "a.zarr"], tmp_path / "back.zarr", cameras=["CAM_BACK"]) == 1
+    assert merge_stores([tmp_path / "b.zarr"], tmp_path / "back.zarr", cameras=["CAM_BACK"]) == 1
+    r = EpisodeReader(tmp_path / "back.zarr")
+    assert r.cameras == ("CAM_BACK",) or list(r.cameras) == ["CAM_BACK"]
+    assert "CAM_BACK" in r.attrs["selected_from"]
+    for i, src in enumerate(("a.zarr", "b.zarr")):
+        want = EpisodeReader(tmp_path / src).episode(0)
+        got = r.episode(i)
+        np.testing.assert_array_equal(got.obs["CAM_BACK"], want.obs["CAM_BACK"])
+        np.testing.assert_array_equal(got.action, want.action)
+    with pytest.raises(StoreError, match="no camera \\['CAM_TOP'\\]"):
+        merge_stores([tmp_path / "a.zarr"], tmp_path / "x.zarr", cameras=["CAM_TOP"])
+    with pytest.raises(StoreError, match="records cameras \\['CAM_FRONT'\\]"):
+        merge_stores([tmp_path / "a.zarr"], tmp_path / "x.zarr", cameras=["CAM_BACK"], source="carracing-front")
+    with pytest.raises(StoreError, match="not one dataset: cameras"):  # all cameras into a one-camera store
+        merge_stores([tmp_path / "a.zarr"], tmp_path / "back.zarr")
+    assert merge_stores([tmp_path / "a.zarr"], tmp_path / "front.zarr", cameras=["CAM_FRONT"],
+                        source="carracing-front") == 1
+    assert EpisodeReader(tmp_path / "front.zarr").attrs["source"] == "carracing-front"

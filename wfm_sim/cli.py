@@ -69,7 +69,7 @@ def _dataset_check(args) -> int:
 def _dataset_merge(args) -> None:
     from wfm_sim.datasets import EpisodeReader, merge_stores
 
-    added = merge_stores(args.sources, args.out, progress=not args.quiet)
+    added = merge_stores(args.sources, args.out, progress=not args.quiet, cameras=args.cameras, source=args.source)
     r = EpisodeReader(args.out)
     print(json.dumps({"added_episodes": added, "episodes": r.num_episodes, "frames": r.num_steps}))
 
@@ -259,6 +259,11 @@ def _add_dataset(sub) -> None:
     merge = dsub.add_parser("merge", help="append the episodes of several stores (e.g. one per Ray actor) to one")
     merge.add_argument("sources", nargs="+", help="stores to merge, in order")
     merge.add_argument("--out", required=True, help="destination store (created or appended to)")
+    merge.add_argument("--cameras", nargs="+", default=None,
+                       help="keep only these cameras, in this order (e.g. CAM_FRONT of a 4-camera rig)")
+    merge.add_argument("--source", default=None,
+                       help="with --cameras: the collect source those cameras are (e.g. carracing-front), "
+                            "so that later collect runs append to the result")
     merge.add_argument("--quiet", action="store_true")
     merge.set_defaults(func=_dataset_merge)
     imp = dsub.add_parser("import", help="import robomimic HDF5 or a LeRobot dataset folder into a store",
