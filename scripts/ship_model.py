@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,15 @@ from wfm_sim.evaluation.report import summary_table, write_report
 from wfm_sim.models import SamplingConfig, WorldModel
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def recorded_with(reader: EpisodeReader) -> str:
+    """How the store's episodes were collected, counted per policy from their keys (source/policy/...)."""
+    keys = [k.split("/") for k in reader.episode_keys if k.count("/") >= 1]
+    if not keys:
+        return f"wfm-sim collect {reader.attrs.get('source')} (policy {reader.attrs.get('policy')})"
+    counts = Counter(f"{k[0]} --policy {k[1]}" for k in keys)
+    return "; ".join(f"wfm-sim collect {what}: {n} episodes" for what, n in counts.items())
 
 
 def main() -> None:
@@ -61,7 +71,7 @@ def main() -> None:
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     summary = reader.summary()
     data = {k: summary[k] for k in ("episodes", "frames", "cameras", "fps", "source_env", "episode_length")}
-    data["recorded_with"] = f"wfm-sim collect {reader.attrs.get('source')} (policy {reader.attrs.get('policy')})"
+    data["recorded_with"] = recorded_with(reader)
     train = training_summary(run)
     cmds = [f"wfm-sim train {c} --data {t['config'].get('data', args.data)} --out {t['config'].get('out', run)} " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in t["config"].items() if k in ("preset", "steps", "batch_size", "lr", "tokenizer_from") and v)

@@ -119,6 +119,7 @@ def test_the_dyna_loop_runs_logs_both_worlds_and_resumes(tmp_path):
         assert all(np.isfinite(x["real_return"]) and np.isfinite(x["imagined_return"]) for x in logs)
         assert logs[1]["data_episodes"] == 4 and EpisodeReader(store).num_episodes == 5  # 3 + 1 per iteration
         assert (tmp_path / "dyna" / "iter_1" / "model" / "model.safetensors").is_file()
+        assert (tmp_path / "dyna" / "dyna.png").read_bytes()[:4] == b"\x89PNG"  # real vs imagined per iteration
         again = run_dyna(cfg)  # finished stages are not redone: no new data, no new log lines
         assert len(again) == 2 and EpisodeReader(store).num_episodes == 5
         with pytest.raises(ValueError, match="other settings \\(horizon\\)"):

@@ -162,6 +162,7 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
             with open(log_path, "a") as f:
                 f.write(json.dumps(line) + "\n")
             logs.append(line)
+            plot_dyna(logs, out / "dyna.png")
             _mark(folder, "score", line)
         # 4. real data with the current policy (never a gradient step in the real simulator)
         if not _done(folder, "collect"):
@@ -173,6 +174,32 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
             _mark(folder, "collect")
         prev_model, prev_policy = str(model_dir), str(policy_dir)
     return logs
+
+
+def plot_dyna(logs: list[dict], path: Path) -> Path:
+    """Real and imagined return of each iteration's policy (mean and std over the real starts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    it = [r["iteration"] for r in logs]
+    real = np.array([r["real_return"] for r in logs])
+    std = np.array([r["real_return_std"] for r in logs])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(it, [r["imagined_return"] for r in logs], "o--", label="imagined (world model)")
+    ax.errorbar(it, real, yerr=std, fmt="o-", capsize=3, label="real simulator")
+    ax.set_xlabel("Dyna iteration")
+    ax.set_ylabel(f"return over {logs[-1]['starts']} real starts")
+    ax.set_xticks(it)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".partial.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
 
 
 def _episodes(store: str) -> int:
