@@ -9,9 +9,9 @@ from wfm_sim.datasets.episode import NUSCENES_CAMERAS, SCHEMA_VERSION, Episode
 from wfm_sim.datasets.health import StoreHealth, inspect_store, repair_store
 from wfm_sim.datasets.importers import ImportFormatError, import_lerobot, import_robomimic
 from wfm_sim.datasets.lock import StoreLockedError
-from wfm_sim.datasets.merge import merge_stores
+from wfm_sim.datasets.merge import filter_store, merge_stores
 from wfm_sim.datasets.store import EpisodeReader, EpisodeWriter, StoreError
 
 __all__ = ["Episode", "EpisodeReader", "EpisodeWriter", "ImportFormatError", "NUSCENES_CAMERAS", "SCHEMA_VERSION",
            "StoreError", "StoreHealth", "StoreLockedError", "import_lerobot", "import_robomimic", "inspect_store",
-           "merge_stores", "repair_store"]
+           "filter_store", "merge_stores", "repair_store"]

@@ -103,3 +103,52 @@ def merge_stores(sources: list[str | Path], dest: str | Path, progress: bool = F
         merged = sorted(set(writer.root.attrs.get("merged_from") or []) | seen)
         writer.root.attrs["merged_from"] = merged
     return added
+
+
+# Attributes a writer manages itself; everything else (source, policy, provenance...) is copied.
+MANAGED = ("schema", "schema_version", "store_id", "fps", "cameras", "image_size", "action_space", "source_env",
+           "keys", "extras", "stats", "merged_from", "filtered_from")
+
+
+def filter_store(source: str | Path, dest: str | Path, keep: list[int], note: dict | None = None,
+                 progress: bool = False) -> int:
+    """Copy the episodes ``keep`` of ``source`` into ``dest`` (e.g. those above a quality threshold).
+
+    ``dest`` gets the source's attributes (its generator's provenance included) and
+    ``filtered_from`` = the source store, the kept episode indices and ``note`` (how they were
+    chosen). Episodes are copied under their keys, so rerunning a killed filter completes it without
+    duplicates; a ``dest`` filtered from another store is refused. Returns episodes appended.
+    """
+    src = EpisodeReader(source)
+    dest = Path(dest)
+    if dest.resolve() == src.path.resolve():
+        raise StoreError(f"cannot filter {source} into itself: name a new store")
+    bad = [i for i in keep if not 0 <= int(i) < src.num_episodes]
+    if bad:
+        raise StoreError(f"{source} has episodes 0..{src.num_episodes - 1}; cannot keep {bad[:5]}")
+    origin = {"store": str(source), "store_id": src.attrs["store_id"], "episodes": [int(i) for i in keep],
+              **(note or {})}
+    if (dest / "zarr.json").is_file():
+        have = EpisodeReader(dest).attrs.get("filtered_from") or {}
+        if have.get("store_id") != origin["store_id"]:
+            raise StoreError(f"{dest} was not filtered from {source}; name a new store")
+        if have != origin:
+            raise StoreError(f"{dest} was filtered from {source} with other settings ({_differs(have, origin)}); "
+                             "name a new store")
+    metadata = {k: v for k, v in src.attrs.items() if k not in MANAGED}
+    keys = src.episode_keys
+    with EpisodeWriter(dest, src.cameras, src.image_size, src.action_space, src.fps, src.attrs.get("source_env", ""),
+                       extras={k: (tuple(v[0]), v[1]) for k, v in src.attrs.get("extras", {}).items()},
+                       metadata=metadata) as writer:
+        writer.root.attrs["filtered_from"] = origin
+        added = 0
+        for i in tqdm(keep, desc="filter", unit="ep", disable=not progress):
+            if not writer.has(keys[i]):
+                writer.write_episode(src.episode(int(i)))
+                added += 1
+    return added
+
+
+def _differs(a: dict, b: dict) -> str:
+    return ", ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
+                     if a.get(k) != b.get(k) and k != "episodes") or "other episodes kept"

@@ -54,6 +54,14 @@ class TrackFollower(ScriptedPolicy):
         return np.array([steer, gas, brake], dtype=np.float32)
 
 
+def road_mask(frames: np.ndarray) -> np.ndarray:
+    """CarRacing's grey road (``(..., H, W, 3)`` uint8 -> ``(..., H, W)`` bool): R, G and B within 18
+    of each other, between 60 and 160 (grass is green, kerbs red and white, the sky blue)."""
+    x = np.asarray(frames).astype(np.int16)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    return (abs(r - g) < 18) & (abs(g - b) < 18) & (r > 60) & (r < 160)
+
+
 class RoadCentroidDriver(Policy):
     """Steer toward the centroid of road-grey pixels in the lower half of one camera.
 
@@ -79,9 +87,7 @@ class RoadCentroidDriver(Policy):
 
     def _one(self, img: np.ndarray) -> np.ndarray:
         h, w = img.shape[:2]
-        low = img[h // 2 :].astype(np.int16)
-        r, g, b = low[..., 0], low[..., 1], low[..., 2]
-        road = (abs(r - g) < 18) & (abs(g - b) < 18) & (r > 60) & (r < 160)
+        road = road_mask(img[h // 2 :])
         if road.sum() < 3:
             return np.array([0.0, 0.0, 0.2], dtype=np.float32)
         cols = np.nonzero(road)[1]

@@ -9,7 +9,7 @@ import sys
 
 from wfm_sim.cli_args import (Parser, json_object, name_list, nonneg_float, nonneg_int, positive_float, positive_int,
                               source_name)
-from wfm_sim.cli_eval import add_evaluate, add_plan, add_score
+from wfm_sim.cli_eval import add_evaluate, add_plan, add_quality, add_score
 from wfm_sim.cli_rl import add_dyna, add_policy_flags
 
 
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="wfm-sim", description="World-foundation-model simulator tools")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_collect, _add_dataset, _add_train, add_evaluate, add_score, add_plan, _add_demo, _add_rollout,
-                _add_generate, add_dyna):
+                _add_generate, add_quality, add_dyna):
         add(sub)
     return p
 

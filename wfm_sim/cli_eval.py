@@ -171,3 +171,39 @@ def add_evaluate(sub) -> None:
     e.add_argument("--precision", default="auto")
     e.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
     e.set_defaults(func=_evaluate)
+
+
+def _quality(args) -> int:
+    from wfm_sim.datasets import filter_store
+    from wfm_sim.evaluation.quality import score_dataset, summary_lines, write_quality
+
+    if (args.min_quality is None) != (args.keep is None):
+        raise ValueError("--min-quality and --keep go together: the threshold and the store the kept episodes go to")
+    result = score_dataset(args.store, reference=args.reference, progress=not args.quiet)
+    out = Path(args.out or str(Path(args.store)).rstrip("/").removesuffix(".zarr") + "_quality")
+    paths = write_quality(result, out, args.store)
+    print("\n".join(summary_lines(result)))
+    summary = {"episodes": len(result["episodes"]), "quality": result["dataset"]["quality"], **paths}
+    if args.min_quality is not None:
+        keep = [r["episode"] for r in result["episodes"] if r["quality"] >= args.min_quality]
+        added = filter_store(args.store, args.keep, keep, {"min_quality": args.min_quality,
+                                                           "reference": args.reference}, progress=not args.quiet)
+        summary |= {"kept": len(keep), "added": added, "keep_store": args.keep}
+    print(json.dumps(summary))
+    return 0
+
+
+def add_quality(sub) -> None:
+    q = sub.add_parser("quality", help="quality and diversity of a (generated) driving dataset; filter by quality",
+                       description="Score every episode: agreement between neighbouring cameras, distance to the real "
+                                   "colour palette, drift over the rollout, token entropy, road curvature and events; "
+                                   "per dataset against --reference (real episodes): curvature distribution, event "
+                                   "rates, diversity. Writes quality.json and a contact sheet of the best and worst "
+                                   "episodes; --min-quality Q --keep NEW.zarr copies the episodes scoring >= Q.")
+    q.add_argument("store", help="the store to score (wfm-sim generate output, or real episodes)")
+    q.add_argument("--reference", default=None, help="a store of real episodes of the same rig (recommended)")
+    q.add_argument("--out", default=None, help="folder for quality.json and quality_sheet.png (default STORE_quality)")
+    q.add_argument("--min-quality", type=nonneg_float, default=None, help="keep episodes with quality >= this (0-1)")
+    q.add_argument("--keep", default=None, help="store the kept episodes are copied to")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=_quality)
