@@ -77,6 +77,15 @@ def test_bad_runs_are_refused_with_what_to_change(steer_world, tmp_path, square_
         ImaginationTrainer(_cfg(tok_only, tmp_path / "x", data=str(square_store)))
 
 
+def test_a_run_can_start_from_a_saved_policy_of_the_same_rig(steer_world, tmp_path):
+    train_policy(_cfg(steer_world, tmp_path / "a", iterations=2))
+    saved = ActorCritic.from_pretrained(tmp_path / "a" / "policy").state_dict()
+    t = ImaginationTrainer(_cfg(steer_world, tmp_path / "b", init_policy=str(tmp_path / "a" / "policy")))
+    assert all(torch.equal(saved[k], v) for k, v in t.policy.state_dict().items())  # starts where "a" ended
+    with pytest.raises(ValueError, match="width 8; this run needs .* width 16"):
+        ImaginationTrainer(_cfg(steer_world, tmp_path / "c", width=16, init_policy=str(tmp_path / "a" / "policy")))
+
+
 def test_a_policy_for_another_rig_is_refused_by_name(steer_world, tmp_path, square_store):
     from wfm_sim.envs import ImaginedVectorEnv
     from wfm_sim.policies import ActorCriticConfig

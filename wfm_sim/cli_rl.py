@@ -7,7 +7,7 @@ import json
 from wfm_sim.cli_args import nonneg_float, positive_float, positive_int
 
 POLICY_FLAGS = ("model", "iterations", "num_envs", "horizon", "gamma", "uncertainty_penalty", "max_entropy",
-                "reward_scale", "parallel_steps", "decoder")
+                "reward_scale", "parallel_steps", "decoder", "init_policy")
 
 
 def add_policy_flags(t) -> None:
@@ -24,6 +24,7 @@ def add_policy_flags(t) -> None:
     g.add_argument("--reward-scale", type=positive_float, default=None, help="multiply rewards for the update (default 1)")
     g.add_argument("--parallel-steps", type=positive_int, default=None, help="parallel decoding passes per frame (default 4)")
     g.add_argument("--decoder", choices=["token", "diffusion"], default=None, help="default token")
+    g.add_argument("--init-policy", default=None, help="a saved policy folder to fine-tune from (e.g. a Dyna iteration's)")
 
 
 def check_flags(args) -> None:

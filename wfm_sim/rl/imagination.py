@@ -68,6 +68,8 @@ class ImaginationRLConfig:
     decoder: str = "token"
     parallel_steps: int = 4
     width: int = 32
+    init_policy: str | None = None
+    """A saved ActorCritic folder to start from (fine-tuning; the same rig and action space)."""
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -137,6 +139,13 @@ class ImaginationTrainer:
         self.iteration = 0
         if resume:
             self._load()
+        elif cfg.init_policy is not None:
+            start = ActorCritic.from_pretrained(cfg.init_policy)
+            if start.cfg.cameras != ac.cameras or start.cfg.action_dim != ac.action_dim or start.cfg.width != ac.width:
+                raise ValueError(f"--init-policy {cfg.init_policy} acts on cameras {list(start.cfg.cameras)} with "
+                                 f"{start.cfg.action_dim} actions at width {start.cfg.width}; this run needs "
+                                 f"{list(ac.cameras)}, {ac.action_dim}, width {ac.width}")
+            self.policy.load_state_dict(start.state_dict())
 
     # ------------------------------------------------------------------ run folder
     def _check_run_folder(self, resume: bool) -> None:
