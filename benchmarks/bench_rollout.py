@@ -1,4 +1,5 @@
-"""Ray rollout throughput for 1 and 2 workers, and model memory per preset (to size replicas).
+"""Ray rollout throughput for 1 and 2 workers, ``wfm-sim generate`` camera frames/s for 1 and 2
+workers (streamed to zarr with provenance), and model memory per preset (to size replicas).
 
     python benchmarks/bench_rollout.py [--model driving] [--episodes 8] [--horizon 8]
 """
@@ -60,12 +61,33 @@ def memory_rows() -> list[dict]:
     return rows
 
 
+def generate_rows(args) -> list[dict]:
+    """Camera frames/s of ``generate`` (policy ``road``, the model's shipped contexts) per worker count,
+    end to end: Ray actor start-up and model loading included, as a user's run pays them."""
+    from wfm_sim.rollout.generate import GenerateConfig, generate
+
+    rows = []
+    for workers in (1, 2):
+        envs = args.envs_per_worker
+        cfg = GenerateConfig(model=args.model, episodes=2 * workers * envs, horizon=args.gen_horizon, workers=workers,
+                             envs=envs)
+        with tempfile.TemporaryDirectory() as tmp:
+            generate(GenerateConfig(model=args.model, episodes=workers, horizon=2, workers=workers, envs=1),
+                     f"{tmp}/warm.zarr", progress=False)
+            stats = generate(cfg, f"{tmp}/g.zarr", progress=False)
+        rows.append({"workers": workers, "episodes": cfg.episodes, "envs_per_batch": envs,
+                     "camera_frames": stats["camera_frames"], "camera_frames_s": stats["camera_frames_per_s"],
+                     "per_worker_camera_frames_s": stats["camera_frames_per_s"] / workers})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="driving")
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--horizon", type=int, default=8)
     ap.add_argument("--envs-per-worker", type=int, default=4)
+    ap.add_argument("--gen-horizon", type=int, default=48, help="steps per generated episode")
     args = ap.parse_args()
     import ray
 
@@ -87,6 +109,7 @@ def main() -> None:
                      "env_steps_s": args.episodes * args.horizon / dt, "frames_s": args.episodes * args.horizon * cams / dt})
         pool.shutdown()
     emit(f"ray rollouts ({args.model})", rows, info)
+    emit(f"wfm-sim generate ({args.model})", generate_rows(args), info)
     emit("model memory per preset", memory_rows(), info)
 
 
