@@ -11,7 +11,10 @@
 * a ``.npy`` file: an open-loop plan ``(T, A)`` or ``(episodes, T, A)``;
 * a folder with ``config.json`` + ``model.safetensors``: a saved :class:`~wfm_sim.policies.ConvPolicy`
   or :class:`~wfm_sim.policies.ActorCritic` (``wfm-sim train policy``);
-* ``module:callable``: a Python entry point; calling it with no arguments returns a policy.
+* ``module:callable``: a Python entry point; calling it with no arguments returns a policy;
+* the name of a policy shipped in the package (:func:`shipped_policies`), e.g. ``carracing-dyna``,
+  the one-camera CarRacing driver trained only in imagination (its card:
+  ``wfm_sim/pretrained/policies/carracing-dyna/README.md``).
 """
 
 from __future__ import annotations
@@ -21,10 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
+from wfm_sim.models.world_model import PRETRAINED_DIR
 from wfm_sim.policies.base import ConvPolicy, PlanPolicy, Policy, RandomPolicy
 from wfm_sim.policies.driving import MixedDriver, RoadCentroidDriver, TrackFollower
 
 NAMES = ("random", "road", "driver", "mixed", "expert")
+SHIPPED_POLICIES = PRETRAINED_DIR / "policies"
+
+
+def shipped_policies() -> list[str]:
+    """Names of the policies shipped inside the package (``wfm_sim/pretrained/policies/<name>``)."""
+    if not SHIPPED_POLICIES.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_POLICIES.iterdir() if (p / "config.json").is_file())
 
 
 def make_policy(name: str, space=None, source: str | None = None, camera: str | None = None):
@@ -57,6 +69,8 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
 
         return MetaWorldExpert(source[len("metaworld-"):] + "-v3")
     path = Path(name)
+    if not path.exists() and name in shipped_policies():
+        path = SHIPPED_POLICIES / name
     if path.suffix == ".npy":
         if not path.is_file():
             raise FileNotFoundError(f"no plan file {path}")
@@ -71,8 +85,8 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
         return ConvPolicy.from_pretrained(path)
     if ":" in name and not path.exists():
         return _entry_point(name)
-    raise ValueError(f"unknown policy {name!r}: use one of {list(NAMES)}, a .npy plan, a ConvPolicy folder "
-                     "or module:callable")
+    raise ValueError(f"unknown policy {name!r}: use one of {list(NAMES)}, a shipped policy {shipped_policies()}, "
+                     "a .npy plan, a ConvPolicy folder or module:callable")
 
 
 def _entry_point(spec: str) -> Policy:

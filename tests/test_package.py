@@ -30,6 +30,11 @@ def test_wheel_has_only_the_wfm_sim_top_level_package(tmp_path):
     for name in shipped_models():  # every model shipped in the checkout is in the wheel, whole
         for f in ("config.json", "model.safetensors", "contexts.safetensors", "README.md"):
             assert f"wfm_sim/pretrained/{name}/{f}" in names, f"{name}/{f} missing from the wheel"
+    from wfm_sim.policies.registry import shipped_policies
+
+    for name in shipped_policies():
+        for f in ("config.json", "model.safetensors", "README.md"):
+            assert f"wfm_sim/pretrained/policies/{name}/{f}" in names, f"policy {name}/{f} missing from the wheel"
     target = tmp_path / "site"
     inst = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                           capture_output=True, text=True)

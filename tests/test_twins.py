@@ -148,3 +148,20 @@ def test_the_mixed_driver_leaves_the_road_and_comes_back_reproducibly():
     assert off.sum() > 10 and (off < 150).all()  # it leaves the road, and finds it again
     again_off, again = drive([3, 5])
     assert np.array_equal(actions, again) and np.array_equal(off, again_off)
+
+
+def test_the_shipped_imagination_policy_loads_by_name_and_drives_the_real_front_camera():
+    from wfm_sim.policies import ActorCritic, make_policy
+    from wfm_sim.policies.registry import shipped_policies
+
+    assert "carracing-dyna" in shipped_policies()
+    policy = make_policy("carracing-dyna")
+    assert isinstance(policy, ActorCritic) and policy.cfg.cameras == ("CAM_FRONT",)
+    real = make_real_vec("carracing-front", 2, context_frames=2)
+    first = play(real, policy, [11, 12], horizon=30)
+    again = play(real, policy, [11, 12], horizon=30)
+    for a, b in zip(first, again):  # deterministic acting, seeded starts: the same drive twice
+        assert np.array_equal(a.action, b.action) and real.single_action_space.contains(a.action[0])
+    assert np.abs(np.concatenate([e.action for e in first])[:, 0]).max() <= 1.0
+    with pytest.raises(ValueError, match="shipped policy"):
+        make_policy("no-such-policy")
