@@ -1,0 +1,610 @@
+"""NVIDIA's released Cosmos-Tokenize1 discrete video tokenizers (DV4x8x8, DV8x8x8, DV8x16x16).
+
+A re-implementation of their architecture whose parameter names and shapes are those of the
+released PyTorch state dicts, so the weights load with ``load_state_dict(strict=True)``:
+
+- a two-level 3-D Haar wavelet patcher (patch 4: 4x in time, height and width; frame 0 is
+  repeated 4 times first so that it is encoded alone);
+- factorised causal convolutions (1x3x3 spatial, then 3x1x1 temporal padded on the left by
+  repeating the first frame), per-frame GroupNorm(1), SiLU residual blocks;
+- hybrid down/up-sampling (strided conv + average pool, or nearest repeat + conv), spatial
+  attention per frame and causal temporal attention per position in the middle block;
+- a 1x1x1 conv to 6 channels and FSQ with levels [8, 8, 8, 5, 5, 5] (64,000 codes).
+
+A clip of ``1 + k*m`` frames of ``H x W`` pixels gives ``1 + m`` latent frames of
+``H/s x W/s`` tokens (``k`` temporal, ``s`` spatial compression). Nothing a frame encodes to
+depends on a later frame.
+
+Loading never executes code from a file: the state dict is read with ``torch.load(...,
+weights_only=True)``, and TorchScript archives (the ``.jit`` files NVIDIA publishes) are
+refused before anything is read, because loading TorchScript runs the code inside it.
+
+Dimension legend: ``b`` batch, ``c`` channels, ``t`` frames, ``h w`` grid, ``d`` code channels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zipfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from wfm_sim.models.fsq import FSQ
+
+VARIANTS: dict[str, tuple[int, int]] = {"DV4x8x8": (4, 8), "DV8x8x8": (8, 8), "DV8x16x16": (8, 16)}
+"""Released discrete video tokenizers: name -> (temporal, spatial) compression."""
+
+STATE_DICT_FILES = ("model.pt", "autoencoder.pt")
+"""Files holding the whole autoencoder's state dict; or ``encoder.pt`` + ``decoder.pt``."""
+
+
+class CosmosCheckpointError(ValueError):
+    """A Cosmos tokenizer folder or file is missing, unsafe to read, or not the expected variant."""
+
+
+@dataclass(frozen=True)
+class CosmosTokenizerConfig:
+    """The Cosmos ``discrete_video`` config (``cosmos_tokenizer/networks/configs.py``)."""
+
+    temporal_compression: int = 8
+    spatial_compression: int = 16
+    channels: int = 128
+    channels_mult: tuple[int, ...] = (2, 4, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (32,)
+    resolution: int = 1024
+    patch_size: int = 4
+    z_channels: int = 16
+    levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)
+    legacy_mode: bool = False
+
+    def __post_init__(self):
+        if self.patch_size not in (1, 2, 4) or self.temporal_compression < self.patch_size:
+            raise ValueError(f"patch_size must be 1, 2 or 4 and <= temporal_compression, got {self.patch_size}")
+        for name, n in (("temporal", self.num_temporal_downs), ("spatial", self.num_spatial_downs)):
+            if not 0 <= n <= len(self.channels_mult):
+                raise ValueError(f"{name} compression needs {n} down-sampling levels, have {len(self.channels_mult)}")
+
+    @classmethod
+    def variant(cls, name: str, **overrides) -> CosmosTokenizerConfig:
+        if name not in VARIANTS:
+            raise CosmosCheckpointError(f"unknown Cosmos tokenizer variant {name!r}; expected one of {list(VARIANTS)}")
+        k, s = VARIANTS[name]
+        return cls(temporal_compression=k, spatial_compression=s, **overrides)
+
+    @property
+    def name(self) -> str:
+        s = self.spatial_compression
+        return f"DV{self.temporal_compression}x{s}x{s}"
+
+    @property
+    def num_spatial_downs(self) -> int:
+        return int(math.log2(self.spatial_compression)) - int(math.log2(self.patch_size))
+
+    @property
+    def num_temporal_downs(self) -> int:
+        return int(math.log2(self.temporal_compression)) - int(math.log2(self.patch_size))
+
+    # The names wfm_sim's own TokenizerConfig uses, so callers can treat both alike.
+    @property
+    def temporal_downsample(self) -> int:
+        return self.temporal_compression
+
+    @property
+    def spatial_downsample(self) -> int:
+        return self.spatial_compression
+
+    @property
+    def vocab_size(self) -> int:
+        return math.prod(self.levels)
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames for a clip of ``frames`` frames (must be 1 + k*m)."""
+        k = self.temporal_compression
+        if frames < 1 or (frames - 1) % k:
+            raise ValueError(f"a clip must have 1 + {k}*m frames for Cosmos {self.name}, got {frames}")
+        return 1 + (frames - 1) // k
+
+
+# --------------------------------------------------------------------------- Haar patcher
+
+_INV_SQRT2 = 1 / math.sqrt(2)
+_BAND_SCALE = 2 * math.sqrt(2)  # Cosmos rescales each 3-D level by 1/(2*sqrt 2): bands are means
+
+
+def haar3d(x: torch.Tensor) -> torch.Tensor:
+    """One 3-D Haar level: ``(b, c, t, h, w) -> (b, 8c, t/2, h/2, w/2)``.
+
+    Bands are ordered (time, height, width) low/high with time the most significant, as
+    Cosmos' ``Patcher3D`` orders them: ``lll, llh, lhl, lhh, hll, hlh, hhl, hhh``.
+    """
+    bands = [x]
+    for dim in (2, 3, 4):
+        split = []
+        for y in bands:
+            even, odd = y.unflatten(dim, (-1, 2)).unbind(dim + 1)
+            split += [(even + odd) * _INV_SQRT2, (even - odd) * _INV_SQRT2]
+        bands = split
+    return torch.cat(bands, dim=1) / _BAND_SCALE
+
+
+def inverse_haar3d(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`haar3d`: ``(b, 8c, t, h, w) -> (b, c, 2t, 2h, 2w)``."""
+    bands = list((x * _BAND_SCALE).chunk(8, dim=1))
+    for dim in (4, 3, 2):
+        merged = []
+        for low, high in zip(bands[0::2], bands[1::2]):
+            even, odd = (low + high) * _INV_SQRT2, (low - high) * _INV_SQRT2
+            merged.append(torch.stack((even, odd), dim=dim + 1).flatten(dim, dim + 1))
+        bands = merged
+    return bands[0]
+
+
+def patch_video(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Repeat frame 0 ``patch_size`` times (so it is coded alone), then log2(patch) Haar levels."""
+    x = torch.cat((x[:, :, :1].repeat_interleave(patch_size, dim=2), x[:, :, 1:]), dim=2)
+    for _ in range(int(math.log2(patch_size))):
+        x = haar3d(x)
+    return x
+
+
+def unpatch_video(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    for _ in range(int(math.log2(patch_size))):
+        x = inverse_haar3d(x)
+    return x[:, :, patch_size - 1 :]
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _first_frame_pad(x: torch.Tensor, frames: int) -> torch.Tensor:
+    return torch.cat((x[:, :, :1].expand(-1, -1, frames, -1, -1), x), dim=2) if frames > 0 else x
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d padded on the left in time by repeating frame 0, zero-padded in space."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int, int] | int, stride: int = 1,
+                 time_stride: int = 1, padding: int = 0):
+        super().__init__()
+        kt, kh, kw = (kernel,) * 3 if isinstance(kernel, int) else kernel
+        self.time_pad = (kt - 1) + (1 - time_stride)
+        self.padding = padding
+        self.conv3d = nn.Conv3d(cin, cout, (kt, kh, kw), stride=(time_stride, stride, stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _first_frame_pad(x, self.time_pad)
+        p = self.padding
+        return self.conv3d(F.pad(x, (p, p, p, p, 0, 0)) if p else x)
+
+
+def _factorised(cin: int, cout: int) -> nn.Sequential:
+    """1x3x3 spatial conv then 3x1x1 causal temporal conv (module names 0 and 1, as released)."""
+    return nn.Sequential(CausalConv3d(cin, cout, (1, 3, 3), padding=1), CausalConv3d(cout, cout, (3, 1, 1)))
+
+
+class FrameGroupNorm(nn.Module):
+    """GroupNorm(1) over each frame on its own (Cosmos' ``CausalNormalize`` with one group)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(1, channels, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        x = self.norm(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(x, "(b t) c h w -> b c t h w", b=b)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.norm1, self.conv1 = FrameGroupNorm(cin), _factorised(cin, cout)
+        self.norm2, self.conv2 = FrameGroupNorm(cout), _factorised(cout, cout)
+        self.nin_shortcut = CausalConv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.nin_shortcut(x) + h
+
+
+class _QKV(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = FrameGroupNorm(channels)
+        self.q, self.k, self.v = (CausalConv3d(channels, channels, 1) for _ in range(3))
+        self.proj_out = CausalConv3d(channels, channels, 1)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.norm(x)
+        return self.q(h), self.k(h), self.v(h)
+
+
+class SpatialAttention(_QKV):
+    """Single-head attention over each frame's grid."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, t, h, w = x.shape
+        q, k, v = (rearrange(y, "b c t h w -> (b t) (h w) c") for y in self.qkv(x))
+        o = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj_out(rearrange(o, "(b t) (h w) c -> b c t h w", b=b, h=h))
+
+
+class TemporalAttention(_QKV):
+    """Single-head causal attention over time at each grid position."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, t, h, w = x.shape
+        q, k, v = (rearrange(y, "b c t h w -> (b h w) t c") for y in self.qkv(x))
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.proj_out(rearrange(o, "(b h w) t c -> b c t h w", b=b, h=h, w=w))
+
+
+def _attention(channels: int) -> nn.Sequential:
+    return nn.Sequential(SpatialAttention(channels), TemporalAttention(channels))
+
+
+class Downsample(nn.Module):
+    """Strided conv plus average pool, in space (2x) and/or causally in time (2x), then 1x1x1."""
+
+    def __init__(self, channels: int, spatial: bool, temporal: bool):
+        super().__init__()
+        self.conv1 = CausalConv3d(channels, channels, (1, 3, 3), stride=2)
+        self.conv2 = CausalConv3d(channels, channels, (3, 1, 1), time_stride=2)
+        self.conv3 = CausalConv3d(channels, channels, 1)
+        self.spatial, self.temporal = spatial, temporal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.spatial or self.temporal):
+            return x
+        if self.spatial:
+            x = F.pad(x, (0, 1, 0, 1, 0, 0))
+            x = self.conv1(x) + F.avg_pool3d(x, (1, 2, 2), (1, 2, 2))
+        if self.temporal:
+            x = _first_frame_pad(x, 1)
+            x = self.conv2(x) + F.avg_pool3d(x, (2, 1, 1), (2, 1, 1))
+        return self.conv3(x)
+
+
+class Upsample(nn.Module):
+    """Inverse of :class:`Downsample`: repeat (time: drop the first copy) then a residual conv."""
+
+    def __init__(self, channels: int, spatial: bool, temporal: bool):
+        super().__init__()
+        self.conv1 = CausalConv3d(channels, channels, (3, 1, 1))
+        self.conv2 = CausalConv3d(channels, channels, (1, 3, 3), padding=1)
+        self.conv3 = CausalConv3d(channels, channels, 1)
+        self.spatial, self.temporal = spatial, temporal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.spatial or self.temporal):
+            return x
+        if self.temporal:
+            if x.shape[2] > 1:  # a single (image) latent frame stays one frame
+                x = x.repeat_interleave(2, dim=2)[:, :, 1:]
+            x = self.conv1(x) + x
+        if self.spatial:
+            x = x.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+            x = self.conv2(x) + x
+        return self.conv3(x)
+
+
+class _Middle(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block_1, self.attn_1, self.block_2 = ResBlock(channels, channels), _attention(channels), ResBlock(
+            channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class _Level(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block, self.attn = nn.ModuleList(), nn.ModuleList()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.block):
+            x = block(x)
+            if len(self.attn):
+                x = self.attn[i](x)
+        if hasattr(self, "downsample"):
+            x = self.downsample(x)
+        if hasattr(self, "upsample"):
+            x = self.upsample(x)
+        return x
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: CosmosTokenizerConfig):
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        ch, mult, n = cfg.channels, cfg.channels_mult, len(cfg.channels_mult)
+        self.conv_in = _factorised(3 * cfg.patch_size**3, ch)
+        res = cfg.resolution // cfg.patch_size
+        cin = ch
+        self.down = nn.ModuleList()
+        for i in range(n):
+            level = _Level()
+            for _ in range(cfg.num_res_blocks):
+                level.block.append(ResBlock(cin, ch * mult[i]))
+                cin = ch * mult[i]
+                if res in cfg.attn_resolutions:
+                    level.attn.append(_attention(cin))
+            if i != n - 1:
+                level.downsample = Downsample(cin, i < cfg.num_spatial_downs, i < cfg.num_temporal_downs)
+                res //= 2
+            self.down.append(level)
+        self.mid = _Middle(cin)
+        self.norm_out = FrameGroupNorm(cin)
+        self.conv_out = _factorised(cin, cfg.z_channels)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(patch_video(video, self.patch_size))
+        for level in self.down:
+            x = level(x)
+        return self.conv_out(F.silu(self.norm_out(self.mid(x))))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: CosmosTokenizerConfig):
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        ch, mult, n = cfg.channels, cfg.channels_mult, len(cfg.channels_mult)
+        cin = ch * mult[-1]
+        res = cfg.resolution // cfg.patch_size // 2 ** (n - 1)
+        self.conv_in = _factorised(cfg.z_channels, cin)
+        self.mid = _Middle(cin)
+        levels: list[_Level] = []
+        for i in reversed(range(n)):
+            level = _Level()
+            for _ in range(cfg.num_res_blocks + 1):
+                level.block.append(ResBlock(cin, ch * mult[i]))
+                cin = ch * mult[i]
+                if res in cfg.attn_resolutions:
+                    level.attn.append(_attention(cin))
+            if i != 0:
+                # The encoder's level j down-sampling is undone by the decoder's level n-1-j.
+                rev = n - 1 - i
+                if cfg.legacy_mode:
+                    temporal = rev < cfg.num_temporal_downs
+                else:
+                    temporal = 0 < rev < cfg.num_temporal_downs + 1
+                spatial = temporal or (rev < cfg.num_spatial_downs and cfg.num_spatial_downs > cfg.num_temporal_downs)
+                level.upsample = Upsample(cin, spatial, temporal)
+                res *= 2
+            levels.insert(0, level)
+        self.up = nn.ModuleList(levels)  # up[i] runs at resolution level i, as released
+        self.norm_out = FrameGroupNorm(cin)
+        self.conv_out = _factorised(cin, 3 * cfg.patch_size**3)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.mid(self.conv_in(z))
+        for level in reversed(self.up):
+            x = level(x)
+        x = self.conv_out(F.silu(self.norm_out(x)))
+        return unpatch_video(x, self.patch_size)
+
+
+class CosmosVideoTokenizer(nn.Module):
+    """Cosmos discrete video tokenizer: ``(b, 3, 1+k*m, H, W)`` in [-1, 1] <-> ``(b, 1+m, H/s, W/s)`` ids.
+
+    Same methods as :class:`wfm_sim.models.tokenizer.VideoTokenizer` (``encode``, ``decode``,
+    ``decode_codes``); frames may be any size divisible by the spatial compression.
+    """
+
+    def __init__(self, cfg: CosmosTokenizerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quant_conv = CausalConv3d(cfg.z_channels, len(cfg.levels), 1)
+        self.post_quant_conv = CausalConv3d(len(cfg.levels), cfg.z_channels, 1)
+        self.fsq = FSQ(cfg.levels)
+
+    def _check_video(self, video: torch.Tensor) -> None:
+        s = self.cfg.spatial_compression
+        if not torch.is_tensor(video) or video.ndim != 5 or video.shape[1] != 3:
+            shape = tuple(video.shape) if torch.is_tensor(video) else type(video).__name__
+            raise ValueError(f"video must be (b, 3, t, H, W) in [-1, 1], got {shape}")
+        if not video.is_floating_point():
+            raise TypeError(f"video must be a float tensor in [-1, 1], got {video.dtype}")
+        if video.shape[-2] % s or video.shape[-1] % s:
+            raise ValueError(f"frame height and width must be multiples of {s} for Cosmos {self.cfg.name}, "
+                             f"got {tuple(video.shape[-2:])}")
+        self.cfg.latent_frames(video.shape[2])
+
+    def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(b, 3, 1+k*m, H, W)`` -> tokens ``(b, 1+m, H/s, W/s)`` int64, codes and bounded latent."""
+        self._check_video(video)
+        z = self.quant_conv(self.encoder(video.to(self.quant_conv.conv3d.weight.dtype)))
+        codes, tokens = self.fsq(z)
+        return tokens, codes, self.fsq.bound(z.float())
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """``(b, 6, t', h, w)`` codes -> ``(b, 3, 1+k*(t'-1), h*s, w*s)`` frames (unclamped)."""
+        return self.decoder(self.post_quant_conv(codes.to(self.quant_conv.conv3d.weight.dtype)))
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(b, t', h, w)`` int64 ids -> frames clamped to [-1, 1]."""
+        if tokens.ndim != 4:
+            raise ValueError(f"tokens must be (b, t', h, w) int64, got {tuple(tokens.shape)}")
+        return self.decode_codes(self.fsq.indices_to_codes(tokens)).clamp(-1, 1)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files holding compiled code (``code/``) and ``constants.pkl``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
+
+
+_CONVERT = ("python -c \"import torch; torch.save(torch.jit.load('autoencoder.jit').state_dict(), 'model.pt')\"")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a PyTorch state-dict file, read with ``weights_only=True``; TorchScript is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CosmosCheckpointError(f"{path}: no such file")
+    if _is_torchscript(path):
+        raise CosmosCheckpointError(
+            f"{path} is a TorchScript archive, not a state dict. wfm_sim never loads TorchScript: that runs "
+            f"code stored in the file. Convert it once, in an environment you trust: {_CONVERT}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncation, foreign formats
+        raise CosmosCheckpointError(f"{path} is not a readable PyTorch state dict "
+                                    f"(read with weights_only=True): {type(e).__name__}: {e}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v)
+                                                       for k, v in obj.items()):
+        raise CosmosCheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of named tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _variant_from(folder: Path, variant: str | None, extra: dict) -> str:
+    named = sorted({m.upper().replace("X", "x") for m in re.findall(r"DV\d+x\d+x\d+", folder.name, re.I)})
+    named = [n for n in named if n in VARIANTS]
+    from_config = None
+    if "temporal_compression" in extra or "spatial_compression" in extra:
+        k, s = extra.get("temporal_compression"), extra.get("spatial_compression")
+        from_config = f"DV{k}x{s}x{s}"
+    claims = {src: v for src, v in (("variant argument", variant), ("config.json", from_config),
+                                    ("folder name", named[0] if len(named) == 1 else None)) if v}
+    if not claims:
+        raise CosmosCheckpointError(
+            f"cannot tell which Cosmos tokenizer {folder} holds: the three DV variants have the same parameter "
+            f"names and shapes. Name the folder after it (e.g. Cosmos-Tokenize1-DV4x8x8-360p), pass "
+            f"variant= one of {list(VARIANTS)}, or write config.json with temporal_compression and "
+            f"spatial_compression")
+    if len(set(claims.values())) > 1:
+        raise CosmosCheckpointError(f"conflicting Cosmos tokenizer variants for {folder}: " +
+                                    ", ".join(f"{src} says {v}" for src, v in claims.items()))
+    name = next(iter(claims.values()))
+    if name not in VARIANTS:
+        raise CosmosCheckpointError(f"{name} is not a released discrete video tokenizer; expected one of "
+                                    f"{list(VARIANTS)}")
+    return name
+
+
+def _check_keys(state: dict[str, torch.Tensor], model: CosmosVideoTokenizer, where: str) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    name = model.cfg.name
+    q = state.get("quant_conv.conv3d.weight")
+    if q is not None and q.ndim == 5 and q.shape[0] != len(model.cfg.levels):
+        raise CosmosCheckpointError(
+            f"{where} maps the encoder to {q.shape[0]} latent channels: a continuous (CV) tokenizer or another "
+            f"quantiser, not a discrete {name} with FSQ {list(model.cfg.levels)} ({len(model.cfg.levels)} channels)")
+    if any(k.startswith("encoder.") and v.ndim == 4 and k.endswith("weight") and "conv" in k
+           for k, v in state.items()):
+        raise CosmosCheckpointError(f"{where} has 2-D convolutions: an image tokenizer (CI/DI), not a video "
+                                    f"tokenizer {name}")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)}, expected {expected[k]})")
+        raise CosmosCheckpointError(f"{where} is not a Cosmos-Tokenize1 {name} state dict with the released "
+                                    f"architecture: " + "; ".join(parts))
+
+
+def load_cosmos_tokenizer(folder: str | Path, variant: str | None = None,
+                          dtype: torch.dtype = torch.float32) -> CosmosVideoTokenizer:
+    """Load a released Cosmos-Tokenize1 discrete video tokenizer from a local folder.
+
+    Expected layout (``folder`` named after the variant, e.g. ``Cosmos-Tokenize1-DV4x8x8-360p``)::
+
+        model.pt          # the autoencoder's state dict (torch.save(module.state_dict(), ...)), or
+        encoder.pt        # encoder.jit's state dict   } both, as converted from NVIDIA's
+        decoder.pt        # decoder.jit's state dict   } encoder.jit / decoder.jit
+        config.json       # optional: {"temporal_compression": 4, "spatial_compression": 8, ...}
+
+    ``config.json`` may also override the architecture's widths (``channels``, ``channels_mult``,
+    ``num_res_blocks``, ...) for tokenizers trained with the Cosmos code at other sizes.
+
+    Raises:
+        CosmosCheckpointError: missing folder or files, a TorchScript archive, an unreadable
+            file, an ambiguous or conflicting variant, or weights of another architecture.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CosmosCheckpointError(f"{folder}: no such folder (expected a Cosmos-Tokenize1 DV tokenizer folder "
+                                    f"holding model.pt)")
+    extra: dict = {}
+    if (folder / "config.json").is_file():
+        try:
+            extra = json.loads((folder / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CosmosCheckpointError(f"{folder / 'config.json'} is not valid JSON: {e}") from None
+        if not isinstance(extra, dict):
+            raise CosmosCheckpointError(f"{folder / 'config.json'} must hold a JSON object")
+    name = _variant_from(folder, variant, extra)
+    known = {f.name for f in fields(CosmosTokenizerConfig)} - {"temporal_compression", "spatial_compression"}
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in extra.items() if k in known}
+    try:
+        cfg = CosmosTokenizerConfig.variant(name, **overrides)
+    except (TypeError, ValueError) as e:
+        raise CosmosCheckpointError(f"{folder / 'config.json'}: {e}") from None
+
+    whole = [folder / f for f in STATE_DICT_FILES if (folder / f).is_file()]
+    halves = [folder / f for f in ("encoder.pt", "decoder.pt") if (folder / f).is_file()]
+    if whole:
+        files = whole[:1]
+    elif len(halves) == 2:
+        files = halves
+    else:
+        jit = sorted(p.name for p in folder.glob("*.jit"))
+        hint = (f" It holds {jit}: TorchScript archives, which wfm_sim never loads (loading runs code stored in "
+                f"them). Convert once, in an environment you trust: {_CONVERT}") if jit else ""
+        raise CosmosCheckpointError(f"{folder} holds no model.pt (or encoder.pt + decoder.pt).{hint}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(read_state_dict(f))
+    with torch.device("meta"):
+        skeleton = CosmosVideoTokenizer(cfg)
+    _check_keys(state, skeleton, ", ".join(str(f) for f in files))
+    model = CosmosVideoTokenizer(cfg)
+    model.load_state_dict(state, strict=True)
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def save_cosmos_tokenizer(model: CosmosVideoTokenizer, folder: str | Path) -> Path:
+    """Write ``model.pt`` + ``config.json`` in the layout :func:`load_cosmos_tokenizer` reads."""
+    import io
+
+    from wfm_sim.checkpoint import atomic_write_bytes, atomic_write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write_bytes(folder / "model.pt", buf.getvalue())
+    atomic_write_json(folder / "config.json", asdict(model.cfg))
+    return folder
+
+
+__all__ = ["VARIANTS", "CosmosCheckpointError", "CosmosTokenizerConfig", "CosmosVideoTokenizer", "haar3d",
+           "inverse_haar3d", "load_cosmos_tokenizer", "read_state_dict", "save_cosmos_tokenizer"]
