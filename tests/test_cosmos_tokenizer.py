@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -268,3 +269,21 @@ def test_video_of_wrong_length_size_or_dtype_is_refused():
         model.encode(torch.zeros(1, 3, 5, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"\(b, 3, t, H, W\)"):
         model.encode(torch.zeros(3, 5, 32, 32))
+
+
+def test_cli_tokenizes_and_reconstructs_a_video(tmp_path, capsys):
+    from wfm_sim.cli import main
+    from wfm_sim.viz import write_mp4
+
+    folder = save_cosmos_tokenizer(small("DV4x8x8"), tmp_path / "Cosmos-Tokenize1-DV4x8x8-360p")
+    rng = np.random.default_rng(0)
+    write_mp4(tmp_path / "clip.mp4", [rng.integers(0, 255, (36, 44, 3), dtype=np.uint8) for _ in range(11)])
+    assert main([ "cosmos-tokenize", str(folder), "--video", str(tmp_path / "clip.mp4"),
+                  "--out", str(tmp_path / "out")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["variant"] == "DV4x8x8" and report["frames"] == 9  # 11 frames -> longest 1 + 4m prefix
+    assert report["frame_size"] == [32, 40] and report["tokens"] == [3, 4, 5]
+    assert np.load(tmp_path / "out" / "tokens.npy").shape == (3, 4, 5)
+    assert (tmp_path / "out" / "input_vs_reconstruction.mp4").stat().st_size > 0
+    assert main(["cosmos-tokenize", str(tmp_path / "clip.mp4"), "--video", "x.mp4"]) == 2
+    assert "no such folder" in capsys.readouterr().err

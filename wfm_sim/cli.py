@@ -340,11 +340,50 @@ def _add_rollout(sub) -> None:
     ro.set_defaults(func=_rollout)
 
 
+def _cosmos_tokenize(args) -> None:
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from wfm_sim.models.cosmos_tokenizer import load_cosmos_tokenizer, reconstruct
+    from wfm_sim.viz import read_mp4, write_mp4
+
+    model = load_cosmos_tokenizer(args.folder, variant=args.variant)
+    frames = read_mp4(args.video)
+    if not frames:
+        raise ValueError(f"{args.video} holds no video frames")
+    start = time.perf_counter()
+    r = reconstruct(model, np.stack(frames), args.frames)
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "tokens.npy", r["tokens"].astype(np.int32))
+    write_mp4(out / "input_vs_reconstruction.mp4", [np.concatenate(p, axis=1) for p in zip(r["input"], r["reconstruction"])],
+              fps=args.fps)
+    print(json.dumps({"variant": model.cfg.name, "frames": len(r["input"]), "frame_size": list(r["input"].shape[1:3]),
+                      "tokens": list(r["tokens"].shape), "psnr_db": round(r["psnr"], 2),
+                      "seconds": round(seconds, 2), "out": str(out)}))
+
+
+def _add_cosmos_tokenize(sub) -> None:
+    ct = sub.add_parser("cosmos-tokenize", help="tokenize and reconstruct a video with NVIDIA's Cosmos-Tokenize1 "
+                        "DV weights from a local folder (model.pt state dict)")
+    ct.add_argument("folder", help="e.g. Cosmos-Tokenize1-DV4x8x8-360p holding model.pt (see README)")
+    ct.add_argument("--video", required=True, help="an mp4 to tokenize")
+    ct.add_argument("--variant", default=None, choices=["DV4x8x8", "DV8x8x8", "DV8x16x16"],
+                    help="default: from config.json or the folder name")
+    ct.add_argument("--frames", type=positive_int, default=None, help="at most this many frames (1 + k*m are used)")
+    ct.add_argument("--fps", type=positive_float, default=10.0)
+    ct.add_argument("--out", default="cosmos_tokens")
+    ct.set_defaults(func=_cosmos_tokenize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="wfm-sim", description="World-foundation-model simulator tools")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_collect, _add_dataset, _add_train, add_evaluate, add_score, add_plan, _add_demo, _add_rollout,
-                _add_generate, add_quality, add_dyna):
+                _add_generate, add_quality, add_dyna, _add_cosmos_tokenize):
         add(sub)
     return p
 

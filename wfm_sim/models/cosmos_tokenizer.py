@@ -606,5 +606,36 @@ def save_cosmos_tokenizer(model: CosmosVideoTokenizer, folder: str | Path) -> Pa
     return folder
 
 
+def reconstruct(model: CosmosVideoTokenizer, frames, max_frames: int | None = None) -> dict:
+    """Tokenize RGB uint8 frames ``(t, H, W, 3)`` and decode them back.
+
+    Uses the longest prefix of ``1 + k*m`` frames (at most ``max_frames``), with height and width
+    cut down to multiples of the spatial compression (centre crop). Returns the tokens
+    ``(1+m, h, w)``, the input and reconstructed frames as uint8 and the reconstruction PSNR.
+    """
+    import numpy as np
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (t, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
+    k, s = model.cfg.temporal_compression, model.cfg.spatial_compression
+    t = len(frames) if max_frames is None else min(len(frames), max_frames)
+    t = 1 + (t - 1) // k * k
+    h, w = frames.shape[1] // s * s, frames.shape[2] // s * s
+    if h == 0 or w == 0:
+        raise ValueError(f"frames of {frames.shape[1]}x{frames.shape[2]} are smaller than one {s}x{s} token")
+    top, left = (frames.shape[1] - h) // 2, (frames.shape[2] - w) // 2
+    clip = frames[:t, top : top + h, left : left + w]
+    video = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    dtype = model.quant_conv.conv3d.weight.dtype
+    with torch.no_grad():
+        tokens, _, _ = model.encode(video.to(dtype))
+        out = model.decode(tokens).float()
+    recon = ((out[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    mse = float(((recon.astype(np.float64) - clip) ** 2).mean())
+    psnr = float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
+    return {"tokens": tokens[0].numpy(), "input": clip, "reconstruction": recon, "psnr": psnr}
+
+
 __all__ = ["VARIANTS", "CosmosCheckpointError", "CosmosTokenizerConfig", "CosmosVideoTokenizer", "haar3d",
-           "inverse_haar3d", "load_cosmos_tokenizer", "read_state_dict", "save_cosmos_tokenizer"]
+           "inverse_haar3d", "load_cosmos_tokenizer", "read_state_dict", "reconstruct", "save_cosmos_tokenizer"]
