@@ -22,6 +22,7 @@ from wfm_sim.models.world_model import WorldModel, resolve_pretrained
 from wfm_sim.viz import mosaic
 
 OBS_MODES = ("pixels", "tokens")
+OBS_FRAMES = ("last", "all")
 
 
 def autoreset(mode: str | AutoresetMode) -> AutoresetMode:
@@ -44,13 +45,26 @@ class ImaginedVectorEnv(VectorEnv):
     episode, the contexts shipped with the model, or frames you pass); ``step`` predicts the
     next frame of every camera, the reward and the termination.
 
+    ## Time
+    One env step is one latent frame of the model: with a tokenizer that compresses k frames
+    into one (Cosmos' 1 + k*m layout; k = ``cfg.frames_per_step``), a step takes k actions
+    and predicts k frames per camera. Contexts hold ``1 + k*m`` frames (frame 0 is coded
+    alone) and the ``k*m`` per-frame actions between them; ``max_episode_steps`` counts steps,
+    so an episode of S steps is ``k*S`` frames. For per-frame models k = 1 and all of this
+    reduces to one action, one frame.
+
     ## Observation Space
     ``pixels``: one camera ``Box(0, 255, (H, W, 3), uint8)``; several cameras a ``Dict`` keyed
-    by camera name. ``tokens``: ``Box(0, vocab-1, (V, g, g), int64)``, skipping pixel decoding.
+    by camera name. With ``obs_frames='all'`` each camera gives all k frames of the step,
+    ``(k, H, W, 3)`` oldest first (after a reset: the context's last k frames, its first frame
+    repeated in front when it is shorter); the default ``'last'`` gives the newest only.
+    ``tokens``: ``Box(0, vocab-1, (V, g, g), int64)``, the step's latent frame, skipping pixel
+    decoding.
 
     ## Action Space
-    From the model config: ``Box(low, high, (A,), float32)`` or ``Discrete(n)``
-    (``(k, A)`` for tokenizers that group k frames). Out-of-bound, NaN or mis-shaped actions raise.
+    From the model config: ``Box(low, high, (A,), float32)`` or ``Discrete(n)``; for k > 1
+    ``Box`` of shape ``(k, A)`` or ``MultiDiscrete([n] * k)``, one action per predicted frame.
+    Out-of-bound, NaN or mis-shaped actions raise.
 
     ## Rewards
     The model's reward head for the action just taken.
@@ -69,7 +83,7 @@ class ImaginedVectorEnv(VectorEnv):
     ## Arguments
     num_envs, model (shipped name or folder, or a WorldModel), dataset (store for contexts),
     decoder ('token' | 'diffusion'), diffusion_steps, mode ('sequential' | 'parallel'),
-    parallel_steps, obs_mode ('pixels' | 'tokens'), max_episode_steps, autoreset_mode
+    parallel_steps, obs_mode ('pixels' | 'tokens'), obs_frames ('last' | 'all'), max_episode_steps, autoreset_mode
     ('next_step' | 'same_step' | 'disabled'), sampling (SamplingConfig), device, precision,
     torch_obs (keep tensors on the model's device), render_mode ('rgb_array').
     """
@@ -78,7 +92,7 @@ class ImaginedVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 1, model: str | Path | WorldModel | None = None, *,
                  dataset: str | Path | None = None, decoder: str = "token", diffusion_steps: int | None = None,
-                 mode: str = "parallel", parallel_steps: int = 8, obs_mode: str = "pixels",
+                 mode: str = "parallel", parallel_steps: int = 8, obs_mode: str = "pixels", obs_frames: str = "last",
                  max_episode_steps: int | None = 200, autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
                  sampling: SamplingConfig | None = None, device: str = "auto", precision: str = "auto",
                  torch_obs: bool = False, render_mode: str | None = None, text_encoder=None):
@@ -86,6 +100,9 @@ class ImaginedVectorEnv(VectorEnv):
             raise ValueError("pass model=: a shipped model name ('driving', 'manipulation') or a model folder")
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        if obs_frames not in OBS_FRAMES:
+            raise ValueError(f"obs_frames must be one of {OBS_FRAMES}, got {obs_frames!r}")
+        self.obs_frames = obs_frames
         if max_episode_steps is not None and (not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1):
             raise ValueError(f"max_episode_steps must be a positive integer or None (no limit), got {max_episode_steps!r}")
         if int(num_envs) < 1:
@@ -101,7 +118,7 @@ class ImaginedVectorEnv(VectorEnv):
         self.metadata = {**self.metadata, "autoreset_mode": autoreset(autoreset_mode), "render_fps": c.fps}
         self.cameras, self.context_frames = c.cameras, c.context_frames
         folder = None if isinstance(model, WorldModel) else resolve_pretrained(model)
-        self.contexts = (ContextBank.from_store(dataset, c.cameras, c.context_frames) if dataset is not None
+        self.contexts = (ContextBank.from_store(dataset, c.cameras, c.context_video_frames) if dataset is not None
                          else ContextBank.load(folder) if folder is not None else None)
         if self.contexts is not None and self.contexts.frames.shape[3:5] != (c.tokenizer.image_size,) * 2:
             raise ValueError(f"context frames are {self.contexts.frames.shape[3]}px, the model takes "
@@ -131,7 +148,8 @@ class ImaginedVectorEnv(VectorEnv):
         if self.obs_mode == "tokens":
             obs = token_space(c.cameras, c.tokenizer.grid, c.tokenizer.vocab_size)
         else:
-            obs = pixel_space(c.cameras, c.tokenizer.image_size)
+            obs = pixel_space(c.cameras, c.tokenizer.image_size,
+                              c.frames_per_step if self.obs_frames == "all" else None)
         act = model_action_space(c)
         self.single_observation_space, self.single_action_space = obs, act
         self.observation_space = gym.vector.utils.batch_space(obs, self.num_envs)
@@ -264,7 +282,11 @@ class ImaginedVectorEnv(VectorEnv):
             tok = self._core.last_tokens()
             return tok.clone() if self.torch_obs else tok.cpu().numpy().copy()
         # Copies: on CPU .numpy() would alias the buffer the next step overwrites.
-        frames = self._core.frames.clone() if self.torch_obs else self._core.frames.cpu().numpy().copy()
+        if self.obs_frames == "all":
+            src = self._core.group_frames.transpose(1, 2)  # (N, V, k, H, W, 3)
+        else:
+            src = self._core.frames  # (N, V, H, W, 3)
+        frames = src.clone() if self.torch_obs else src.cpu().numpy().copy()
         if len(self.cameras) == 1:
             return frames[:, 0]
         return {cam: frames[:, i] for i, cam in enumerate(self.cameras)}

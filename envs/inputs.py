@@ -27,9 +27,10 @@ def _from_contexts(env, ctx, r: int) -> tuple[torch.Tensor, torch.Tensor, list[s
         if set(c.cameras) != set(env.cameras):
             raise ValueError(f"the context has cameras {list(c.cameras)}, but this model sees {list(env.cameras)}: "
                              "start it from an env of the same camera rig (its real twin)")
-    c_max = env.cfg.backbone.max_frames - 1
+    # The longest 1 + k*m frames every context holds and the model takes.
+    k, most = env.cfg.frames_per_step, env.cfg.max_context_latent_frames
     n = min(len(c) for c in ctxs)
-    ctxs = [c.last(min(n, c_max)) for c in ctxs]
+    ctxs = [c.last(1 + k * min((n - 1) // k, most - 1)) for c in ctxs]
     frames = np.stack([np.stack([c.frames[cam] for cam in env.cameras], axis=1) for c in ctxs])
     frames = _as_frames(env, frames, r)
     acts = np.stack([np.asarray(c.actions) for c in ctxs])
@@ -45,7 +46,7 @@ def _as_frames(env, frames, r: int) -> torch.Tensor:
             raise ValueError(f"context frames miss camera(s) {missing}; expected keys {list(cams)}")
         frames = np.stack([np.asarray(frames[c]) for c in cams], axis=-4)  # (..., C, V, H, W, 3)
     a = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
-    if len(cams) == 1 and a.ndim in (4, 5) and a.shape[-4] != 1:
+    if len(cams) == 1 and (a.ndim == 4 or (a.ndim == 5 and a.shape[-4] != 1)):
         a = a[..., None, :, :, :]  # single camera: (C, H, W, 3) -> (C, 1, H, W, 3)
     if a.ndim == 5:
         a = np.broadcast_to(a, (r,) + a.shape)
@@ -54,10 +55,14 @@ def _as_frames(env, frames, r: int) -> torch.Tensor:
         raise ValueError(f"context frames must be {want}, optionally with a leading dim of {r}; got shape {a.shape}")
     if a.dtype != np.uint8:
         raise TypeError(f"context frames must be uint8, got {a.dtype}")
-    c_max = env.cfg.backbone.max_frames - 1
-    if not 1 <= a.shape[1] <= c_max:
-        raise ValueError(f"context must hold 1..{c_max} frames, got {a.shape[1]}")
+    env.cfg.context_latent_frames(a.shape[1])  # 1 + k*m frames, within the model's window
     return torch.from_numpy(np.array(a, copy=True))
+
+
+def frame_action_shape(env) -> tuple[int, ...]:
+    """The shape of ONE frame's action: an env step takes ``k`` of them (``(k, A)`` / ``(k,)``)."""
+    shape = tuple(env.single_action_space.shape)
+    return shape[1:] if env.cfg.frames_per_step > 1 else shape
 
 
 def batch_context(env, rows: np.ndarray, options: dict):
@@ -72,15 +77,17 @@ def batch_context(env, rows: np.ndarray, options: dict):
         frames = _as_frames(env, options["frames"], r)
         c = frames.shape[1]
         acts = options.get("actions")
+        shape = frame_action_shape(env)
         if acts is None:
             if c > 1:
                 raise ValueError(f"a context of {c} frames needs the {c - 1} actions between them: options['actions']")
-            acts = np.zeros((r, 0) + env.single_action_space.shape, np.float32)
+            acts = np.zeros((r, 0) + shape, np.float32)
         acts = np.asarray(acts)
-        if acts.ndim == len(env.single_action_space.shape) + 1:
+        if acts.ndim == len(shape) + 1:
             acts = np.broadcast_to(acts, (r,) + acts.shape)
-        if acts.shape[:2] != (r, c - 1):
-            raise ValueError(f"context actions must have shape ({c - 1},) + action shape, got {acts.shape[1:]}")
+        if acts.shape[:2] != (r, c - 1) or acts.shape[2:] != shape:
+            raise ValueError(f"context actions must have shape {(c - 1,) + shape} (one action of shape {shape} "
+                             f"between each pair of frames), got {acts.shape[1:]}")
         return frames, torch.as_tensor(np.array(acts, copy=True)), ["caller frames"] * r
     if env.contexts is None:
         raise ValueError("no context to start from: pass dataset=PATH when making the env, "

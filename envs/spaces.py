@@ -14,12 +14,15 @@ import numpy as np
 from gymnasium import spaces
 
 
-def pixel_space(cameras: tuple[str, ...], size: int) -> spaces.Space:
-    """One camera: ``Box(0, 255, (H, W, 3), uint8)``; several: a ``Dict`` keyed by camera name."""
-    frame = spaces.Box(0, 255, (size, size, 3), np.uint8)
+def pixel_space(cameras: tuple[str, ...], size: int, frames: int | None = None) -> spaces.Space:
+    """One camera: ``Box(0, 255, (H, W, 3), uint8)``; several: a ``Dict`` keyed by camera name.
+
+    ``frames`` = k gives ``(k, H, W, 3)`` per camera: every frame of a k-frame env step.
+    """
+    shape = (size, size, 3) if frames is None else (frames, size, size, 3)
     if len(cameras) == 1:
-        return frame
-    return spaces.Dict({cam: spaces.Box(0, 255, (size, size, 3), np.uint8) for cam in cameras})
+        return spaces.Box(0, 255, shape, np.uint8)
+    return spaces.Dict({cam: spaces.Box(0, 255, shape, np.uint8) for cam in cameras})
 
 
 def token_space(cameras: tuple[str, ...], grid: int, vocab: int) -> spaces.Box:

@@ -28,10 +28,13 @@ _TOKENIZERS = {
                             levels=(8, 8, 8, 5, 5, 5)),
 }
 _TOKENIZERS["large"] = _TOKENIZERS["base"]
+# Grouped time at test size: frame 0 alone, then groups of 4 frames per latent frame (as Cosmos DV4x8x8).
+_TOKENIZERS["tiny-k4"] = replace(_TOKENIZERS["tiny"], temporal_downsample=4, temporal_kernel=3)
 _TOKENIZERS["rl"] = _TOKENIZERS["small-mv"]
 
 _BACKBONES = {
     "tiny": BackboneConfig(dim=32, depth=2, heads=4, kv_heads=2, max_frames=4),
+    "tiny-k4": BackboneConfig(dim=32, depth=2, heads=4, kv_heads=2, max_frames=4),
     "small": BackboneConfig(dim=256, depth=6, heads=8, kv_heads=4, max_frames=6),
     "small-mv": BackboneConfig(dim=256, depth=6, heads=8, kv_heads=4, max_frames=6),
     # For RL in imagination on a CPU: one 4x4-token camera, a narrow and shallow backbone.
@@ -50,6 +53,7 @@ _DECODERS = {
                           token_embed_dim=32, cond_prev_frame=False, steps=4),
 }
 _DECODERS["large"] = _DECODERS["base"]
+_DECODERS["tiny-k4"] = _DECODERS["tiny"]
 _DECODERS["rl"] = _DECODERS["small-mv"]
 
 PRESETS = tuple(_BACKBONES)

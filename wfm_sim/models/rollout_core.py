@@ -30,7 +30,7 @@ class CoreStep:
     tokens: torch.Tensor
     """``(r, V, g, g)`` int64 token ids of the new latent frame."""
     frames: torch.Tensor | None
-    """``(r, V, H, W, 3)`` uint8 decoded frames (None when decoding is off)."""
+    """``(r, V, H, W, 3)`` uint8 decoded frames, the last of the step's k (None when decoding is off)."""
     reward: torch.Tensor
     """``(r,)`` float32."""
     terminated: torch.Tensor
@@ -39,6 +39,8 @@ class CoreStep:
     """``(r,)`` bool, for models with a success head."""
     entropy: torch.Tensor
     """``(r,)`` mean token entropy (nats) of the predicted frame."""
+    group_frames: torch.Tensor | None = None
+    """``(r, k, V, H, W, 3)`` uint8: all k frames of the new latent frame, oldest first."""
 
 
 class RolloutCore:
@@ -75,6 +77,11 @@ class RolloutCore:
         s = c.tokenizer.image_size
         self.frames = torch.zeros((batch, len(c.cameras), s, s, 3), dtype=torch.uint8, device=model.device)
         """``(B, V, H, W, 3)`` uint8: each row's last frame (context or decoded)."""
+        self.k = c.frames_per_step
+        self.group_frames = torch.zeros((batch, self.k, len(c.cameras), s, s, 3), dtype=torch.uint8,
+                                        device=model.device)
+        """``(B, k, V, H, W, 3)`` uint8: each row's last k frames (after a reset: the context's last k,
+        the first one repeated where the context is shorter)."""
 
     @property
     def device(self) -> torch.device:
@@ -105,6 +112,10 @@ class RolloutCore:
             acts = self.model.check_action(torch.as_tensor(actions).to(self.device), (r, ctx - 1))
         self.im.reset(t_rows, tokens.flatten(2), acts, seeds)
         self.frames[t_rows] = frames[:, -1].to(self.device)
+        tail = frames[:, -self.k:].to(self.device)
+        if tail.shape[1] < self.k:  # a one-frame context: pad in front with its first frame
+            tail = torch.cat((tail[:, :1].expand(-1, self.k - tail.shape[1], -1, -1, -1, -1), tail), dim=1)
+        self.group_frames[t_rows] = tail
 
     @torch.no_grad()
     def reset_from_text(self, rows, seeds: list[int]) -> None:
@@ -114,17 +125,20 @@ class RolloutCore:
         frame0 = self.im.reset_from_text(t_rows, seeds)
         tokens = frame0.view(len(t_rows), 1, len(c.cameras), c.tokenizer.grid, c.tokenizer.grid)
         self.frames[t_rows] = self.model.decode(tokens, "token")[:, -1]
+        self.group_frames[t_rows] = self.frames[t_rows, None]
 
     @torch.no_grad()
     def step(self, actions: torch.Tensor, rows=None) -> CoreStep:
         """Advance ``rows`` (default all) by one latent frame under ``actions`` ``(r, k, a)`` / ``(r, k)``."""
         t_rows = self._rows(rows)
         out = self.im.step(actions, None if rows is None else t_rows)
-        frames = None
+        frames = group = None
         if self.decode_pixels:
-            frames = self._decode(t_rows, out.tokens)
+            group = self._decode(t_rows, out.tokens)  # (r, k, V, H, W, 3)
+            frames = group[:, -1]
             self.frames[t_rows] = frames
-        return CoreStep(out.tokens, frames, out.reward, out.terminated, out.success, out.entropy)
+            self.group_frames[t_rows] = group
+        return CoreStep(out.tokens, frames, out.reward, out.terminated, out.success, out.entropy, group)
 
     def _decode(self, t_rows: torch.Tensor, new_tokens: torch.Tensor) -> torch.Tensor:
         tk = self.model.cfg.tokenizer
@@ -133,8 +147,7 @@ class RolloutCore:
         else:
             history = self.im.history(t_rows, int(self.im.count[t_rows].min()))
         gens = [self.im.generators[i] for i in t_rows.tolist()]
-        frames = self.model.decode(history, self.decoder, self.diffusion_steps, prev=self.frames[t_rows], generators=gens)
-        return frames[:, -1]
+        return self.model.decode(history, self.decoder, self.diffusion_steps, prev=self.frames[t_rows], generators=gens)
 
     def last_tokens(self) -> torch.Tensor:
         """``(B, V, g, g)`` each row's newest latent frame of tokens."""

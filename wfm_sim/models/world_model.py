@@ -69,7 +69,9 @@ class WorldModelConfig:
     action: ActionSpec = field(default_factory=ActionSpec)
     fps: float = 10.0
     context_frames: int = 2
-    """Frames of real context an environment reset starts from by default."""
+    """Latent frames of real context an environment reset starts from by default: with a
+    tokenizer grouping k frames that is ``1 + k*(context_frames-1)`` video frames
+    (:attr:`context_video_frames`)."""
     name: str = ""
     source_env: str = ""
     """Simulator the model was trained on (e.g. 'CarRacing-v3')."""
@@ -95,6 +97,32 @@ class WorldModelConfig:
             problems.append(f"context_frames must lie in [1, {b.max_frames - 1}], got {self.context_frames}")
         if problems:
             raise ValueError("inconsistent WorldModelConfig: " + "; ".join(problems))
+
+    @property
+    def frames_per_step(self) -> int:
+        """Video frames (and actions) per latent frame: the tokenizer's temporal compression k."""
+        return self.tokenizer.temporal_downsample
+
+    @property
+    def context_video_frames(self) -> int:
+        """Video frames of the default context: ``1 + k*(context_frames-1)``."""
+        return 1 + self.frames_per_step * (self.context_frames - 1)
+
+    @property
+    def max_context_latent_frames(self) -> int:
+        """The longest context a reset takes, in latent frames (one latent frame is left to predict)."""
+        return self.backbone.max_frames - 1
+
+    def context_latent_frames(self, video_frames: int) -> int:
+        """Latent frames of a context of ``video_frames`` frames; raises unless it is ``1 + k*m``
+        with ``1 + m`` in ``[1, max_context_latent_frames]``."""
+        k, most = self.frames_per_step, self.max_context_latent_frames
+        if video_frames < 1 or (video_frames - 1) % k or 1 + (video_frames - 1) // k > most:
+            allowed = ", ".join(str(1 + k * m) for m in range(most))
+            raise ValueError(f"context must hold {allowed} frames (1 + {k}*m for this model's {k}-frame latent "
+                             f"steps, at most {most} latent frames), got {video_frames}" if k > 1 else
+                             f"context must hold 1..{most} frames, got {video_frames}")
+        return 1 + (video_frames - 1) // k
 
 
 class WorldModel(nn.Module):
