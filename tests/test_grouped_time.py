@@ -121,3 +121,17 @@ def test_base_layout_at_reduced_width_steps_on_cpu():
     env.reset(seed=0, options={"frames": frames, "actions": acts})
     obs, reward, *_ = env.step(np.stack([env.single_action_space.sample() for _ in range(2)]))
     assert set(obs) == set(cams) and obs["CAM_BACK"].shape == (2, 8, 64, 64, 3) and reward.shape == (2,)
+
+
+def test_open_loop_evaluation_scores_every_frame_of_every_step(k4_model_dir, square_store):
+    from wfm_sim.evaluation.fidelity import EvalConfig, evaluate
+
+    model = WorldModel.from_pretrained(str(k4_model_dir), "cpu", "fp32")
+    cfg = EvalConfig(horizon=1, windows=3, split="all", modes=("parallel",), decoders=("token",), parallel_steps=2)
+    report, videos = evaluate(model, str(square_store), cfg)
+    assert report["horizon"] == 1 and report["horizon_frames"] == K and report["context_frames"] == 5
+    for res in report["results"].values():
+        assert len(res["psnr_mean"]) == K  # one score per predicted frame, not per latent step
+    assert videos["parallel/token"].shape == videos["real"].shape == (3, K, 1, 16, 16, 3)
+    # Repeat-last is scored against the frames that follow the 5-frame context, frame for frame.
+    assert report["results"]["baseline/repeat_last"]["psnr_mean"] != report["results"]["parallel/token"]["psnr_mean"]

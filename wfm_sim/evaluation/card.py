@@ -60,15 +60,17 @@ def model_card(model: WorldModel, name: str, data: dict, training: dict, report:
         wall = f"{t['elapsed_s'] / 60:.0f} min wall time" if t["elapsed_s"] else "wall time not recorded"
         lines.append(f"- {comp}: {t['steps']} steps, {wall}; held-out: "
                      + ", ".join(f"{k} {v}" for k, v in t["held_out"].items()))
+    hf = report.get("horizon_frames", report["horizon"])  # PSNR / SSIM are per frame
     lines += ["", "## Open-loop fidelity (held-out episodes)", "",
-              f"{report['windows']} windows, context {report['context_frames']} frames, horizon {report['horizon']}, "
+              f"{report['windows']} windows, context {report['context_frames']} frames, horizon {report['horizon']}"
+              + (f" steps of {report['frames_per_step']} frames" if report.get("frames_per_step", 1) > 1 else "") + ", "
               f"sampling {report['sampling']}, parallel decoding in {report['parallel_steps']} steps.", "",
-              "| method | " + " | ".join(f"PSNR@{h}" for h in range(1, report["horizon"] + 1)) + " |",
-              "| --- |" + " --- |" * report["horizon"]]
+              "| method | " + " | ".join(f"PSNR@{h}" for h in range(1, hf + 1)) + " |",
+              "| --- |" + " --- |" * hf]
     for k, r in report["results"].items():
         lines.append(f"| {k} | " + " | ".join(f"{v:.2f}" for v in r["psnr_mean"]) + " |")
-    lines += ["", "| method | " + " | ".join(f"SSIM@{h}" for h in range(1, report["horizon"] + 1)) + " |",
-              "| --- |" + " --- |" * report["horizon"]]
+    lines += ["", "| method | " + " | ".join(f"SSIM@{h}" for h in range(1, hf + 1)) + " |",
+              "| --- |" + " --- |" * hf]
     for k, r in report["results"].items():
         lines.append(f"| {k} | " + " | ".join(f"{v:.3f}" for v in r["ssim_mean"]) + " |")
     lines += ["", "Controllability (mean PSNR with true minus shuffled actions): "

@@ -53,7 +53,7 @@ def eval_windows(model: WorldModel, data: str, cfg: EvalConfig, split: Split | N
     if cfg.split != "all" and split is None:
         raise ValueError(f"split={cfg.split!r} needs the model's recorded train/val split "
                          "(wfm_sim.datasets.split.load_split(MODEL_FOLDER, data)); use split='all' for an unseen store")
-    ds = WindowDataset(data, c.context_frames + cfg.horizon, split=cfg.split, cameras=c.cameras,
+    ds = WindowDataset(data, c.context_video_frames + c.frames_per_step * cfg.horizon, split=cfg.split, cameras=c.cameras,
                        episodes=split if cfg.split != "all" else None)
     idx = np.linspace(0, len(ds) - 1, min(cfg.windows, len(ds))).astype(int)
     return collate([ds[int(i)] for i in idx])
@@ -63,8 +63,9 @@ def eval_windows(model: WorldModel, data: str, cfg: EvalConfig, split: Split | N
 def rollout(model: WorldModel, batch: Batch, mode: str, decoder: str, cfg: EvalConfig,
             actions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Open-loop rollouts for every window through the one rollout core; returns predicted
-    frames and head outputs."""
-    C, H = model.cfg.context_frames, cfg.horizon
+    frames ``(n, k*H, V, H, W, 3)`` (all k frames of each of the H latent steps) and head
+    outputs ``(n, H)`` per latent step."""
+    C, H, k = model.cfg.context_video_frames, cfg.horizon, model.cfg.frames_per_step
     n = batch.obs.shape[0]
     acts = batch.action if actions is None else actions
     frames, rewards, terms, succ = [], [], [], []
@@ -75,12 +76,13 @@ def rollout(model: WorldModel, batch: Batch, mode: str, decoder: str, cfg: EvalC
         core.reset(None, obs[:, :C], a[:, : C - 1] if C > 1 else None, [cfg.seed * 7919 + s + i for i in range(r)])
         out_f, out_r, out_t, out_s = [], [], [], []
         for h in range(H):
-            step = core.step(model.check_action(a[:, C - 1 + h].to(model.device), (r,)))
-            out_f.append(step.frames.cpu())
+            group = a[:, C - 1 + k * h : C - 1 + k * (h + 1)]  # the k actions of latent step h
+            step = core.step(model.check_action(group.to(model.device), (r,)))
+            out_f.append(step.group_frames.cpu())
             out_r.append(step.reward.cpu())
             out_t.append(step.terminated.cpu())
             out_s.append(step.success.cpu() if step.success is not None else torch.zeros(r, dtype=torch.bool))
-        frames.append(torch.stack(out_f, 1))
+        frames.append(torch.cat(out_f, 1))
         rewards.append(torch.stack(out_r, 1))
         terms.append(torch.stack(out_t, 1))
         succ.append(torch.stack(out_s, 1))
@@ -97,20 +99,24 @@ def frame_scores(pred: torch.Tensor, real: torch.Tensor) -> dict[str, list]:
             "psnr_mean": p.mean((0, 2)).tolist(), "ssim_mean": s.mean((0, 2)).tolist()}
 
 
-def head_scores(out: dict, batch: Batch, C: int, H: int) -> dict[str, float]:
-    real_r = batch.reward[:, C - 1 : C - 1 + H]
-    real_t = batch.terminated[:, C - 1 : C - 1 + H]
+def head_scores(out: dict, batch: Batch, C: int, H: int, k: int = 1) -> dict[str, float]:
+    """Heads per latent step against the real values of its k frames (reward summed,
+    termination any, success at the last), as the backbone is trained."""
+    def group(x):
+        return x[:, C - 1 : C - 1 + k * H].reshape(x.shape[0], H, k)
+
+    real_r, real_t = group(batch.reward).sum(-1), group(batch.terminated).any(-1)
     scores = {"reward_mae": (out["reward"] - real_r).abs().mean().item(),
               "terminated_acc": (out["terminated"] == real_t).float().mean().item()}
     if batch.success is not None:
-        scores["success_acc"] = (out["success"] == batch.success[:, C - 1 : C - 1 + H]).float().mean().item()
+        scores["success_acc"] = (out["success"] == group(batch.success)[..., -1]).float().mean().item()
     return scores
 
 
 @torch.no_grad()
 def decoder_reconstruction(model: WorldModel, batch: Batch, cfg: EvalConfig) -> dict[str, dict[str, float]]:
     """Decode real frames from their own tokens: token decode vs diffusion decode (prev = real)."""
-    C = model.cfg.context_frames
+    C = model.cfg.context_video_frames
     cur, prev = batch.obs[:, C], batch.obs[:, C - 1]
     tokens = model.encode(cur[:, None])  # (n, 1, V, g, g)
     real = cur.flatten(0, 1)
@@ -135,11 +141,11 @@ def evaluate(model: WorldModel, data: str, cfg: EvalConfig = EvalConfig(),
     ``split``: the model's recorded split of ``data`` (needed for ``cfg.split`` 'val' / 'train').
     """
     model.eval()
-    C, H = model.cfg.context_frames, cfg.horizon
+    C, H, k = model.cfg.context_video_frames, cfg.horizon, model.cfg.frames_per_step
     batch = eval_windows(model, data, cfg, split)
-    real = batch.obs[:, C : C + H]
+    real = batch.obs[:, C : C + k * H]  # scores are per frame: k*H of them
     results, videos = {}, {"real": real}
-    last = batch.obs[:, C - 1 : C].expand(-1, H, -1, -1, -1, -1)
+    last = batch.obs[:, C - 1 : C].expand(-1, k * H, -1, -1, -1, -1)
     results["baseline/repeat_last"] = frame_scores(last, real)
     # Shuffle actions across windows (roll by one: every window gets another window's actions).
     shuffled = torch.cat((batch.action[:, :C - 1], torch.roll(batch.action[:, C - 1 :], 1, dims=0)), dim=1)
@@ -151,8 +157,8 @@ def evaluate(model: WorldModel, data: str, cfg: EvalConfig = EvalConfig(),
         for dec in decoders:
             t0 = time.perf_counter()
             out = rollout(model, batch, mode, dec, cfg)
-            fps = out["frames"].shape[0] * H / (time.perf_counter() - t0)
-            results[f"{mode}/{dec}"] = {**frame_scores(out["frames"], real), **head_scores(out, batch, C, H),
+            fps = out["frames"].shape[0] * k * H / (time.perf_counter() - t0)
+            results[f"{mode}/{dec}"] = {**frame_scores(out["frames"], real), **head_scores(out, batch, C, H, k),
                                         "frames_per_s": fps}
             videos[f"{mode}/{dec}"] = out["frames"]
         sh = rollout(model, batch, mode, probe, cfg, actions=shuffled)
@@ -163,7 +169,7 @@ def evaluate(model: WorldModel, data: str, cfg: EvalConfig = EvalConfig(),
         control[f"{mode}/{probe}"] = float(np.mean(np.asarray(t) - np.asarray(s)))
     report = {
         "data": str(data), "split": cfg.split, "windows": int(batch.obs.shape[0]), "horizon": H,
-        "context_frames": C, "cameras": list(model.cfg.cameras), "sampling": vars(cfg.sampling),
+        "frames_per_step": k, "horizon_frames": k * H, "context_frames": C, "cameras": list(model.cfg.cameras), "sampling": vars(cfg.sampling),
         "parallel_steps": cfg.parallel_steps, "results": results, "controllability_delta_psnr": control,
         "decoder_reconstruction": decoder_reconstruction(model, batch, cfg),
     }

@@ -19,7 +19,7 @@ def plot_horizon(report: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    h = np.arange(1, report["horizon"] + 1)
+    h = np.arange(1, report.get("horizon_frames", report["horizon"]) + 1)  # scores are per frame
     for name, res in report["results"].items():
         style = "--" if name.startswith(("baseline", "shuffled")) else "-"
         axes[0].plot(h, res["psnr_mean"], style, marker="o", ms=3, label=name)
@@ -53,7 +53,7 @@ def write_report(report: dict, videos: dict, out: str | Path, fps: float = 4.0, 
 
 def summary_table(report: dict) -> str:
     """A plain-text table: mean PSNR / SSIM at horizons 1, H/2, H per method."""
-    H = report["horizon"]
+    H = report.get("horizon_frames", report["horizon"])
     picks = sorted({1, max(1, H // 2), H})
     head = f"{'method':34s} " + " ".join(f"PSNR@{h:<3d}" for h in picks) + " " + " ".join(f"SSIM@{h:<3d}" for h in picks)
     lines = [head, "-" * len(head)]
