@@ -14,15 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from wfm_sim.models.cosmos_tokenizer import (
-    CosmosCheckpointError,
-    CosmosTokenizerConfig,
-    CosmosVideoTokenizer,
-    haar3d,
-    inverse_haar3d,
-    load_cosmos_tokenizer,
-    save_cosmos_tokenizer,
-)
+from wfm_sim.models.cosmos_tokenizer import CosmosTokenizerConfig, CosmosVideoTokenizer, haar3d, inverse_haar3d
+from wfm_sim.models.cosmos_weights import CosmosCheckpointError, load_cosmos_tokenizer, save_cosmos_tokenizer
 
 
 def released_shapes() -> dict[str, tuple[int, ...]]:

@@ -346,7 +346,7 @@ def _cosmos_tokenize(args) -> None:
 
     import numpy as np
 
-    from wfm_sim.models.cosmos_tokenizer import load_cosmos_tokenizer, reconstruct
+    from wfm_sim.models.cosmos_weights import load_cosmos_tokenizer, reconstruct
     from wfm_sim.viz import read_mp4, write_mp4
 
     model = load_cosmos_tokenizer(args.folder, variant=args.variant)

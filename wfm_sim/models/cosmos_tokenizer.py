@@ -15,21 +15,15 @@ A clip of ``1 + k*m`` frames of ``H x W`` pixels gives ``1 + m`` latent frames o
 ``H/s x W/s`` tokens (``k`` temporal, ``s`` spatial compression). Nothing a frame encodes to
 depends on a later frame.
 
-Loading never executes code from a file: the state dict is read with ``torch.load(...,
-weights_only=True)``, and TorchScript archives (the ``.jit`` files NVIDIA publishes) are
-refused before anything is read, because loading TorchScript runs the code inside it.
+Released weights load with :func:`wfm_sim.models.cosmos_weights.load_cosmos_tokenizer`.
 
 Dimension legend: ``b`` batch, ``c`` channels, ``t`` frames, ``h w`` grid, ``d`` code channels.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
-import zipfile
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,16 +31,10 @@ from einops import rearrange
 from torch import nn
 
 from wfm_sim.models.fsq import FSQ
+from wfm_sim.models.tokenizer import FrameNorm
 
 VARIANTS: dict[str, tuple[int, int]] = {"DV4x8x8": (4, 8), "DV8x8x8": (8, 8), "DV8x16x16": (8, 16)}
 """Released discrete video tokenizers: name -> (temporal, spatial) compression."""
-
-STATE_DICT_FILES = ("model.pt", "autoencoder.pt")
-"""Files holding the whole autoencoder's state dict; or ``encoder.pt`` + ``decoder.pt``."""
-
-
-class CosmosCheckpointError(ValueError):
-    """A Cosmos tokenizer folder or file is missing, unsafe to read, or not the expected variant."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +63,7 @@ class CosmosTokenizerConfig:
     @classmethod
     def variant(cls, name: str, **overrides) -> CosmosTokenizerConfig:
         if name not in VARIANTS:
-            raise CosmosCheckpointError(f"unknown Cosmos tokenizer variant {name!r}; expected one of {list(VARIANTS)}")
+            raise ValueError(f"unknown Cosmos tokenizer variant {name!r}; expected one of {list(VARIANTS)}")
         k, s = VARIANTS[name]
         return cls(temporal_compression=k, spatial_compression=s, **overrides)
 
@@ -190,24 +178,11 @@ def _factorised(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(CausalConv3d(cin, cout, (1, 3, 3), padding=1), CausalConv3d(cout, cout, (3, 1, 1)))
 
 
-class FrameGroupNorm(nn.Module):
-    """GroupNorm(1) over each frame on its own (Cosmos' ``CausalNormalize`` with one group)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.norm = nn.GroupNorm(1, channels, eps=1e-6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        x = self.norm(rearrange(x, "b c t h w -> (b t) c h w"))
-        return rearrange(x, "(b t) c h w -> b c t h w", b=b)
-
-
 class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.norm1, self.conv1 = FrameGroupNorm(cin), _factorised(cin, cout)
-        self.norm2, self.conv2 = FrameGroupNorm(cout), _factorised(cout, cout)
+        self.norm1, self.conv1 = FrameNorm(cin), _factorised(cin, cout)
+        self.norm2, self.conv2 = FrameNorm(cout), _factorised(cout, cout)
         self.nin_shortcut = CausalConv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -219,7 +194,7 @@ class ResBlock(nn.Module):
 class _QKV(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = FrameGroupNorm(channels)
+        self.norm = FrameNorm(channels)
         self.q, self.k, self.v = (CausalConv3d(channels, channels, 1) for _ in range(3))
         self.proj_out = CausalConv3d(channels, channels, 1)
 
@@ -345,7 +320,7 @@ class Encoder(nn.Module):
                 res //= 2
             self.down.append(level)
         self.mid = _Middle(cin)
-        self.norm_out = FrameGroupNorm(cin)
+        self.norm_out = FrameNorm(cin)
         self.conv_out = _factorised(cin, cfg.z_channels)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -384,7 +359,7 @@ class Decoder(nn.Module):
                 res *= 2
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)  # up[i] runs at resolution level i, as released
-        self.norm_out = FrameGroupNorm(cin)
+        self.norm_out = FrameNorm(cin)
         self.conv_out = _factorised(cin, 3 * cfg.patch_size**3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -441,201 +416,5 @@ class CosmosVideoTokenizer(nn.Module):
         return self.decode_codes(self.fsq.indices_to_codes(tokens)).clamp(-1, 1)
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are zip files holding compiled code (``code/``) and ``constants.pkl``."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
-
-
-_CONVERT = ("python -c \"import torch; torch.save(torch.jit.load('autoencoder.jit').state_dict(), 'model.pt')\"")
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a PyTorch state-dict file, read with ``weights_only=True``; TorchScript is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise CosmosCheckpointError(f"{path}: no such file")
-    if _is_torchscript(path):
-        raise CosmosCheckpointError(
-            f"{path} is a TorchScript archive, not a state dict. wfm_sim never loads TorchScript: that runs "
-            f"code stored in the file. Convert it once, in an environment you trust: {_CONVERT}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncation, foreign formats
-        raise CosmosCheckpointError(f"{path} is not a readable PyTorch state dict "
-                                    f"(read with weights_only=True): {type(e).__name__}: {e}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v)
-                                                       for k, v in obj.items()):
-        raise CosmosCheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of named tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def _variant_from(folder: Path, variant: str | None, extra: dict) -> str:
-    named = sorted({m.upper().replace("X", "x") for m in re.findall(r"DV\d+x\d+x\d+", folder.name, re.I)})
-    named = [n for n in named if n in VARIANTS]
-    from_config = None
-    if "temporal_compression" in extra or "spatial_compression" in extra:
-        k, s = extra.get("temporal_compression"), extra.get("spatial_compression")
-        from_config = f"DV{k}x{s}x{s}"
-    claims = {src: v for src, v in (("variant argument", variant), ("config.json", from_config),
-                                    ("folder name", named[0] if len(named) == 1 else None)) if v}
-    if not claims:
-        raise CosmosCheckpointError(
-            f"cannot tell which Cosmos tokenizer {folder} holds: the three DV variants have the same parameter "
-            f"names and shapes. Name the folder after it (e.g. Cosmos-Tokenize1-DV4x8x8-360p), pass "
-            f"variant= one of {list(VARIANTS)}, or write config.json with temporal_compression and "
-            f"spatial_compression")
-    if len(set(claims.values())) > 1:
-        raise CosmosCheckpointError(f"conflicting Cosmos tokenizer variants for {folder}: " +
-                                    ", ".join(f"{src} says {v}" for src, v in claims.items()))
-    name = next(iter(claims.values()))
-    if name not in VARIANTS:
-        raise CosmosCheckpointError(f"{name} is not a released discrete video tokenizer; expected one of "
-                                    f"{list(VARIANTS)}")
-    return name
-
-
-def _check_keys(state: dict[str, torch.Tensor], model: CosmosVideoTokenizer, where: str) -> None:
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    name = model.cfg.name
-    q = state.get("quant_conv.conv3d.weight")
-    if q is not None and q.ndim == 5 and q.shape[0] != len(model.cfg.levels):
-        raise CosmosCheckpointError(
-            f"{where} maps the encoder to {q.shape[0]} latent channels: a continuous (CV) tokenizer or another "
-            f"quantiser, not a discrete {name} with FSQ {list(model.cfg.levels)} ({len(model.cfg.levels)} channels)")
-    if any(k.startswith("encoder.") and v.ndim == 4 and k.endswith("weight") and "conv" in k
-           for k, v in state.items()):
-        raise CosmosCheckpointError(f"{where} has 2-D convolutions: an image tokenizer (CI/DI), not a video "
-                                    f"tokenizer {name}")
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)}, expected {expected[k]})")
-        raise CosmosCheckpointError(f"{where} is not a Cosmos-Tokenize1 {name} state dict with the released "
-                                    f"architecture: " + "; ".join(parts))
-
-
-def load_cosmos_tokenizer(folder: str | Path, variant: str | None = None,
-                          dtype: torch.dtype = torch.float32) -> CosmosVideoTokenizer:
-    """Load a released Cosmos-Tokenize1 discrete video tokenizer from a local folder.
-
-    Expected layout (``folder`` named after the variant, e.g. ``Cosmos-Tokenize1-DV4x8x8-360p``)::
-
-        model.pt          # the autoencoder's state dict (torch.save(module.state_dict(), ...)), or
-        encoder.pt        # encoder.jit's state dict   } both, as converted from NVIDIA's
-        decoder.pt        # decoder.jit's state dict   } encoder.jit / decoder.jit
-        config.json       # optional: {"temporal_compression": 4, "spatial_compression": 8, ...}
-
-    ``config.json`` may also override the architecture's widths (``channels``, ``channels_mult``,
-    ``num_res_blocks``, ...) for tokenizers trained with the Cosmos code at other sizes.
-
-    Raises:
-        CosmosCheckpointError: missing folder or files, a TorchScript archive, an unreadable
-            file, an ambiguous or conflicting variant, or weights of another architecture.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CosmosCheckpointError(f"{folder}: no such folder (expected a Cosmos-Tokenize1 DV tokenizer folder "
-                                    f"holding model.pt)")
-    extra: dict = {}
-    if (folder / "config.json").is_file():
-        try:
-            extra = json.loads((folder / "config.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CosmosCheckpointError(f"{folder / 'config.json'} is not valid JSON: {e}") from None
-        if not isinstance(extra, dict):
-            raise CosmosCheckpointError(f"{folder / 'config.json'} must hold a JSON object")
-    name = _variant_from(folder, variant, extra)
-    known = {f.name for f in fields(CosmosTokenizerConfig)} - {"temporal_compression", "spatial_compression"}
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in extra.items() if k in known}
-    try:
-        cfg = CosmosTokenizerConfig.variant(name, **overrides)
-    except (TypeError, ValueError) as e:
-        raise CosmosCheckpointError(f"{folder / 'config.json'}: {e}") from None
-
-    whole = [folder / f for f in STATE_DICT_FILES if (folder / f).is_file()]
-    halves = [folder / f for f in ("encoder.pt", "decoder.pt") if (folder / f).is_file()]
-    if whole:
-        files = whole[:1]
-    elif len(halves) == 2:
-        files = halves
-    else:
-        jit = sorted(p.name for p in folder.glob("*.jit"))
-        hint = (f" It holds {jit}: TorchScript archives, which wfm_sim never loads (loading runs code stored in "
-                f"them). Convert once, in an environment you trust: {_CONVERT}") if jit else ""
-        raise CosmosCheckpointError(f"{folder} holds no model.pt (or encoder.pt + decoder.pt).{hint}")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(read_state_dict(f))
-    with torch.device("meta"):
-        skeleton = CosmosVideoTokenizer(cfg)
-    _check_keys(state, skeleton, ", ".join(str(f) for f in files))
-    model = CosmosVideoTokenizer(cfg)
-    model.load_state_dict(state, strict=True)
-    return model.to(dtype).eval().requires_grad_(False)
-
-
-def save_cosmos_tokenizer(model: CosmosVideoTokenizer, folder: str | Path) -> Path:
-    """Write ``model.pt`` + ``config.json`` in the layout :func:`load_cosmos_tokenizer` reads."""
-    import io
-
-    from wfm_sim.checkpoint import atomic_write_bytes, atomic_write_json
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    atomic_write_bytes(folder / "model.pt", buf.getvalue())
-    atomic_write_json(folder / "config.json", asdict(model.cfg))
-    return folder
-
-
-def reconstruct(model: CosmosVideoTokenizer, frames, max_frames: int | None = None) -> dict:
-    """Tokenize RGB uint8 frames ``(t, H, W, 3)`` and decode them back.
-
-    Uses the longest prefix of ``1 + k*m`` frames (at most ``max_frames``), with height and width
-    cut down to multiples of the spatial compression (centre crop). Returns the tokens
-    ``(1+m, h, w)``, the input and reconstructed frames as uint8 and the reconstruction PSNR.
-    """
-    import numpy as np
-
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (t, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
-    k, s = model.cfg.temporal_compression, model.cfg.spatial_compression
-    t = len(frames) if max_frames is None else min(len(frames), max_frames)
-    t = 1 + (t - 1) // k * k
-    h, w = frames.shape[1] // s * s, frames.shape[2] // s * s
-    if h == 0 or w == 0:
-        raise ValueError(f"frames of {frames.shape[1]}x{frames.shape[2]} are smaller than one {s}x{s} token")
-    top, left = (frames.shape[1] - h) // 2, (frames.shape[2] - w) // 2
-    clip = frames[:t, top : top + h, left : left + w]
-    video = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    dtype = model.quant_conv.conv3d.weight.dtype
-    with torch.no_grad():
-        tokens, _, _ = model.encode(video.to(dtype))
-        out = model.decode(tokens).float()
-    recon = ((out[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    mse = float(((recon.astype(np.float64) - clip) ** 2).mean())
-    psnr = float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
-    return {"tokens": tokens[0].numpy(), "input": clip, "reconstruction": recon, "psnr": psnr}
-
-
-__all__ = ["VARIANTS", "CosmosCheckpointError", "CosmosTokenizerConfig", "CosmosVideoTokenizer", "haar3d",
-           "inverse_haar3d", "load_cosmos_tokenizer", "read_state_dict", "reconstruct", "save_cosmos_tokenizer"]
+__all__ = ["VARIANTS", "CosmosTokenizerConfig", "CosmosVideoTokenizer", "haar3d", "inverse_haar3d", "patch_video",
+           "unpatch_video"]

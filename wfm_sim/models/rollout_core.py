@@ -75,13 +75,16 @@ class RolloutCore:
                                              parallel_steps=parallel_steps, text=text, text_mask=text_mask)
         c = model.cfg
         s = c.tokenizer.image_size
-        self.frames = torch.zeros((batch, len(c.cameras), s, s, 3), dtype=torch.uint8, device=model.device)
-        """``(B, V, H, W, 3)`` uint8: each row's last frame (context or decoded)."""
         self.k = c.frames_per_step
         self.group_frames = torch.zeros((batch, self.k, len(c.cameras), s, s, 3), dtype=torch.uint8,
                                         device=model.device)
         """``(B, k, V, H, W, 3)`` uint8: each row's last k frames (after a reset: the context's last k,
         the first one repeated where the context is shorter)."""
+
+    @property
+    def frames(self) -> torch.Tensor:
+        """``(B, V, H, W, 3)`` uint8: each row's last frame (context or decoded), a view."""
+        return self.group_frames[:, -1]
 
     @property
     def device(self) -> torch.device:
@@ -111,7 +114,6 @@ class RolloutCore:
                 raise ValueError(f"a context of {ctx} latent frames needs the actions between them")
             acts = self.model.check_action(torch.as_tensor(actions).to(self.device), (r, ctx - 1))
         self.im.reset(t_rows, tokens.flatten(2), acts, seeds)
-        self.frames[t_rows] = frames[:, -1].to(self.device)
         tail = frames[:, -self.k:].to(self.device)
         if tail.shape[1] < self.k:  # a one-frame context: pad in front with its first frame
             tail = torch.cat((tail[:, :1].expand(-1, self.k - tail.shape[1], -1, -1, -1, -1), tail), dim=1)
@@ -124,8 +126,7 @@ class RolloutCore:
         c = self.model.cfg
         frame0 = self.im.reset_from_text(t_rows, seeds)
         tokens = frame0.view(len(t_rows), 1, len(c.cameras), c.tokenizer.grid, c.tokenizer.grid)
-        self.frames[t_rows] = self.model.decode(tokens, "token")[:, -1]
-        self.group_frames[t_rows] = self.frames[t_rows, None]
+        self.group_frames[t_rows] = self.model.decode(tokens, "token")[:, -1:]  # one frame, repeated k times
 
     @torch.no_grad()
     def step(self, actions: torch.Tensor, rows=None) -> CoreStep:
@@ -136,7 +137,6 @@ class RolloutCore:
         if self.decode_pixels:
             group = self._decode(t_rows, out.tokens)  # (r, k, V, H, W, 3)
             frames = group[:, -1]
-            self.frames[t_rows] = frames
             self.group_frames[t_rows] = group
         return CoreStep(out.tokens, frames, out.reward, out.terminated, out.success, out.entropy, group)
 
