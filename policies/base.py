@@ -95,17 +95,30 @@ class RandomPolicy(SeededPolicy):
 
 class PlanPolicy(Policy):
     """A fixed open-loop action sequence: ``(T, A)`` for every episode, or ``(E, T, A)`` with
-    episode ``e`` of a request playing ``plan[e]``. Each row keeps its own step counter."""
+    episode ``e`` of a request playing ``plan[e]``. Each row keeps its own step counter.
 
-    def __init__(self, plan: np.ndarray):
+    ``group=k`` plays the plan on a model that takes k actions per step (grouped time): each
+    call returns the next ``(k, A)`` actions per row, the last action held if the plan ends
+    inside a group.
+    """
+
+    def __init__(self, plan: np.ndarray, group: int = 1):
         self.plan = np.asarray(plan)
         if self.plan.ndim not in (2, 3):
             raise ValueError(f"a plan must be (T, A) or (episodes, T, A), got shape {self.plan.shape}")
+        if group < 1:
+            raise ValueError(f"group must be >= 1, got {group}")
+        self.group = int(group)
         self._t: dict[int, int] = {}
         self._episode: dict[int, int] = {}
 
     def __len__(self) -> int:
-        return self.plan.shape[-2]
+        """Calls the plan lasts (steps of ``group`` actions)."""
+        return -(-self.plan.shape[-2] // self.group)
+
+    def grouped(self, k: int) -> "PlanPolicy":
+        """The same plan, ``k`` actions per call."""
+        return PlanPolicy(self.plan, group=k)
 
     def reset(self, seeds, rows=None, episodes=None) -> None:
         rows = self._rows(seeds, rows)
@@ -124,7 +137,12 @@ class PlanPolicy(Policy):
             t = self._t[r]
             if t >= len(self):
                 raise IndexError(f"the plan has {len(self)} steps; row {r} asked for step {t}")
-            out.append(self.plan[self._episode[r], t] if self.plan.ndim == 3 else self.plan[t])
+            plan = self.plan[self._episode[r]] if self.plan.ndim == 3 else self.plan
+            if self.group == 1:
+                out.append(plan[t])
+            else:
+                idx = np.minimum(np.arange(t * self.group, (t + 1) * self.group), len(plan) - 1)
+                out.append(plan[idx])
             self._t[r] = t + 1
         return np.stack(out)
 

@@ -97,7 +97,7 @@ def test_previous_frame_noise_augmentation_is_used_in_training():
     frames = torch.rand(4, 3, 16, 16) * 2 - 1
     seen = []
     orig = dec.cond
-    dec.cond = lambda t, td, prev: seen.append(prev) or orig(t, td, prev)
+    dec.cond = lambda t, td, prev, *rest: seen.append(prev) or orig(t, td, prev, *rest)
     dec(frames, tokens, frames, frames, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(seen[0], frames) and (seen[0] - frames).abs().max() < 1.5
     dec.cfg = DecoderConfig(**{**vars(CFG), "prev_noise_max": 0.0})

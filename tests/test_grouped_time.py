@@ -135,3 +135,139 @@ def test_open_loop_evaluation_scores_every_frame_of_every_step(k4_model_dir, squ
     assert videos["parallel/token"].shape == videos["real"].shape == (3, K, 1, 16, 16, 3)
     # Repeat-last is scored against the frames that follow the 5-frame context, frame for frame.
     assert report["results"]["baseline/repeat_last"]["psnr_mean"] != report["results"]["parallel/token"]["psnr_mean"]
+
+
+# ------------------------------------------------------------------ the decoder over latent frames
+def _grouped_decoder(seed=0):
+    from wfm_sim.models.diffusion import DiffusionDecoder
+
+    torch.manual_seed(seed)
+    dec = DiffusionDecoder(preset("tiny-k4").decoder).eval()
+    for mix in dec.unet.temporal:  # zero-initialised; give the temporal mixing weights to test it
+        torch.nn.init.normal_(mix.conv.weight, std=0.3)
+    torch.nn.init.normal_(dec.frame_emb.weight, std=0.3)
+    return dec
+
+
+def _grouped_inputs(b=2, t=K, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 64, (b, 4, 4), generator=g)
+    video = torch.rand(b, 3, t, 16, 16, generator=g) * 2 - 1
+    return tokens, video, torch.rand(b, 3, 16, 16, generator=g) * 2 - 1
+
+
+def test_grouped_decoder_is_causal_over_the_group_and_mixes_time():
+    dec = _grouped_decoder()
+    assert dec.cfg.frames == K and len(dec.unet.temporal) > 0
+    tokens, video, prev = _grouped_inputs()
+    sigma = torch.full((2,), 0.7)
+
+    def denoise(x, td):
+        return dec.denoise(x, sigma, dec.cond(tokens, td, prev, K))[0]
+
+    x = torch.randn_like(video)
+    base = denoise(x, video)
+    later_x, later_td = x.clone(), video.clone()
+    later_x[:, :, 2:] += 1.0
+    later_td[:, :, 2:] = -later_td[:, :, 2:]
+    changed = denoise(later_x, later_td)
+    torch.testing.assert_close(changed[:, :, :2], base[:, :, :2])  # frames 0-1 never see frames 2-3
+    assert (changed[:, :, 2:] - base[:, :, 2:]).abs().max() > 1e-3
+    earlier = x.clone()
+    earlier[:, :, 0] += 1.0
+    assert (denoise(earlier, video)[:, :, 1] - base[:, :, 1]).abs().max() > 1e-4  # frame 1 sees frame 0
+    # The first t frames of a group decode as a shorter group would: causal all the way through.
+    short = dec.denoise(x[:, :, :2], sigma, dec.cond(tokens, video[:, :, :2], prev, 2))[0]
+    torch.testing.assert_close(short, base[:, :, :2], atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_decoder_samples_a_latent_frame_and_refuses_bad_groups():
+    dec = _grouped_decoder()
+    tokens, video, prev = _grouped_inputs()
+    out = dec.sample(tokens, video, prev, steps=2, generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    assert out.shape == (2, 3, K, 16, 16) and out.abs().max() <= 1
+    one = dec.sample(tokens[1:], video[1:], prev[1:], steps=2, generator=[torch.Generator().manual_seed(1)])
+    torch.testing.assert_close(one, out[1:], atol=1e-5, rtol=1e-5)  # a row's sample does not depend on the batch
+    with pytest.raises(ValueError, match="1..4 frames per latent frame, got 5"):
+        dec.sample(tokens, torch.cat((video, video[:, :, :1]), dim=2), prev)
+    with pytest.raises(ValueError, match="must match frames"):
+        dec(video, tokens, video[:, :, :2], prev)
+    loss = dec.train()(video, tokens, video * 0.9, prev, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss.loss) and loss.logs["edm_mse"] > 0
+
+
+def test_config_refuses_a_decoder_of_another_group_size():
+    from dataclasses import replace
+
+    cfg = preset("tiny-k4")
+    with pytest.raises(ValueError, match="decoder.frames 1 != tokenizer temporal_downsample 4"):
+        replace(cfg, decoder=replace(cfg.decoder, frames=1))
+
+
+def test_decoder_training_and_diffusion_steps_with_k4(tmp_path, square_store):
+    """`train decoder` on a k=4 model, then the imagined env decoding each step's 4 frames with it."""
+    from wfm_sim.training.loop import TrainConfig, train
+
+    out = tmp_path / "k4"
+    common = dict(preset="tiny-k4", batch_size=2, eval_every=2, save_every=2, progress=False, num_workers=0)
+    train(TrainConfig("tokenizer", str(square_store), str(out), steps=2, **common))
+    logs = train(TrainConfig("decoder", str(square_store), str(out), steps=2, **common))
+    assert {"edm_mse", "val/psnr_token_decode", "val/psnr_diffusion_1step", "val/psnr_diffusion_2step"} <= set(logs)
+    env = ImaginedVectorEnv(2, str(out), dataset=square_store, decoder="diffusion", obs_frames="all",
+                            max_episode_steps=2, device="cpu", precision="fp32")
+    obs, _ = env.reset(seed=3)
+    first, *_ = env.step(np.zeros((2, K, 3), np.float32))
+    assert first.shape == (2, K, 16, 16, 3)
+    env.reset(seed=3)
+    again, *_ = env.step(np.zeros((2, K, 3), np.float32))
+    np.testing.assert_array_equal(first, again)  # seeded: the diffusion noise replays
+
+
+# ------------------------------------------------------------------ rollouts, frame by frame
+def test_play_records_every_frame_of_every_step(k4_model_dir, square_store):
+    from wfm_sim.policies import PlanPolicy
+    from wfm_sim.rollout import play
+
+    env = ImaginedVectorEnv(2, str(k4_model_dir), dataset=square_store, obs_frames="all", max_episode_steps=3,
+                            autoreset_mode="next_step")
+    plan = np.random.default_rng(0).uniform([-1, 0, 0], [1, 1, 1], (10, 3)).astype(np.float32)  # 2.5 steps of 4
+    eps = play(env, PlanPolicy(plan), [5, 6], horizon=3)
+    ep = eps[0]
+    assert len(ep) == 3 * K and ep.obs["CAM_FRONT"].shape == (3 * K, 16, 16, 3)
+    np.testing.assert_array_equal(ep.action[:10], plan)  # the plan played action for action
+    np.testing.assert_array_equal(ep.action[10:], plan[[-1, -1]])  # its last action held to the end of the group
+    assert ep.truncated.tolist() == [False] * (3 * K - 1) + [True] and not ep.terminated.any()
+    # Rows are frames in time: the frame before action j; the step's frames follow one another.
+    env.reset(seed=[5, 6])
+    obs0 = env._obs_all()
+    np.testing.assert_array_equal(ep.obs["CAM_FRONT"][0], obs0[0, -1])  # the context's last frame
+    step1, reward, *_ = env.step(np.stack([plan[:4]] * 2))
+    np.testing.assert_array_equal(ep.obs["CAM_FRONT"][1:K + 1], step1[0])
+    np.testing.assert_allclose(ep.reward[:K].sum(), reward[0], rtol=1e-5)  # the step's reward spread over its frames
+    with pytest.raises(ValueError, match="obs_frames='all'"):
+        play(ImaginedVectorEnv(1, str(k4_model_dir), dataset=square_store), PlanPolicy(plan), [0], horizon=1)
+
+
+def test_ray_rollouts_of_a_k4_model_stream_frames_a_k4_model_can_train_on(k4_model_dir, square_store, tmp_path):
+    ray = pytest.importorskip("ray")
+    from wfm_sim.datasets import EpisodeReader
+    from wfm_sim.rollout import PolicySpec, RolloutPool, RolloutRequest
+    from wfm_sim.training.loop import TrainConfig, train
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        pool = RolloutPool(str(k4_model_dir), workers=1, envs_per_worker=2, num_cpus=1,
+                           env_kwargs={"dataset": str(square_store)})
+        n = pool.run_to_store(RolloutRequest(episodes=3, horizon=5, seed=7, policy=PolicySpec("random")),
+                              tmp_path / "imagined.zarr", progress=False)
+        pool.shutdown()
+    finally:
+        ray.shutdown()
+    r = EpisodeReader(tmp_path / "imagined.zarr")
+    assert n == 3 and r.num_episodes == 3
+    ep = r.episode(0)
+    assert len(ep) == 5 * K and ep.action.shape == (5 * K, 3)
+    # The imagined store feeds training like a recorded one: windows of 1 + k*T frames.
+    logs = train(TrainConfig("backbone", str(tmp_path / "imagined.zarr"), str(tmp_path / "m"), preset="tiny-k4",
+                             steps=1, batch_size=2, eval_every=100, progress=False, num_workers=0))
+    assert np.isfinite(logs["loss"])

@@ -287,7 +287,7 @@ def _add_train(sub) -> None:
     t.add_argument("--data", default=None, help="episode store to train on (policy: real episodes to start from; "
                                                  "default the model's shipped contexts)")
     t.add_argument("--out", required=True, help="model folder (created from --preset on first use)")
-    t.add_argument("--preset", default="small", help="model size when creating the folder: tiny, small, small-mv, rl, base, large")
+    t.add_argument("--preset", default="small", help="model size when creating the folder: tiny, tiny-k4, small, small-mv, rl, rl-k4, base, large")
     t.add_argument("--steps", type=positive_int, default=2000)
     t.add_argument("--batch-size", type=positive_int, default=16)
     t.add_argument("--lr", type=positive_float, default=3e-4)

@@ -115,21 +115,25 @@ def head_scores(out: dict, batch: Batch, C: int, H: int, k: int = 1) -> dict[str
 
 @torch.no_grad()
 def decoder_reconstruction(model: WorldModel, batch: Batch, cfg: EvalConfig) -> dict[str, dict[str, float]]:
-    """Decode real frames from their own tokens: token decode vs diffusion decode (prev = real)."""
-    C = model.cfg.context_video_frames
-    cur, prev = batch.obs[:, C], batch.obs[:, C - 1]
-    tokens = model.encode(cur[:, None])  # (n, 1, V, g, g)
-    real = cur.flatten(0, 1)
-    out = {}
-    token = model.decode(tokens, "token")[:, -1].cpu()
-    out["token"] = {"psnr": psnr(token.flatten(0, 1), real).mean().item(), "ssim": ssim(token.flatten(0, 1), real).mean().item()}
+    """Decode real frames from their own tokens: token decode vs diffusion decode (prev = real).
+
+    Per-frame models decode frame ``C``; grouped models the ``k`` frames of the first latent frame
+    after the context, from the tokens of the whole clip (the tokenizer is causal in time).
+    """
+    C, k = model.cfg.context_video_frames, model.cfg.frames_per_step
+    tokens = model.encode(batch.obs[:, C : C + 1] if k == 1 else batch.obs[:, : C + k])  # (n, t', V, g, g)
+    real, prev = batch.obs[:, C : C + k].flatten(0, 2), batch.obs[:, C - 1]
+
+    def scores(frames):
+        frames = frames.cpu().flatten(0, 2)
+        return {"psnr": psnr(frames, real).mean().item(), "ssim": ssim(frames, real).mean().item()}
+
+    out = {"token": scores(model.decode(tokens, "token"))}
     if model.decoder is not None:
         steps = sorted({1, model.decoder.cfg.steps} | ({cfg.diffusion_steps} if cfg.diffusion_steps else set()))
-        for k in steps:
-            gens = [torch.Generator(device=model.device).manual_seed(i) for i in range(len(cur))]
-            d = model.decode(tokens, "diffusion", k, prev=prev, generators=gens)[:, -1].cpu()
-            out[f"diffusion_{k}step"] = {"psnr": psnr(d.flatten(0, 1), real).mean().item(),
-                                         "ssim": ssim(d.flatten(0, 1), real).mean().item()}
+        for n in steps:
+            gens = [torch.Generator(device=model.device).manual_seed(i) for i in range(len(prev))]
+            out[f"diffusion_{n}step"] = scores(model.decode(tokens, "diffusion", n, prev=prev, generators=gens))
     return out
 
 

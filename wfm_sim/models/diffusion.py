@@ -8,12 +8,18 @@ diffusion decoder concatenates its token embedding):
 * optionally the tokenizer's own decode of the same tokens (a deterministic function of them);
 * optionally the previous frame, which carries detail the tokens quantised away (DIAMOND).
 
+With a tokenizer that groups ``k`` frames per latent frame (``frames = k``), one latent frame's
+``k`` pixel frames are denoised jointly: the U-Net runs per frame, every residual block is
+followed by a causal temporal convolution over the group (frame ``i`` sees frames ``<= i``, as
+in the tokenizer's decoder), each frame knows its index in the group, one noise level covers the
+whole group, and the previous frame (the last one before the group) conditions every frame.
+
 Training: ``ln sigma ~ N(p_mean, p_std^2)``, loss weight ``lambda = (s^2 + sd^2) / (s sd)^2``
 and a learned uncertainty ``u(sigma)`` (loss ``lambda/exp(u) * mse + u``, EDM2). Sampling: Euler
 or Heun over a Karras (rho = 7) schedule; 1-4 steps by default.
 
-Dimension legend: ``b`` batch, ``c`` channels, ``H W`` pixels, ``h w`` token grid, ``e`` token
-embedding width.
+Dimension legend: ``b`` batch, ``c`` channels, ``t`` frames of one latent frame (1..k), ``H W``
+pixels, ``h w`` token grid, ``e`` token embedding width.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 
 from wfm_sim.models.limits import check_limits
@@ -37,6 +44,10 @@ class DecoderConfig:
     vocab_size: int = 1000
     grid: int = 8
     """Token grid side (image_size / tokenizer spatial_downsample)."""
+    frames: int = 1
+    """Pixel frames per latent frame, decoded jointly (the tokenizer's temporal_downsample)."""
+    temporal_kernel: int = 3
+    """Causal temporal convolution across a group's frames (used when frames > 1)."""
     token_embed_dim: int = 32
     base_channels: int = 64
     channel_mult: tuple[int, ...] = (1, 2, 2)
@@ -78,6 +89,8 @@ class DecoderConfig:
             raise ValueError("need 0 < sigma_min < sigma_max")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.frames < 1 or self.temporal_kernel < 1:
+            raise ValueError(f"frames and temporal_kernel must be >= 1, got {self.frames}, {self.temporal_kernel}")
         if self.residual not in ("token_decode", "prev", "none"):
             raise ValueError(f"residual must be 'token_decode', 'prev' or 'none', got {self.residual!r}")
         if self.residual == "prev" and not self.cond_prev_frame:
@@ -136,7 +149,30 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.conv2(F.silu(h))
 
 
+class CausalTemporalMix(nn.Module):
+    """Residual causal conv along time: ``(b t, c, H, W)`` with ``t`` frames per clip.
+
+    Zero-initialised, so a fresh grouped decoder starts as the per-frame one.
+    """
+
+    def __init__(self, c: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.norm = nn.GroupNorm(min(32, c // 4), c)
+        self.conv = nn.Conv3d(c, c, (kernel, 1, 1))
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        h = rearrange(F.silu(self.norm(x)), "(b t) c H W -> b c t H W", t=t)
+        h = self.conv(F.pad(h, (0, 0, 0, 0, self.kernel - 1, 0)))  # left pad: frame i sees frames <= i
+        return x + rearrange(h, "b c t H W -> (b t) c H W")
+
+
 class UNet(nn.Module):
+    """Per-frame U-Net; with ``cfg.frames > 1`` each residual block is followed by a causal
+    temporal mix over the frames of a clip."""
+
     def __init__(self, cin: int, cfg: DecoderConfig, emb: int):
         super().__init__()
         widths = [cfg.base_channels * m for m in cfg.channel_mult]
@@ -159,21 +195,36 @@ class UNet(nn.Module):
             if i > 0:
                 self.up.append(nn.Upsample(scale_factor=2.0, mode="nearest"))
         self.out = nn.Sequential(nn.GroupNorm(min(32, c // 4), c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1))
+        self.temporal = None
+        if cfg.frames > 1:  # one mix after every residual block, in forward order
+            blocks = [m for m in self.down if isinstance(m, ResBlock)] + [self.mid] + [m for m in self.up if isinstance(m, ResBlock)]
+            self.temporal = nn.ModuleList(CausalTemporalMix(m.conv2.out_channels, cfg.temporal_kernel) for m in blocks)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, t: int = 1) -> torch.Tensor:
+        """``(b t, cin, H, W)`` -> ``(b t, 3, H, W)``; clips of ``t`` consecutive rows."""
+        mixes = iter(self.temporal) if self.temporal is not None else None
+
+        def block(m, h):
+            h = m(h, emb)
+            return next(mixes)(h, t) if mixes is not None else h
+
         x = self.conv_in(x)
         hs = [x]
         for m in self.down:
-            x = m(x, emb) if isinstance(m, ResBlock) else m(x)
+            x = block(m, x) if isinstance(m, ResBlock) else m(x)
             hs.append(x)
-        x = self.mid(x, emb)
+        x = block(self.mid, x)
         for m in self.up:
-            x = m(torch.cat((x, hs.pop()), dim=1), emb) if isinstance(m, ResBlock) else m(x)
+            x = block(m, torch.cat((x, hs.pop()), dim=1)) if isinstance(m, ResBlock) else m(x)
         return self.out(x)
 
 
 class DiffusionDecoder(nn.Module):
-    """EDM denoiser over frames conditioned on tokens. See the module docstring."""
+    """EDM denoiser over frames (or a latent frame's group of frames) conditioned on tokens.
+
+    See the module docstring. Frames are ``(b, 3, H, W)`` per-frame, or ``(b, 3, t, H, W)`` for
+    the ``t <= cfg.frames`` frames of one latent frame.
+    """
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
@@ -185,37 +236,61 @@ class DiffusionDecoder(nn.Module):
         self.unet = UNet(cin, cfg, emb)
         self.uncertainty = nn.Linear(emb, 1)  # u(sigma), EDM2's learned loss weighting
         self.aug_emb = nn.Sequential(FourierEmbed(emb), nn.Linear(emb, emb)) if cfg.cond_prev_frame else None
+        self.frame_emb = nn.Embedding(cfg.frames, emb) if cfg.frames > 1 else None  # index within the group
+        if self.frame_emb is not None:
+            nn.init.zeros_(self.frame_emb.weight)
 
-    def cond(self, tokens: torch.Tensor, token_decode: torch.Tensor | None, prev: torch.Tensor | None) -> torch.Tensor:
-        """Conditioning planes ``(b, c, H, W)`` from ``(b, h, w)`` tokens and optional frames."""
+    def _frames(self, t: int) -> int:
+        if not 1 <= t <= self.cfg.frames:
+            raise ValueError(f"this decoder decodes 1..{self.cfg.frames} frames per latent frame, got {t}")
+        return t
+
+    def cond(self, tokens: torch.Tensor, token_decode: torch.Tensor | None, prev: torch.Tensor | None,
+             t: int = 1) -> torch.Tensor:
+        """Conditioning planes ``(b t, c, H, W)`` from ``(b, h, w)`` tokens, the ``(b, 3, t, H, W)``
+        token decode and the ``(b, 3, H, W)`` previous frame (both optional by config)."""
         c = self.cfg
-        if tokens.shape[-2:] != (c.grid, c.grid):
+        if tokens.shape[-2:] != (c.grid, c.grid) or tokens.ndim != 3:
             raise ValueError(f"decoder tokens must be (b, {c.grid}, {c.grid}), got {tuple(tokens.shape)}")
-        e = self.token_emb(tokens).permute(0, 3, 1, 2)
-        planes = [F.interpolate(e, size=(c.image_size, c.image_size), mode="nearest")]
-        for flag, frame, name in ((c.cond_token_decode, token_decode, "token_decode"), (c.cond_prev_frame, prev, "prev")):
-            if flag:
-                if frame is None:
-                    raise ValueError(f"this decoder is conditioned on {name}: pass a (b, 3, H, W) frame")
-                planes.append(frame.to(e.dtype))
+        e = F.interpolate(self.token_emb(tokens).permute(0, 3, 1, 2), size=(c.image_size, c.image_size), mode="nearest")
+        planes = [repeat(e, "b e H W -> (b t) e H W", t=t)]
+        if c.cond_token_decode:
+            if token_decode is None:
+                raise ValueError("this decoder is conditioned on token_decode: pass the tokenizer's decode of the tokens")
+            planes.append(rearrange(self._as_clip(token_decode, "token_decode").to(e.dtype), "b c t H W -> (b t) c H W"))
+        if c.cond_prev_frame:
+            if prev is None:
+                raise ValueError("this decoder is conditioned on prev: pass the (b, 3, H, W) previous frame")
+            planes.append(repeat(prev.to(e.dtype), "b c H W -> (b t) c H W", t=t))
         return torch.cat(planes, dim=1)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor,
                 aug: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``D(x; sigma)`` for ``(b, 3, H, W)`` x and ``(b,)`` sigma; also returns ``u(sigma)``.
+        """``D(x; sigma)`` for ``(b, 3, t, H, W)`` (or ``(b, 3, H, W)``) x and ``(b,)`` sigma; also
+        returns ``u(sigma)``.
 
         ``aug`` is the ``(b,)`` noise level on the previous frame in ``cond`` (default 0).
         """
+        if x.ndim == 4:
+            d, u = self.denoise(x[:, :, None], sigma, cond, aug)
+            return d[:, :, 0], u
+        t = x.shape[2]
         sigma = sigma.float()
-        c_skip, c_out, c_in, c_noise = (s[:, None, None, None] for s in edm_scalings(sigma, self.cfg.sigma_data))
+        c_skip, c_out, c_in, c_noise = (s[:, None, None, None, None] for s in edm_scalings(sigma, self.cfg.sigma_data))
         emb = self.noise_emb(c_noise.flatten())
         if self.aug_emb is not None:
             emb = emb + self.aug_emb(torch.zeros_like(sigma) if aug is None else aug.float())
-        f = self.unet(torch.cat(((c_in * x.float()).to(cond.dtype), cond), dim=1), emb.to(cond.dtype))
-        return c_skip * x.float() + c_out * f.float(), self.uncertainty(emb).float().flatten()
+        u = self.uncertainty(emb).float().flatten()
+        emb = repeat(emb, "b e -> (b t) e", t=t)
+        if self.frame_emb is not None:
+            emb = emb + self.frame_emb(torch.arange(t, device=emb.device)).repeat(x.shape[0], 1)
+        x_in = rearrange((c_in * x.float()).to(cond.dtype), "b c t H W -> (b t) c H W")
+        f = self.unet(torch.cat((x_in, cond), dim=1), emb.to(cond.dtype), t)
+        f = rearrange(f.float(), "(b t) c H W -> b c t H W", t=t)
+        return c_skip * x.float() + c_out * f, u
 
     def _prev_and_base(self, device, token_decode, prev, levels, generator):
-        """Noise-augmented previous frame and the residual base for a batch."""
+        """Noise-augmented previous frame and the residual base (broadcasting over frames)."""
         c = self.cfg
         prev_in = None
         if c.cond_prev_frame:
@@ -225,8 +300,11 @@ class DiffusionDecoder(nn.Module):
             if bool((levels > 0).any()):
                 noise = self._randn(prev_in.shape, device, generator)
                 prev_in = prev_in + levels[:, None, None, None] * noise
-        base = {"prev": prev_in, "token_decode": None if token_decode is None else token_decode.float(), "none": None}[c.residual]
-        return prev_in, (0.0 if base is None else base)
+        if c.residual == "prev":
+            return prev_in, prev_in[:, :, None]
+        if c.residual == "token_decode" and token_decode is not None:
+            return prev_in, token_decode.float()
+        return prev_in, 0.0
 
     @staticmethod
     def _randn(shape, device, generator):
@@ -234,38 +312,55 @@ class DiffusionDecoder(nn.Module):
             return torch.stack([torch.randn(shape[1:], device=device, generator=g) for g in generator])
         return torch.randn(shape, device=device, generator=generator)
 
+    @staticmethod
+    def _as_clip(x: torch.Tensor | None, name: str) -> torch.Tensor | None:
+        if x is None or x.ndim == 5:
+            return x
+        if x.ndim == 4:
+            return x[:, :, None]
+        raise ValueError(f"{name} must be (b, 3, H, W) or (b, 3, t, H, W), got {tuple(x.shape)}")
+
     def forward(self, frames, tokens, token_decode=None, prev=None, generator=None) -> LossAndLogs:
-        """EDM training loss for ``(b, 3, H, W)`` target frames in [-1, 1]."""
+        """EDM training loss for target frames in [-1, 1]: ``(b, 3, H, W)`` or, for a grouped
+        decoder, a latent frame's ``(b, 3, t, H, W)`` (then ``token_decode`` has the same shape)."""
         c = self.cfg
-        b, dev = frames.shape[0], frames.device
+        frames, token_decode = self._as_clip(frames, "frames"), self._as_clip(token_decode, "token_decode")
+        b, t, dev = frames.shape[0], self._frames(frames.shape[2]), frames.device
+        if token_decode is not None and token_decode.shape != frames.shape:
+            raise ValueError(f"token_decode {tuple(token_decode.shape)} must match frames {tuple(frames.shape)}")
         levels = torch.rand(b, device=dev, generator=generator) * c.prev_noise_max
         prev_in, base = self._prev_and_base(dev, token_decode, prev, levels, generator)
         x0 = frames.float() - base
         sigma = (c.p_mean + c.p_std * torch.randn(b, device=dev, generator=generator)).exp()
         noise = torch.randn(x0.shape, device=dev, generator=generator)
-        cond = self.cond(tokens, token_decode, prev_in)
-        denoised, u = self.denoise(x0 + sigma[:, None, None, None] * noise, sigma, cond, levels)
+        cond = self.cond(tokens, token_decode, prev_in, t)
+        denoised, u = self.denoise(x0 + sigma[:, None, None, None, None] * noise, sigma, cond, levels)
         weight = (sigma**2 + c.sigma_data**2) / (sigma * c.sigma_data) ** 2
-        mse = ((denoised - x0) ** 2).mean(dim=(1, 2, 3))
+        mse = ((denoised - x0) ** 2).mean(dim=(1, 2, 3, 4))
         loss = (weight / u.exp() * mse + u).mean()
         return LossAndLogs(loss=loss, logs={"edm_mse": mse.mean().item(), "weighted_mse": (weight * mse).mean().item()})
 
     @torch.no_grad()
     def sample(self, tokens, token_decode=None, prev=None, steps: int | None = None,
-               generator=None, sampler: str | None = None) -> torch.Tensor:
-        """Decode ``(b, h, w)`` tokens to ``(b, 3, H, W)`` frames in [-1, 1].
+               generator=None, sampler: str | None = None, frames: int | None = None) -> torch.Tensor:
+        """Decode ``(b, h, w)`` tokens to frames in [-1, 1].
 
+        Returns ``(b, 3, H, W)`` for a ``(b, 3, H, W)`` token decode, else ``(b, 3, t, H, W)`` with
+        ``t`` the token decode's frames (or ``frames`` for a decoder not conditioned on it).
         ``generator`` is one ``torch.Generator``, a list with one per row, or None.
         """
         c = self.cfg
         steps = c.steps if steps is None else steps
         sampler = c.sampler if sampler is None else sampler
+        clip = frames is not None or (token_decode is not None and token_decode.ndim == 5)
+        token_decode = self._as_clip(token_decode, "token_decode")
+        t = self._frames(token_decode.shape[2] if token_decode is not None else (frames or 1))
         b, dev = tokens.shape[0], tokens.device
         levels = torch.full((b,), c.prev_noise, device=dev)
         prev_in, base = self._prev_and_base(dev, token_decode, prev, levels, generator)
-        cond = self.cond(tokens, token_decode, prev_in)
+        cond = self.cond(tokens, token_decode, prev_in, t)
         sigmas = karras_sigmas(steps, c.sigma_min, c.sigma_max, c.rho).to(dev)
-        x = self._randn((b, 3, c.image_size, c.image_size), dev, generator) * sigmas[0]
+        x = self._randn((b, 3, t, c.image_size, c.image_size), dev, generator) * sigmas[0]
         for i in range(steps):
             s, s_next = sigmas[i], sigmas[i + 1]
             d = (x - self.denoise(x, s.expand(b), cond, levels)[0]) / s
@@ -274,5 +369,5 @@ class DiffusionDecoder(nn.Module):
                 d2 = (x_next - self.denoise(x_next, s_next.expand(b), cond, levels)[0]) / s_next
                 x_next = x + (s_next - s) * (d + d2) / 2
             x = x_next
-        x = x + base
-        return x.clamp(-1, 1)
+        x = (x + base).clamp(-1, 1)
+        return x if clip else x[:, :, 0]

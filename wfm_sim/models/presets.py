@@ -31,6 +31,8 @@ _TOKENIZERS["large"] = _TOKENIZERS["base"]
 # Grouped time at test size: frame 0 alone, then groups of 4 frames per latent frame (as Cosmos DV4x8x8).
 _TOKENIZERS["tiny-k4"] = replace(_TOKENIZERS["tiny"], temporal_downsample=4, temporal_kernel=3)
 _TOKENIZERS["rl"] = _TOKENIZERS["small-mv"]
+# The rl preset with Cosmos-style grouped time: 4 frames per latent frame, 4x4 tokens per frame group.
+_TOKENIZERS["rl-k4"] = replace(_TOKENIZERS["rl"], temporal_downsample=4, temporal_kernel=3)
 
 _BACKBONES = {
     "tiny": BackboneConfig(dim=32, depth=2, heads=4, kv_heads=2, max_frames=4),
@@ -39,6 +41,7 @@ _BACKBONES = {
     "small-mv": BackboneConfig(dim=256, depth=6, heads=8, kv_heads=4, max_frames=6),
     # For RL in imagination on a CPU: one 4x4-token camera, a narrow and shallow backbone.
     "rl": BackboneConfig(dim=128, depth=4, heads=4, kv_heads=2, max_frames=4),
+    "rl-k4": BackboneConfig(dim=128, depth=4, heads=4, kv_heads=2, max_frames=4),
     # Cosmos-Predict1-4B-like: 16 layers, width 4096, 32 heads, 8 kv heads, SwiGLU 14336.
     "base": BackboneConfig(dim=4096, depth=16, heads=32, kv_heads=8, mlp_ratio=3.5, max_frames=3),
     # Cosmos-Predict1-12B-like: 40 layers, width 5120, 32 heads, 8 kv heads.
@@ -55,6 +58,7 @@ _DECODERS = {
 _DECODERS["large"] = _DECODERS["base"]
 _DECODERS["tiny-k4"] = _DECODERS["tiny"]
 _DECODERS["rl"] = _DECODERS["small-mv"]
+_DECODERS["rl-k4"] = _DECODERS["small-mv"]
 
 PRESETS = tuple(_BACKBONES)
 
@@ -74,7 +78,8 @@ def preset(name: str, /, cameras: tuple[str, ...] = ("CAM_FRONT",), action: Acti
         action_dim=action.dim if action.kind == "box" else 1,
         num_actions=action.n if action.kind == "discrete" else 0,
     )
-    decoder = replace(dec, vocab_size=tok.vocab_size, grid=tok.grid, image_size=tok.image_size)
+    decoder = replace(dec, vocab_size=tok.vocab_size, grid=tok.grid, image_size=tok.image_size,
+                      frames=tok.temporal_downsample)
     fields.setdefault("context_frames", min(2, backbone.max_frames - 1))
     return WorldModelConfig(tokenizer=tok, backbone=backbone, decoder=decoder, cameras=tuple(cameras),
                             action=action, **fields)

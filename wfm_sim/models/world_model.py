@@ -93,6 +93,9 @@ class WorldModelConfig:
             problems.append(f"discrete action with n={self.action.n} needs backbone.num_actions={self.action.n}")
         if d is not None and (d.vocab_size != t.vocab_size or d.grid != t.grid or d.image_size != t.image_size):
             problems.append("decoder vocab_size/grid/image_size must match the tokenizer")
+        if d is not None and d.frames != t.temporal_downsample:
+            problems.append(f"decoder.frames {d.frames} != tokenizer temporal_downsample {t.temporal_downsample} "
+                            "(the diffusion decoder decodes one latent frame's frames jointly)")
         if not 1 <= self.context_frames < b.max_frames:
             problems.append(f"context_frames must lie in [1, {b.max_frames - 1}], got {self.context_frames}")
         if problems:
@@ -217,11 +220,9 @@ class WorldModel(nn.Module):
         return rearrange(frames, "(b v) c t h w -> b t v h w c", b=b)
 
     def _diffuse(self, last_tokens, token_video, prev, steps, generators, v):
+        """EDM decode of the last latent frame's ``t`` frames jointly, from the previous frame."""
         if self.decoder is None:
             raise ValueError("this model has no diffusion decoder; use decoder='token'")
-        if token_video.shape[2] != 1:
-            raise NotImplementedError("diffusion decoding is per frame: use a tokenizer with temporal_downsample=1")
-        bv = last_tokens.shape[0]
         prev_f = None
         if self.decoder.cfg.cond_prev_frame:
             if prev is None:
@@ -229,8 +230,8 @@ class WorldModel(nn.Module):
             prev_f = to_video(prev.to(self.device)[:, None])[:, :, 0]
         gens = None if generators is None else [g for g in generators for _ in range(v)]
         with self.autocast():
-            out = self.decoder.sample(last_tokens, token_video[:, :, 0], prev_f, steps, gens)
-        return out.float()[:, :, None]
+            out = self.decoder.sample(last_tokens, token_video, prev_f, steps, gens, frames=token_video.shape[2])
+        return out.float()
 
     # ------------------------------------------------------------ imagination
     def imagine(self, batch: int, mode: str = "sequential", sampling: SamplingConfig = SamplingConfig(),

@@ -6,7 +6,15 @@ the same code. Row ``i`` of the env runs the episode seeded ``seeds[i]``; the en
 policy reset both get that seed, so an episode's content depends on its seed and the batch
 layout, not on the worker that ran it.
 
-Dimension legend: ``n`` sub-envs, ``k`` recorded episodes (k <= n), ``T`` steps.
+With a model that groups ``g`` frames per step (grouped time), the env must give every frame
+(``obs_frames='all'``); the policy sees each step's newest frame and answers ``g`` actions (a
+policy that gives one holds it for the group; a plan gives the next ``g`` of its actions), and
+the episode is recorded frame by frame, as the real twin's are: ``g`` rows per step, the step's
+reward spread evenly over them and its termination, truncation and extras on its rows (ends on
+the last one).
+
+Dimension legend: ``n`` sub-envs, ``k`` recorded episodes (k <= n), ``T`` steps, ``g`` frames
+per step.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import numpy as np
 
 from wfm_sim.datasets.episode import Episode
 from wfm_sim.envs.spaces import check_actions
+from wfm_sim.policies.base import PlanPolicy
 
 PAD_SEED = 2**31 - 1
 
@@ -49,10 +58,17 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
         raise ValueError(f"play runs 1..{n} episodes on this env (num_envs={n}), got {k} seeds")
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
+    g = frames_per_step(env)
+    if g > 1 and getattr(env, "obs_frames", "last") != "all":
+        raise ValueError(f"this model predicts {g} frames per step: make the env with obs_frames='all' "
+                         "so that every frame is recorded")
+    if g > 1 and isinstance(policy, PlanPolicy) and policy.group != g:
+        policy = policy.grouped(g)
+    frame_space = frame_action_space(env.single_action_space, g)
     if hasattr(policy, "check_spaces"):  # a trained policy refuses a rig or action space it was not trained for
         space = env.single_observation_space
         frame = next(iter(space.spaces.values())) if hasattr(space, "spaces") else space
-        policy.check_spaces(env_cameras(env), int(frame.shape[0]), env.single_action_space)
+        policy.check_spaces(env_cameras(env), int(frame.shape[-3]), frame_space)
     all_seeds = [int(s) for s in seeds] + [PAD_SEED - i for i in range(n - k)]
     ep_ids = None if episodes is None else [int(e) for e in episodes] + [int(episodes[0])] * (n - k)
     obs, info = env.reset(seed=all_seeds, options=options)
@@ -65,7 +81,10 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
     final: dict[int, object] = {}
     name = f"{type(policy).__name__} actions"
     for t in range(horizon):
-        action = check_actions(env.single_action_space, act(policy, obs, info), (n,), who=name)
+        raw = act(policy, obs if g == 1 else _newest(obs), info)
+        if g > 1 and np.shape(raw)[1:] == frame_space.shape:  # one action per step: hold it for the group
+            raw = np.repeat(np.asarray(raw)[:, None], g, axis=1)
+        action = check_actions(env.single_action_space, raw, (n,), who=name)
         nxt, reward, term, trunc, info = env.step(action)
         trunc = np.asarray(trunc) | (t == horizon - 1)
         for key, value in (("obs", obs), ("action", action), ("reward", reward), ("terminated", term),
@@ -80,8 +99,52 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
         obs = nxt
         if not alive.any():
             break
-    return [_episode(rec, env, i, int(length[i]), all_seeds[i], origin[i], final.get(i), extra_keys)
-            for i in range(k)]
+    episodes = [_episode(rec, env, i, int(length[i]), all_seeds[i], origin[i], final.get(i), extra_keys)
+                for i in range(k)]
+    return episodes if g == 1 else [_unroll_groups(e, g) for e in episodes]
+
+
+def frames_per_step(env) -> int:
+    """Frames one step of ``env`` predicts: ``k`` for a grouped world model, else 1."""
+    cfg = getattr(env, "cfg", None)
+    return int(getattr(cfg, "frames_per_step", 1)) if cfg is not None else 1
+
+
+def frame_action_space(space, g: int):
+    """The action space of one frame of a step that takes ``g`` actions."""
+    from gymnasium import spaces
+
+    if g == 1:
+        return space
+    if isinstance(space, spaces.MultiDiscrete):
+        return spaces.Discrete(int(space.nvec[0]))
+    return spaces.Box(space.low[0], space.high[0], dtype=space.dtype)
+
+
+def _newest(obs):
+    """The newest frame of each camera of ``obs_frames='all'`` observations ``(n, g, H, W, 3)``."""
+    return {c: v[:, -1] for c, v in obs.items()} if isinstance(obs, dict) else obs[:, -1]
+
+
+def _unroll_groups(ep: Episode, g: int) -> Episode:
+    """A step-per-row episode of a grouped env (``obs (T, g, H, W, 3)``, ``action (T, g, ...)``,
+    ``final_obs (g, H, W, 3)``) as a frame-per-row one (``T*g`` rows)."""
+    T = len(ep.reward)
+    obs = {}
+    for c, v in ep.obs.items():  # frame before action j: the previous frame in time
+        seq = np.concatenate((v[:1, -1], v[1:].reshape(-1, *v.shape[2:]), ep.final_obs[c]))  # 1 + T*g frames
+        obs[c] = seq[: T * g]
+    final = {c: v[-1] for c, v in ep.final_obs.items()}
+
+    def ends(flags):
+        out = np.zeros((T, g), bool)
+        out[:, -1] = flags
+        return out.reshape(-1)
+
+    return Episode(obs=obs, action=ep.action.reshape(T * g, *ep.action.shape[2:]),
+                   reward=np.repeat(ep.reward / g, g).astype(np.float32), terminated=ends(ep.terminated),
+                   truncated=ends(ep.truncated), extras={k: np.repeat(v, g, axis=0) for k, v in ep.extras.items()},
+                   seed=ep.seed, origin=ep.origin, final_obs=final)
 
 
 def _row(obs, i: int):

@@ -134,24 +134,28 @@ class BackboneTask(Task):
 
 
 class DecoderTask(Task):
-    """EDM loss on frame t given its tokens, the tokenizer's decode and frame t-1."""
+    """EDM loss on one latent frame's frames given its tokens, the tokenizer's decode and the
+    frame before: windows of 2 frames per-frame, ``1 + k`` frames (frame 0, then one group of
+    ``k`` decoded jointly) for a tokenizer grouping ``k`` frames."""
 
     name = "decoder"
 
     def window(self) -> int:
         if self.model.decoder is None:
             raise ValueError("this model has no diffusion decoder to train")
-        if self.model.cfg.tokenizer.temporal_downsample != 1:
-            raise ValueError("the diffusion decoder trains on per-frame tokenizers (temporal_downsample=1)")
-        return 2
+        return 1 + self.model.cfg.tokenizer.temporal_downsample
 
     def _inputs(self, batch: Batch):
         m = self.model
-        video = to_video(batch.obs)  # ((b v), 3, 2, H, W)
+        video = to_video(batch.obs)  # ((b v), 3, 1 + k, H, W)
         with torch.no_grad(), m.autocast():
-            tokens = m.tokenizer.encode(video[:, :, 1:])[0]  # ((b v), 1, h, w)
-            token_decode = m.tokenizer.decode(tokens).float()[:, :, 0]
-        return video[:, :, 1], tokens[:, 0], token_decode, video[:, :, 0]
+            if m.cfg.tokenizer.temporal_downsample == 1 and m.cfg.tokenizer.temporal_kernel == 1:
+                tokens = m.tokenizer.encode(video[:, :, 1:])[0]  # per-frame: frame 1 alone
+                token_decode = m.tokenizer.decode(tokens).float()
+            else:  # frame 0 alone, then the group: its tokens and decode see frame 0 (causal)
+                both = m.tokenizer.encode(video)[0]  # ((b v), 2, h, w)
+                tokens, token_decode = both[:, -1:], m.tokenizer.decode(both).float()[:, :, 1:]
+        return video[:, :, 1:], tokens[:, 0], token_decode, video[:, :, 0]
 
     def loss(self, batch, generator):
         target, tokens, token_decode, prev = self._inputs(batch)
@@ -161,11 +165,16 @@ class DecoderTask(Task):
     def evaluate(self, batch, generator):
         logs = dict(self.loss(batch, generator).logs)
         target, tokens, token_decode, prev = self._inputs(batch)
-        logs["psnr_token_decode"] = psnr(token_decode, target).mean().item()
+        logs["psnr_token_decode"] = _clip_psnr(token_decode, target)
         for steps in sorted({1, self.model.decoder.cfg.steps}):
             out = self.model.decoder.sample(tokens, token_decode, prev, steps=steps, generator=generator)
-            logs[f"psnr_diffusion_{steps}step"] = psnr(out, target).mean().item()
+            logs[f"psnr_diffusion_{steps}step"] = _clip_psnr(out, target)
         return logs
+
+
+def _clip_psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean PSNR over every frame of ``(b, 3, t, H, W)`` clips."""
+    return psnr(rearrange(pred, "b c t h w -> (b t) c h w"), rearrange(target, "b c t h w -> (b t) c h w")).mean().item()
 
 
 TASKS = {"tokenizer": TokenizerTask, "backbone": BackboneTask, "decoder": DecoderTask}
