@@ -1,7 +1,8 @@
 """Imagined env throughput: env steps/s and camera frames/s for batch 1, 16, 64, with token or
-diffusion decoding and pixel or latent (token) observations.
+diffusion decoding and pixel or latent (token) observations. For a model that predicts k frames
+per step (grouped time) ``frames_s`` counts all k: frames of video per second of compute.
 
-    python benchmarks/bench_env.py [--model driving] [--batches 1 16 64] [--steps 6]
+    python benchmarks/bench_env.py [--model driving | FOLDER] [--batches 1 16 64] [--steps 6]
 
 Without a shipped model (or with --random), a random-weight model of the shipped driving
 model's size stands in: speed does not depend on the weights.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ from wfm_sim.models import ActionSpec, WorldModel, preset, shipped_models
 
 
 def build(model_name: str, random: bool, precision: str) -> WorldModel:
-    if not random and model_name in shipped_models():
+    if not random and (model_name in shipped_models() or Path(model_name).is_dir()):
         return WorldModel.from_pretrained(model_name, device="auto", precision=precision)
     cams = ("CAM_FRONT", "CAM_BACK", "CAM_LEFT", "CAM_RIGHT")
     torch.manual_seed(0)
@@ -30,19 +32,19 @@ def build(model_name: str, random: bool, precision: str) -> WorldModel:
 
 def run(model: WorldModel, b: int, decoder: str, obs_mode: str, mode: str, steps: int) -> dict:
     env = ImaginedVectorEnv(b, model, decoder=decoder, obs_mode=obs_mode, mode=mode, max_episode_steps=10_000)
-    s = model.cfg.tokenizer.image_size
-    frames = np.random.default_rng(0).integers(0, 255, (model.cfg.context_frames, len(model.cfg.cameras), s, s, 3),
-                                               dtype=np.uint8)
-    ctx_a = np.zeros((model.cfg.context_frames - 1, model.cfg.action.dim), np.float32)
+    c, s = model.cfg, model.cfg.tokenizer.image_size
+    C, k = c.context_video_frames, c.frames_per_step
+    frames = np.random.default_rng(0).integers(0, 255, (C, len(c.cameras), s, s, 3), dtype=np.uint8)
+    ctx_a = np.zeros((C - 1, c.action.dim), np.float32)
     env.reset(seed=0, options={"frames": frames, "actions": ctx_a})
-    act = np.tile(np.asarray(model.cfg.action.low, np.float32), (b, 1))
+    act = np.tile(np.asarray(c.action.low, np.float32), (b, k, 1) if k > 1 else (b, 1))
     env.step(act)  # warm-up
     t0 = time.perf_counter()
     for _ in range(steps):
         env.step(act)
     dt = time.perf_counter() - t0
-    return {"batch": b, "mode": mode, "decoder": decoder, "obs": obs_mode, "env_steps_s": b * steps / dt,
-            "frames_s": b * steps * len(model.cfg.cameras) / dt}
+    return {"batch": b, "mode": mode, "decoder": decoder, "obs": obs_mode, "frames_per_step": k,
+            "env_steps_s": b * steps / dt, "frames_s": b * steps * k * len(c.cameras) / dt}
 
 
 def main() -> None:

@@ -85,8 +85,9 @@ class WindowDataset(Dataset):
             "reward": r.read("reward", s, e).astype(np.float32),
             "terminated": r.read("terminated", s, e),
         }
-        if "success" in self.extras:
-            item["success"] = r.read("success", s, e)
+        for key in ("success", "caption"):
+            if key in self.extras:
+                item[key] = r.read(key, s, e)
         return item
 
 
@@ -97,4 +98,5 @@ def collate(items: list[dict[str, np.ndarray]]) -> Batch:
     return Batch(obs=stack.get("obs", torch.empty(0, dtype=torch.uint8)),
                  action=action.float() if action.is_floating_point() else action.long(),
                  reward=stack["reward"], terminated=stack["terminated"].bool(),
-                 success=stack["success"].bool() if "success" in stack else None, tokens=stack.get("tokens"))
+                 success=stack["success"].bool() if "success" in stack else None, tokens=stack.get("tokens"),
+                 caption=stack["caption"].long() if "caption" in stack else None)

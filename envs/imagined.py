@@ -123,6 +123,10 @@ class ImaginedVectorEnv(VectorEnv):
         if self.contexts is not None and self.contexts.frames.shape[3:5] != (c.tokenizer.image_size,) * 2:
             raise ValueError(f"context frames are {self.contexts.frames.shape[3]}px, the model takes "
                              f"{c.tokenizer.image_size}px: start from a store recorded at the model's frame size")
+        if text_encoder is None and c.backbone.text_dim and folder is not None:
+            from wfm_sim.models.text import TextEncoder
+
+            text_encoder = TextEncoder.of_model(folder)  # the encoder the model was trained with
         self.text_encoder = text_encoder
         text_emb = text_mask = None
         if text_encoder is not None:
@@ -140,6 +144,7 @@ class ImaginedVectorEnv(VectorEnv):
         self._done = np.zeros(n, dtype=bool)
         self._reset_once = False
         self._row_context: dict[int, tuple] = {}  # caller contexts, reused by autoresets
+        self._row_prompt: dict[int, str] = {}  # prompts, kept by autoresets
         self._row_rngs = [np.random.default_rng(i) for i in range(n)]
 
     # ----------------------------------------------------------------- spaces
@@ -179,10 +184,17 @@ class ImaginedVectorEnv(VectorEnv):
         self._reset_once = True
         return self._obs_all(), infos
 
-    def _reset_rows(self, rows: np.ndarray, options: dict, seeds: list[int] | None) -> dict:
+    def _reset_rows(self, rows: np.ndarray, options: dict, seeds: list[int] | None, keep_text: bool = False) -> dict:
+        prompts = None
         if "prompt" in options:
-            return self._reset_from_prompt(rows, options, seeds)
+            prompts = self._set_prompts(rows, options.pop("prompt"))
+            if not {"frames", "context", "episode"} & set(options) and self.contexts is None:
+                return self._reset_from_prompt(rows, prompts, seeds)
+        elif self.text_encoder is not None and not keep_text:
+            self._set_prompts(rows, None)  # a reset without a prompt is unprompted
         frames, actions, origin = batch_context(self, rows, options)
+        if prompts is not None:
+            origin = [f"{o} | prompt: {p}" for o, p in zip(origin, prompts)]
         for j, i in enumerate(rows):  # remember caller contexts; dataset contexts are re-drawn
             if "frames" in options or "context" in options:
                 self._row_context[int(i)] = ("frames", frames[j].numpy(), actions[j].numpy())
@@ -202,20 +214,36 @@ class ImaginedVectorEnv(VectorEnv):
             return {"prompt": [c[1] for c in ctx]}
         return {"frames": np.stack([c[1] for c in ctx]), "actions": np.stack([c[2] for c in ctx])}
 
-    def _reset_from_prompt(self, rows: np.ndarray, options: dict, seeds: list[int] | None) -> dict:
+    def _set_prompts(self, rows: np.ndarray, prompts) -> list[str] | None:
+        """Condition ``rows`` on ``prompts`` (one string, or one per row); None: no prompt."""
         if self.text_encoder is None:
-            raise ValueError("reset from a prompt needs a text-conditioned model and text_encoder= when making the env")
-        prompts = options.pop("prompt")
-        prompts = [prompts] * len(rows) if isinstance(prompts, str) else list(prompts)
-        if len(prompts) != len(rows):
-            raise ValueError(f"give one prompt or {len(rows)} prompts, got {len(prompts)}")
-        emb, mask = self.text_encoder(prompts)
+            if prompts is None:
+                return None
+            raise ValueError("a prompt needs a text-conditioned model (backbone.text_dim > 0) and its text encoder: "
+                             "a model folder with text_encoder/, or text_encoder= when making the env")
         t_rows = torch.as_tensor(rows, device=self.model.device)
-        s, im = emb.shape[1], self._core.im
+        im = self._core.im
         im.text[t_rows] = 0
         im.text_mask[t_rows] = False
+        if prompts is None:
+            im.text_mask[t_rows, 0] = True  # token 0 stays visible: a zero vector means "no prompt"
+            for i in rows:
+                self._row_prompt.pop(int(i), None)
+            return None
+        prompts = [prompts] * len(rows) if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != len(rows) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"give one prompt or {len(rows)} prompts (strings), got {prompts!r}")
+        emb, mask = self.text_encoder(prompts)
+        s = emb.shape[1]
         im.text[t_rows, :s] = emb.to(self.model.device)
         im.text_mask[t_rows, :s] = mask.to(self.model.device)
+        for i, p in zip(rows, prompts):
+            self._row_prompt[int(i)] = p
+        return prompts
+
+    def _reset_from_prompt(self, rows: np.ndarray, prompts: list[str], seeds: list[int] | None) -> dict:
+        """Start ``rows`` from their prompt alone (no context): frame 0 generated from the text."""
+        t_rows = torch.as_tensor(rows, device=self.model.device)
         if seeds is None:
             seeds = [int(self._row_rngs[i].integers(2**31)) for i in rows]
         for i, p in zip(rows, prompts):
@@ -241,7 +269,7 @@ class ImaginedVectorEnv(VectorEnv):
             raise RuntimeError(f"sub-envs {np.flatnonzero(self._done).tolist()} ended; reset them with "
                                "reset(options={'reset_mask': mask}) before stepping (autoreset_mode=DISABLED)")
         if to_reset.size:
-            infos.update(self._reset_rows(to_reset, self._context_options(to_reset), None))
+            infos.update(self._reset_rows(to_reset, self._context_options(to_reset), None, keep_text=True))
         rows = np.setdiff1d(np.arange(n), to_reset)
         if rows.size:
             out = self._core.step(act[torch.as_tensor(rows, device=act.device)], rows)
@@ -272,7 +300,7 @@ class ImaginedVectorEnv(VectorEnv):
                 finals[i] = self._index_obs(final, i)
             infos["final_obs"] = finals
             infos["_final_obs"] = self._done.copy()
-            infos.update(self._reset_rows(ended, self._context_options(ended), None))
+            infos.update(self._reset_rows(ended, self._context_options(ended), None, keep_text=True))
             self._done[:] = False
         return self._obs_all(), reward, terminated, truncated, infos
 

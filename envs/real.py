@@ -118,10 +118,13 @@ class RealEnv(gym.Env):
         info = {"privileged": self.sim.privileged(self.sim.env, self.sim.raw_obs)}
         if self.sim.success is not None:
             info["success"] = self.sim.success(sim_info)
-        for key in self.sim.info_keys:  # step-info fields a gym: source records
+        declared = {k: d for k, _, d in self.source.info_fields}
+        if self.sim.annotate is not None and declared:  # fields computed from the state (captions)
+            sim_info = {**sim_info, **self.sim.annotate(self.sim.env, info["privileged"])}
+        for key, dtype in declared.items():  # step-info fields the source records
             if key not in sim_info:
                 raise KeyError(f"the simulator's step info lacks {key!r} (recorded from its first step); it has {sorted(sim_info)}")
-            info[key] = np.asarray(sim_info[key], np.float32)
+            info[key] = np.asarray(sim_info[key], dtype)
         return obs, float(reward), terminated, truncated, info
 
     def _observe(self):

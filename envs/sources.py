@@ -17,7 +17,7 @@ Simulator packages are imported lazily, with an install hint.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import cv2
@@ -88,6 +88,9 @@ class Simulator:
             ``reset(seed=...)`` does not decide the start state on its own).
         action_repeat: simulator steps per env step (same action; rewards summed).
         info_keys: fields of the simulator's step ``info`` the twin passes on (and recorders store).
+        annotate: ``annotate(env, state) -> dict`` of more per-step fields computed from the
+            simulator state after a step (CarRacing's scene caption); passed on when the source
+            declares them in ``info_fields``.
     """
 
     env: object
@@ -98,6 +101,7 @@ class Simulator:
     seed_fn: Callable[[object, int], None] | None = None
     action_repeat: int = 1
     info_keys: tuple[str, ...] = ()
+    annotate: Callable[[object, object], dict] | None = None
 
     def reset(self, seed: int | None) -> object:
         if seed is not None and self.seed_fn is not None:
@@ -152,6 +156,18 @@ class Source:
 
         return f"gymnasium {gymnasium.__version__}"
 
+    def with_captions(self) -> "Source":
+        """This source recording a scene caption id per step (``caption``, int8, ids into
+        :data:`~wfm_sim.envs.captions.CAR_CAPTIONS`), named ``<name>?captions``."""
+        if not self.captions:
+            raise ValueError(f"source {self.name!r} has no captioner; captions exist for {sorted(_CAPTIONED)}")
+        return replace(self, name=f"{self.name}?captions", info_fields=self.info_fields + (("caption", (), "int8"),))
+
+    @property
+    def captions(self) -> bool:
+        """Whether this simulator can caption its scenes."""
+        return self.name.split("?")[0] in _CAPTIONED
+
 
 # ----------------------------------------------------------------- CarRacing
 def _track_points(u) -> np.ndarray:
@@ -160,6 +176,12 @@ def _track_points(u) -> np.ndarray:
     if cached is None or cached[0] is not u.track:
         cached = u._wfm_track = (u.track, np.asarray([(t[2], t[3]) for t in u.track], np.float64))
     return cached[1]
+
+
+def _car_annotate(env, state) -> dict:
+    from wfm_sim.envs.captions import car_caption
+
+    return {"caption": car_caption(state)}
 
 
 def _car_state(env, obs) -> CarState:
@@ -176,13 +198,13 @@ def _make_carracing(size: int, multicam: int = 0, only: tuple[str, ...] | None =
     env = gym.make("CarRacing-v3", continuous=True, disable_env_checker=True)  # its obs: the 96x96 chase view
     if not multicam:
         return Simulator(env, ("CAM_TOP",), lambda e: {"CAM_TOP": resize(e.unwrapped.state, size)}, _car_state,
-                         action_repeat=CAR_REPEAT)
+                         action_repeat=CAR_REPEAT, annotate=_car_annotate)
     from wfm_sim.envs.car_cameras import RIG_4, RIG_6, CameraRig, CarRacingCameras
 
     yaws = (RIG_4 if multicam == 4 else RIG_6).items()
     rig = CameraRig(yaws=tuple((n, y) for n, y in yaws if only is None or n in only))
     cams = CarRacingCameras(rig, size)
-    return Simulator(env, rig.names, cams.render, _car_state, action_repeat=CAR_REPEAT)
+    return Simulator(env, rig.names, cams.render, _car_state, action_repeat=CAR_REPEAT, annotate=_car_annotate)
 
 
 # ------------------------------------------------------------- Meta-World
@@ -273,12 +295,16 @@ def get_source(name: str) -> Source:
         from wfm_sim.envs.gym_source import gym_source
 
         return gym_source(name)
+    base, _, option = name.partition("?")
+    if option == "captions" and base in SOURCES:
+        return SOURCES[base].with_captions()
     if name not in SOURCES:
         raise ValueError(f"unknown source {name!r}; choose one of {sorted(SOURCES)} or gym:<EnvId> "
                          "(any registered Gymnasium env that renders rgb_array)")
     return SOURCES[name]
 
 
+_CAPTIONED = ("carracing", "carracing-4cam", "carracing-front", "carracing-6cam")
 _register(Source("carracing", "CarRacing-v3", "CarRacing, one top-down chase camera", 50.0 / CAR_REPEAT, ("CAM_TOP",),
                  CAR_ACTION, lambda size: _make_carracing(size), "driver", max_steps=250, package="Box2D"))
 _register(Source("carracing-4cam", "CarRacing-v3", "CarRacing, 4 ego cameras (front, back, left, right)", 50.0 / CAR_REPEAT,

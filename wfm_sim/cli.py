@@ -29,6 +29,10 @@ def _collect(args) -> None:
     elif any(v is not None for v in gym_flags.values()):
         given = [k for k, v in gym_flags.items() if v is not None]
         raise ValueError(f"{', '.join(given)} apply to gym:<EnvId> sources only; {source} has a fixed rig and rate")
+    if args.captions:
+        from wfm_sim.envs.sources import get_source
+
+        source = get_source(source).with_captions().name  # fails with the sources that can caption
     stats = record(source, args.out, args.episodes, policy=args.policy, size=args.size,
                    max_steps=args.max_steps, seed=args.seed, progress=not args.quiet)
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in stats.items()}))
@@ -101,7 +105,8 @@ def _train(args) -> None:
                       batch_size=args.batch_size, lr=args.lr, device=args.device, precision=args.precision,
                       compile=args.compile, num_workers=args.num_workers, eval_every=args.eval_every,
                       save_every=args.save_every, seed=args.seed, resume=args.resume, progress=not args.quiet,
-                      tokenizer_from=args.tokenizer_from, cameras=tuple(args.cameras) if args.cameras else None)
+                      tokenizer_from=args.tokenizer_from, cameras=tuple(args.cameras) if args.cameras else None,
+                      text_encoder=args.text_encoder)
     if args.ray_workers:
         from wfm_sim.training.distributed import train_distributed
 
@@ -227,6 +232,8 @@ def _add_collect(sub) -> None:
     c.add_argument("--max-steps", type=positive_int, default=None, help="steps per episode (default: per source)")
     c.add_argument("--seed", type=nonneg_int, default=0, help="first episode seed")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--captions", action="store_true", help="also record a scene caption id per step (CarRacing: "
+                   "'sharp left curve ahead', 'off the road on grass', ...), for text-conditioned models")
     g = c.add_argument_group("gym:<EnvId> sources")
     g.add_argument("--cameras", type=name_list, default=None,
                    help="MuJoCo views, comma-separated: the model's camera names, free, free_az<deg>[_el<deg>] "
@@ -301,6 +308,8 @@ def _add_train(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the folder's train state")
     t.add_argument("--ray-workers", type=nonneg_int, default=0, help="> 0: data-parallel on Ray Train with this many workers")
     t.add_argument("--tokenizer-from", default=None, help="when creating --out, reuse this model folder's tokenizer")
+    t.add_argument("--text-encoder", default=None, help="when creating --out: a text-conditioned model with this T5 "
+                   "encoder ('tiny' or a local T5 folder); the store must hold captions (collect --captions)")
     t.add_argument("--cameras", type=name_list, default=None,
                    help="when creating --out: the cameras the model sees, a subset of the store's (default all)")
     t.add_argument("--quiet", action="store_true")

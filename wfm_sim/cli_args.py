@@ -34,7 +34,7 @@ def source_name(text: str) -> str:
     """A shipped source name or ``gym:<EnvId>[?options]`` (the env itself is checked when it is built)."""
     from wfm_sim.envs.sources import SOURCES
 
-    if text in SOURCES or (text.startswith("gym:") and len(text) > 4):
+    if text.split("?")[0] in SOURCES or (text.startswith("gym:") and len(text) > 4):
         return text
     raise argparse.ArgumentTypeError(f"expected one of {sorted(SOURCES)} or gym:<EnvId>, got {text!r}")
 

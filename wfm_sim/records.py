@@ -39,6 +39,8 @@ class Batch:
     """``(b, t)`` bool; False marks steps whose reward/termination targets are unknown."""
     tokens: torch.Tensor | None = None
     """``(b, t, v, h, w)`` int64 token ids, when the batch comes from a token cache (then obs may be empty)."""
+    caption: torch.Tensor | None = None
+    """``(b, t)`` int64 scene caption ids after ``action[:, i]`` (stores recorded with captions)."""
 
     def to(self, device: torch.device | str) -> "Batch":
         moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}

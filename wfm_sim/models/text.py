@@ -1,18 +1,26 @@
 """T5 text encoder for prompt conditioning (Cosmos uses T5-XXL, 512 tokens, width 1024+).
 
-Weights load only from a local folder (nothing is downloaded); tests build a tiny random
-``T5Config``. The encoder is kept apart from the world model's checkpoint: a model trained with
-``backbone.text_dim = D`` needs an encoder whose ``d_model`` is D.
+Weights load only from a local folder (nothing is downloaded). A text-conditioned model folder
+keeps its encoder beside its weights, in ``text_encoder/`` (the encoder's own ``config.json``,
+``model.safetensors`` and tokenizer files), so a model and the encoder it was trained with
+travel together; a model trained with ``backbone.text_dim = D`` needs an encoder whose
+``d_model`` is D. ``TextEncoder.random`` builds a small T5 encoder with a byte-level tokenizer
+from a seed: the shipped text-conditioned driving model uses one (frozen; the backbone's
+cross-attention learns to read it), and a real T5 from a local folder works the same way.
 
 Dimension legend: ``b`` prompts, ``s`` text tokens, ``e`` encoder width.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
+
+TEXT_FOLDER = "text_encoder"
+"""Where a model folder keeps the text encoder it was trained with."""
 
 
 def _transformers():
@@ -59,6 +67,34 @@ class TextEncoder(nn.Module):
         cfg = tf.T5Config(vocab_size=384, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=layers,
                           num_heads=max(1, d_model // 8), decoder_start_token_id=0)
         return cls(tf.T5EncoderModel(cfg), tf.ByT5Tokenizer(), max_tokens)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the encoder (safetensors) and its tokenizer to folder ``path`` (replaced whole)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(str(tmp), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(tmp))
+        (tmp / "max_tokens.txt").write_text(str(self.max_tokens))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        return path
+
+    @classmethod
+    def of_model(cls, folder: str | Path) -> "TextEncoder | None":
+        """The text encoder saved in a model folder, or None when it has none."""
+        path = Path(folder) / TEXT_FOLDER
+        if not path.is_dir():
+            return None
+        limit = path / "max_tokens.txt"
+        return cls.from_pretrained(path, int(limit.read_text()) if limit.is_file() else 64)
+
+    @classmethod
+    def named(cls, name: str) -> "TextEncoder":
+        """``'tiny'`` (a 2-layer, 64-wide T5 encoder with a byte tokenizer, seed 0) or a local T5 folder."""
+        if name == "tiny":
+            return cls.random(d_model=64, layers=2, seed=0, max_tokens=32)
+        return cls.from_pretrained(name)
 
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,7 +114,8 @@ def _finish(ep: Episode, bank_origins: list[str]) -> Episode:
     ent = ep.extras.get("entropy")
     real = np.zeros(n, bool)
     real[0] = True  # frame 0 is the last real context frame
-    idx = bank_origins.index(ep.origin) if ep.origin in bank_origins else -1
+    origin = (ep.origin or "").split(" | prompt: ")[0]  # a prompted start names its context, then the prompt
+    idx = bank_origins.index(origin) if origin in bank_origins else -1
     extras = {"entropy": np.asarray(ent if ent is not None else np.full(n, np.nan), np.float32),
               "real_frame": real, "start_context": np.full(n, idx, np.int32)}
     if "success" in ep.extras:
@@ -148,8 +149,11 @@ def _check_inputs(cfg: GenerateConfig, model) -> None:
     if cfg.prompt is not None and model.cfg.backbone.text_dim == 0:
         raise ValueError(f"--prompt needs a text-conditioned model; {cfg.model} has no text input (text_dim=0)")
     if cfg.prompt is not None:
-        raise ValueError("--prompt: generate does not take prompts yet (no shipped model is text-conditioned); "
-                         "a text model's env takes reset(options={'prompt': ...}) with text_encoder=")
+        from wfm_sim.models.text import TextEncoder
+        from wfm_sim.models.world_model import resolve_pretrained
+
+        if TextEncoder.of_model(resolve_pretrained(cfg.model)) is None:
+            raise ValueError(f"--prompt: {cfg.model} takes text but its folder has no text_encoder/ to encode it with")
     if cfg.starts is not None:
         r = EpisodeReader(cfg.starts)
         want = (tuple(model.cfg.cameras), model.cfg.tokenizer.image_size)
@@ -184,7 +188,7 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> dic
     _check_inputs(cfg, model)
     from wfm_sim.envs.contexts import ContextBank
 
-    bank = (ContextBank.from_store(cfg.starts, model.cfg.cameras, model.cfg.context_frames) if cfg.starts
+    bank = (ContextBank.from_store(cfg.starts, model.cfg.cameras, model.cfg.context_video_frames) if cfg.starts
             else probe.contexts)
     if bank is None:
         raise ValueError(f"{cfg.model} ships no start contexts: pass --starts STORE (real episodes of its simulator)")
@@ -213,7 +217,8 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> dic
         n = cfg.envs
         batches = sorted({i // n for i in missing})  # whole batches: each episode keeps its companions
         only = tuple(j for b in batches for j in range(b * n, min((b + 1) * n, cfg.episodes)))
-        req = RolloutRequest(cfg.episodes, cfg.horizon, seed=cfg.seed, policy=spec, only=only)
+        req = RolloutRequest(cfg.episodes, cfg.horizon, seed=cfg.seed, policy=spec, only=only,
+                             reset_options={"prompt": cfg.prompt} if cfg.prompt is not None else {})
         runner = _Local(cfg) if cfg.workers == 1 else RolloutPool(cfg.model, cfg.workers, n, env_kwargs=cfg.env_kwargs())
         try:
             with tqdm(total=len(missing), desc="generate", unit="ep", disable=not progress) as bar:
@@ -256,7 +261,8 @@ def regenerate(store: str | Path, index: int) -> Episode:
     local = _Local(cfg)
     spec = _policy_spec(cfg, local.worker.env.single_action_space)
     first = i // cfg.envs * cfg.envs  # its batch, up to its row: the rows after it do not change it
-    req = RolloutRequest(i + 1, cfg.horizon, seed=cfg.seed, policy=spec, only=tuple(range(first, i + 1)))
+    req = RolloutRequest(i + 1, cfg.horizon, seed=cfg.seed, policy=spec, only=tuple(range(first, i + 1)),
+                         reset_options={"prompt": cfg.prompt} if cfg.prompt is not None else {})
     for eps in local.iter_chunks(req):
         for ep in eps:
             if ep.seed == seed:

@@ -28,6 +28,8 @@ from wfm_sim.envs.spaces import check_actions
 from wfm_sim.policies.base import PlanPolicy
 
 PAD_SEED = 2**31 - 1
+EXTRA_DTYPES = {"success": bool, "caption": np.int8}
+"""Per-step extras stored with another dtype than float32."""
 
 
 def act(policy, obs, info) -> np.ndarray:
@@ -194,7 +196,7 @@ def _episode(rec: dict, env, row: int, length: int, seed: int, origin: str, fina
     for key in extra_keys:
         if all(s is not None for s in rec[key][:length]):
             values = col(key)
-            extras[key] = values.astype(bool) if key == "success" else values.astype(np.float32)
+            extras[key] = values.astype(EXTRA_DTYPES.get(key, np.float32))
     return Episode(obs=obs, action=col("action"), reward=col("reward").astype(np.float32),
                    terminated=col("terminated").astype(bool), truncated=col("truncated").astype(bool),
                    extras=extras, seed=seed, origin=origin, final_obs=final)

@@ -67,6 +67,9 @@ class TrainConfig:
     (e.g. one trained on other recordings of the same simulator; its cameras must include ours)."""
     cameras: tuple[str, ...] | None = None
     """When creating ``out``: the cameras the model sees (a subset of the store's; default all)."""
+    text_encoder: str | None = None
+    """When creating ``out``: make a text-conditioned model with this T5 encoder ('tiny' or a
+    local T5 folder), saved into ``out/text_encoder``; the store must hold scene captions."""
 
     def __post_init__(self):
         if self.component not in COMPONENTS:
@@ -153,6 +156,17 @@ def open_model(cfg: TrainConfig) -> WorldModel:
         return WorldModel.from_pretrained(out, device=cfg.device, precision=cfg.precision, config=model_cfg)
     torch.manual_seed(cfg.seed)
     model_cfg = config_for_data(cfg.preset, cfg.data, out.name, cfg.cameras)
+    if cfg.text_encoder is not None:
+        from wfm_sim.models.text import TEXT_FOLDER, TextEncoder
+
+        if "caption" not in EpisodeReader(cfg.data).extras:
+            raise StoreError(f"{cfg.data} holds no scene captions to train a text-conditioned model on; record it "
+                             "with `wfm-sim collect ... --captions`")
+        encoder = TextEncoder.named(cfg.text_encoder)
+        model_cfg = replace(model_cfg, backbone=replace(model_cfg.backbone, text_dim=encoder.dim))
+        out.mkdir(parents=True, exist_ok=True)
+        encoder.save_pretrained(out / TEXT_FOLDER)
+        torch.manual_seed(cfg.seed)
     if cfg.tokenizer_from is None:
         model = WorldModel(model_cfg)
         model.trained = ()
@@ -186,6 +200,7 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     if split is None:  # other ranks read what rank 0 wrote
         split = _wait_for_split(out, cfg.data)
     task = TASKS[cfg.component](model, cfg.data, split)
+    task.folder = out
     if cfg.component == "backbone":
         task.cache_folder = out / "train_state" / "backbone"
     frozen_except(model, cfg.component)

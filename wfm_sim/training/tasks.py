@@ -28,6 +28,8 @@ class Task:
     """Base class: one trainable part of a :class:`WorldModel`."""
 
     name = ""
+    folder = None
+    """The model folder (set by the training loop): where a text model's encoder lives."""
 
     def __init__(self, model: WorldModel, data: str, split: Split):
         self.model, self.data, self.split = model, data, split
@@ -113,24 +115,63 @@ class BackboneTask(Task):
             success = None if batch.success is None else rearrange(batch.success[:, : k * T], "b (t k) -> b t k", k=k)[..., -1]
         return tokens, actions, reward, terminated, success
 
+    text_dropout = 0.15
+    """Share of training windows seen without their caption (the env's unprompted case)."""
+
+    def _text(self, batch: Batch, generator: torch.Generator | None):
+        """Caption embeddings ``(b, s, e)`` and mask for text-conditioned models: each window's
+        caption after its first action; in training, a ``text_dropout`` share gets no text."""
+        if not self.model.cfg.backbone.text_dim:
+            return None, None
+        if batch.caption is None:
+            raise ValueError("this text-conditioned model trains on stores with scene captions (collect --captions)")
+        if getattr(self, "_table", None) is None:
+            self._table = caption_table(self.model, self.folder)
+        emb, mask = self._table
+        ids = batch.caption[:, 0].to(emb.device).long()
+        if generator is not None and self.model.backbone.training:
+            drop = torch.rand(ids.shape[0], generator=generator) < self.text_dropout
+            ids = torch.where(drop.to(ids.device), torch.full_like(ids, len(emb) - 1), ids)
+        return emb[ids], mask[ids]
+
     def loss(self, batch, generator):
         tokens, actions, reward, terminated, success = self._inputs(batch)
-        return self.model.backbone(tokens, actions, reward, terminated, success, generator=generator)
+        text, text_mask = self._text(batch, generator)
+        return self.model.backbone(tokens, actions, reward, terminated, success, text=text, text_mask=text_mask,
+                                   generator=generator)
 
     @torch.no_grad()
     def evaluate(self, batch, generator):
         logs = dict(self.loss(batch, generator).logs)
         tokens, actions, reward, terminated, success = self._inputs(batch)
+        text, text_mask = self._text(batch, None)
         heads = self.model.backbone
         ids, acts = heads.sequence(tokens, actions)
         pos = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-        h = heads.forward_chunk(ids, acts, pos, "sequential")
+        h = heads.forward_chunk(ids, acts, pos, "sequential", text=text, text_mask=text_mask)
         out = heads.heads(h[:, heads.action_slots(tokens.shape[1], ids.device)])
         logs["terminated_acc"] = ((out["terminated_logit"] > 0) == terminated).float().mean().item()
         logs["reward_mae"] = (out["reward"] - reward).abs().mean().item()
         if success is not None and "success_logit" in out:
             logs["success_acc"] = ((out["success_logit"] > 0) == success).float().mean().item()
         return logs
+
+
+def caption_table(model: WorldModel, folder) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings ``(n + 1, s, e)`` and masks of every scene caption id, then of no prompt (a
+    zero vector with one visible slot, what the imagined env uses when unprompted)."""
+    from wfm_sim.envs.captions import CAR_CAPTIONS
+    from wfm_sim.models.text import TextEncoder
+
+    encoder = TextEncoder.of_model(folder) if folder is not None else None
+    if encoder is None:
+        raise ValueError(f"this model takes text (text_dim={model.cfg.backbone.text_dim}) but its folder has no "
+                         "text_encoder/: create it with `train ... --text-encoder tiny`")
+    emb, mask = encoder(list(CAR_CAPTIONS))
+    emb = torch.cat((emb, torch.zeros_like(emb[:1])))
+    none = torch.zeros_like(mask[:1])
+    none[:, 0] = True
+    return emb.to(model.device), torch.cat((mask, none)).to(model.device)
 
 
 class DecoderTask(Task):

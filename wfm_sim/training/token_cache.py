@@ -69,8 +69,9 @@ class TokenWindowDataset(WindowDataset):
         n = r.num_steps
         self.tokens = tokens
         self.mem = {k: np.asarray(r.arrays[k][:n]) for k in ("action", "reward", "terminated")}
-        if "success" in self.extras:
-            self.mem["success"] = np.asarray(r.arrays["success"][:n])
+        for key in ("success", "caption"):
+            if key in self.extras:
+                self.mem[key] = np.asarray(r.arrays[key][:n])
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         s = int(self.starts[i])
