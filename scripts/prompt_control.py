@@ -112,12 +112,17 @@ def main() -> None:
     for name, from_context in (("from_context", True), ("from_prompt", False)):
         prompts = ([None] if from_context else []) + list(PROMPTS)
         frames = imagine(model, encoder, str(val_store), prompts, args.starts, args.horizon, from_context, args.seed)
-        report[name] = {p: {k: summary(v.mean(1)) for k, v in measures(f).items()} for p, f in frames.items()}
+        per_start = {p: {k: v.mean(1) for k, v in measures(f).items()} for p, f in frames.items()}
+        report[name] = {p: {k: summary(v) for k, v in d.items()} for p, d in per_start.items()}
+        # The same starts under every prompt: per-start differences against the reference prompt.
+        ref = "(no prompt)" if from_context else "straight road"
+        report[name + "_paired_vs_" + ref.strip("()").replace(" ", "_")] = {
+            p: {k: summary(d[k] - per_start[ref][k]) for k in d} for p, d in per_start.items() if p != ref}
         videos[name] = frames
     (out / "prompt_control.json").write_text(json.dumps(report, indent=2))
     plot(report, out / "prompt_control.png")
     sheet(videos, out / "prompt_sheet.png")
-    for name in ("real_by_caption", "from_context", "from_prompt"):
+    for name in [k for k in report if k.startswith(("real_", "from_"))]:
         print(name)
         for p, d in report[name].items():
             print(f"  {p:26s} far_offset {d['far_offset']['mean']:+.3f} +- {d['far_offset']['ci95']:.3f}   "
