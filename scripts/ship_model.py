@@ -23,6 +23,7 @@ from wfm_sim.evaluation.card import model_card, training_summary
 from wfm_sim.evaluation.fidelity import EvalConfig, evaluate
 from wfm_sim.evaluation.report import summary_table, write_report
 from wfm_sim.models import SamplingConfig, WorldModel
+from wfm_sim.models.text import TEXT_FOLDER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,14 +51,22 @@ def main() -> None:
 
     run, out = Path(args.run), ROOT / "wfm_sim" / "pretrained" / args.name
     saved = WorldModel.read_config(run)
-    shipped_cfg = replace(saved, name=args.name, decoder=replace(saved.decoder, steps=args.steps))
-    model = WorldModel.from_pretrained(run, device="cpu", precision="fp32", config=shipped_cfg)
+    trained = json.loads((run / "config.json").read_text()).get("trained")
+    # A run whose diffusion decoder was never trained ships without one (token decode only).
+    decoder = None if saved.decoder is None or (trained is not None and "decoder" not in trained) \
+        else replace(saved.decoder, steps=args.steps)
+    model = WorldModel.from_pretrained(run, device="cpu", precision="fp32")
+    if decoder is None:
+        model.decoder = None
+    model.cfg = replace(saved, name=args.name, decoder=decoder)
     shutil.rmtree(out, ignore_errors=True)
     model.save_pretrained(out, storage=args.storage)
+    if (run / TEXT_FOLDER).is_dir():  # a text-conditioned model travels with its encoder
+        shutil.copytree(run / TEXT_FOLDER, out / TEXT_FOLDER)
     reader = EpisodeReader(args.data)
     split = load_split(run, args.data)  # the episodes training held out
     shutil.copy(run / "split.json", out / "split.json")
-    bank = ContextBank.from_store(args.data, model.cfg.cameras, model.cfg.context_frames, per_episode=1,
+    bank = ContextBank.from_store(args.data, model.cfg.cameras, model.cfg.context_video_frames, per_episode=1,
                                   episodes=list(split.val[: args.contexts]))
     bank.save(out)
 
@@ -74,10 +83,20 @@ def main() -> None:
     data["recorded_with"] = recorded_with(reader)
     train = training_summary(run)
     cmds = [f"wfm-sim train {c} --data {t['config'].get('data', args.data)} --out {t['config'].get('out', run)} " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in t["config"].items() if k in ("preset", "steps", "batch_size", "lr", "tokenizer_from") and v)
+        f"--{k.replace('_', '-')} {v}" for k, v in t["config"].items() if k in ("preset", "steps", "batch_size", "lr", "tokenizer_from", "text_encoder") and v)
         for c, t in train.items()]
     cmds.append(f"python scripts/ship_model.py {run} {args.name} --data {args.data} --steps {args.steps}")
-    (out / "README.md").write_text(model_card(shipped, args.name, data, train, report, cmds))
+    card = model_card(shipped, args.name, data, train, report, cmds)
+    if (out / TEXT_FOLDER).is_dir():
+        from wfm_sim.envs.captions import CAR_CAPTIONS
+
+        card += ("\n## Text conditioning\n\nTrained on scene captions recorded from simulator state "
+                 "(`wfm-sim collect ... --captions`); its frozen T5 text encoder ships in `text_encoder/` and the "
+                 "imagined env loads it. Prompts it was trained with: " + ", ".join(f'"{c}"' for c in CAR_CAPTIONS) +
+                 ". Prompt control is measured in the README (Scenario control by text, "
+                 "`scripts/prompt_control.py`): strong from the prompt alone, weak from a real context. The "
+                 "fidelity figures above are unprompted.\n")
+    (out / "README.md").write_text(card)
     print(summary_table(report))
     sizes = {p.name: p.stat().st_size for p in out.iterdir()}
     print("shipped", out, sizes)

@@ -30,6 +30,9 @@ def test_wheel_has_only_the_wfm_sim_top_level_package(tmp_path):
     for name in shipped_models():  # every model shipped in the checkout is in the wheel, whole
         for f in ("config.json", "model.safetensors", "contexts.safetensors", "README.md"):
             assert f"wfm_sim/pretrained/{name}/{f}" in names, f"{name}/{f} missing from the wheel"
+        text = ROOT / "wfm_sim" / "pretrained" / name / "text_encoder"
+        for f in (text.iterdir() if text.is_dir() else ()):  # a text model's encoder ships with it
+            assert f"wfm_sim/pretrained/{name}/text_encoder/{f.name}" in names, f"{name}/text_encoder/{f.name} missing"
     from wfm_sim.policies.registry import shipped_policies
 
     for name in shipped_policies():

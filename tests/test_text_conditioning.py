@@ -128,3 +128,27 @@ def test_generate_with_a_prompt_records_it_and_regenerates(caption_store, tmp_pa
     assert other["episodes"] == 2
     assert not np.array_equal(EpisodeReader(tmp_path / "h.zarr").episode(1).obs["CAM_FRONT"],
                               r.episode(1).obs["CAM_FRONT"])
+
+
+@pytest.mark.skipif("driving_text" not in __import__("wfm_sim.models", fromlist=["x"]).shipped_models(),
+                    reason="the text-conditioned driving model is not shipped in this checkout")
+def test_shipped_text_model_puts_the_car_on_grass_when_asked():
+    """The shipped model's prompt decides the scene when it starts from text alone (the README's
+    measure: the road share of the lower half)."""
+    from wfm_sim.envs import ImaginedVectorEnv
+    from wfm_sim.models import WorldModel
+    from wfm_sim.models.text import TextEncoder
+    from wfm_sim.models.world_model import resolve_pretrained
+    from wfm_sim.policies.driving import road_mask
+
+    folder = resolve_pretrained("driving_text")
+    assert ImaginedVectorEnv(1, "driving_text", device="cpu").text_encoder is not None  # loaded with the model
+    model = WorldModel.from_pretrained(folder, device="cpu", precision="fp32")  # no contexts: start from text
+    env = ImaginedVectorEnv(4, model, text_encoder=TextEncoder.of_model(folder), max_episode_steps=8, device="cpu")
+
+    def road(prompt):
+        obs, _ = env.reset(seed=0, options={"prompt": prompt})
+        frames = [env.step(np.tile([0.0, 0.3, 0.0], (4, 1)).astype(np.float32))[0] for _ in range(3)]
+        return road_mask(np.stack([obs] + frames))[..., 32:, :].mean()
+
+    assert road("straight road") > 0.8 and road("off the road on grass") < 0.2
