@@ -26,6 +26,7 @@ CASES = [
     "collect gym:CartPole-v1 --episodes 1 --env-kwargs [1] --out {out}/a.zarr",
     "collect gym:CartPole-v1 --episodes 1 --env-kwargs {{\"nope\":1}} --out {out}/a.zarr",
     "collect carracing --episodes 1 --fps 10 --out {out}/a.zarr",
+    "collect pusher --captions --episodes 1 --out {out}/a.zarr",
     # dataset
     "dataset info {missing}",
     "dataset info {file}",
@@ -58,6 +59,8 @@ CASES = [
     "train tokenizer --data {store} --out {out}/fresh --preset tiny --resume",
     "train tokenizer --data {store} --out {file} --preset tiny",
     "train nope --data {store} --out {out}/m",
+    "train backbone --data {store} --out {out}/t --preset tiny --text-encoder tiny",
+    "train backbone --data {store} --out {out}/t2 --preset tiny --text-encoder {missing}",
     # evaluate
     "evaluate {missing} --data {store}",
     "evaluate nope --data {store}",
