@@ -24,8 +24,10 @@ def plot_horizon(report: dict, path: Path) -> Path:
         style = "--" if name.startswith(("baseline", "shuffled")) else "-"
         axes[0].plot(h, res["psnr_mean"], style, marker="o", ms=3, label=name)
         axes[1].plot(h, res["ssim_mean"], style, marker="o", ms=3, label=name)
+    k = report.get("frames_per_step", 1)
+    xlabel = "horizon (frames after the context)" if k == 1 else f"horizon (frames after the context; {k} per step)"
     for ax, what in zip(axes, ("PSNR (dB)", "SSIM")):
-        ax.set_xlabel("horizon (steps after the context)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
