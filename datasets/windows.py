@@ -21,6 +21,10 @@ from wfm_sim.datasets.store import EpisodeReader, StoreError
 from wfm_sim.records import Batch
 
 
+WINDOW_EXTRAS = ("success", "caption")
+"""Per-step extras a window carries when its store holds them (task success, scene caption)."""
+
+
 class WindowDataset(Dataset):
     """Windows of ``frames`` steps from the episodes of one split.
 
@@ -85,7 +89,7 @@ class WindowDataset(Dataset):
             "reward": r.read("reward", s, e).astype(np.float32),
             "terminated": r.read("terminated", s, e),
         }
-        for key in ("success", "caption"):
+        for key in WINDOW_EXTRAS:
             if key in self.extras:
                 item[key] = r.read(key, s, e)
         return item

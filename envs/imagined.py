@@ -23,6 +23,8 @@ from wfm_sim.viz import mosaic
 
 OBS_MODES = ("pixels", "tokens")
 OBS_FRAMES = ("last", "all")
+PROMPT_SEP = " | prompt: "
+"""Joins a prompted start's context origin and its prompt in ``info["context"]``."""
 
 
 def autoreset(mode: str | AutoresetMode) -> AutoresetMode:
@@ -144,7 +146,6 @@ class ImaginedVectorEnv(VectorEnv):
         self._done = np.zeros(n, dtype=bool)
         self._reset_once = False
         self._row_context: dict[int, tuple] = {}  # caller contexts, reused by autoresets
-        self._row_prompt: dict[int, str] = {}  # prompts, kept by autoresets
         self._row_rngs = [np.random.default_rng(i) for i in range(n)]
 
     # ----------------------------------------------------------------- spaces
@@ -194,7 +195,7 @@ class ImaginedVectorEnv(VectorEnv):
             self._set_prompts(rows, None)  # a reset without a prompt is unprompted
         frames, actions, origin = batch_context(self, rows, options)
         if prompts is not None:
-            origin = [f"{o} | prompt: {p}" for o, p in zip(origin, prompts)]
+            origin = [f"{o}{PROMPT_SEP}{p}" for o, p in zip(origin, prompts)]
         for j, i in enumerate(rows):  # remember caller contexts; dataset contexts are re-drawn
             if "frames" in options or "context" in options:
                 self._row_context[int(i)] = ("frames", frames[j].numpy(), actions[j].numpy())
@@ -227,8 +228,6 @@ class ImaginedVectorEnv(VectorEnv):
         im.text_mask[t_rows] = False
         if prompts is None:
             im.text_mask[t_rows, 0] = True  # token 0 stays visible: a zero vector means "no prompt"
-            for i in rows:
-                self._row_prompt.pop(int(i), None)
             return None
         prompts = [prompts] * len(rows) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(rows) or not all(isinstance(p, str) for p in prompts):
@@ -237,8 +236,6 @@ class ImaginedVectorEnv(VectorEnv):
         s = emb.shape[1]
         im.text[t_rows, :s] = emb.to(self.model.device)
         im.text_mask[t_rows, :s] = mask.to(self.model.device)
-        for i, p in zip(rows, prompts):
-            self._row_prompt[int(i)] = p
         return prompts
 
     def _reset_from_prompt(self, rows: np.ndarray, prompts: list[str], seeds: list[int] | None) -> dict:

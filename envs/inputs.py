@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from wfm_sim.envs.contexts import Context
-from wfm_sim.envs.spaces import check_actions as check_action_values
+from wfm_sim.envs.spaces import check_actions as check_action_values, model_action_space
 
 
 def check_actions(env, actions) -> torch.Tensor:
@@ -61,8 +61,7 @@ def _as_frames(env, frames, r: int) -> torch.Tensor:
 
 def frame_action_shape(env) -> tuple[int, ...]:
     """The shape of ONE frame's action: an env step takes ``k`` of them (``(k, A)`` / ``(k,)``)."""
-    shape = tuple(env.single_action_space.shape)
-    return shape[1:] if env.cfg.frames_per_step > 1 else shape
+    return tuple(model_action_space(env.cfg, group=1).shape)
 
 
 def batch_context(env, rows: np.ndarray, options: dict):

@@ -50,11 +50,12 @@ def action_space(spec: dict, group: int = 1) -> spaces.Space:
     return spaces.Box(lo, hi, dtype=np.float32)
 
 
-def model_action_space(cfg) -> spaces.Space:
-    """The action space of a world model's config: its ``ActionSpec``, grouped by its action group."""
+def model_action_space(cfg, group: int | None = None) -> spaces.Space:
+    """The action space of a world model's config: its ``ActionSpec``, grouped by its action group
+    (an env step), or by ``group`` (``group=1``: the action of one frame)."""
     a = cfg.action
     spec = {"type": "discrete", "n": a.n} if a.kind == "discrete" else {"type": "box", "low": a.low, "high": a.high}
-    return action_space(spec, cfg.backbone.action_group)
+    return action_space(spec, cfg.backbone.action_group if group is None else group)
 
 
 def check_actions(space: spaces.Space, actions, lead: tuple[int, ...] = (), who: str = "actions") -> np.ndarray:

@@ -51,11 +51,10 @@ def main() -> None:
 
     run, out = Path(args.run), ROOT / "wfm_sim" / "pretrained" / args.name
     saved = WorldModel.read_config(run)
-    trained = json.loads((run / "config.json").read_text()).get("trained")
-    # A run whose diffusion decoder was never trained ships without one (token decode only).
-    decoder = None if saved.decoder is None or (trained is not None and "decoder" not in trained) \
-        else replace(saved.decoder, steps=args.steps)
     model = WorldModel.from_pretrained(run, device="cpu", precision="fp32")
+    # A run whose diffusion decoder was never trained ships without one (token decode only).
+    untrained = model.trained is not None and "decoder" not in model.trained
+    decoder = None if saved.decoder is None or untrained else replace(saved.decoder, steps=args.steps)
     if decoder is None:
         model.decoder = None
     model.cfg = replace(saved, name=args.name, decoder=decoder)
@@ -94,8 +93,7 @@ def main() -> None:
                  "(`wfm-sim collect ... --captions`); its frozen T5 text encoder ships in `text_encoder/` and the "
                  "imagined env loads it. Prompts it was trained with: " + ", ".join(f'"{c}"' for c in CAR_CAPTIONS) +
                  ". Prompt control is measured in the README (Scenario control by text, "
-                 "`scripts/prompt_control.py`): strong from the prompt alone, weak from a real context. The "
-                 "fidelity figures above are unprompted.\n")
+                 "`scripts/prompt_control.py`). The fidelity figures above are unprompted.\n")
     (out / "README.md").write_text(card)
     print(summary_table(report))
     sizes = {p.name: p.stat().st_size for p in out.iterdir()}

@@ -31,7 +31,7 @@ from einops import rearrange
 from torch import nn
 
 from wfm_sim.models.fsq import FSQ
-from wfm_sim.models.tokenizer import FrameNorm
+from wfm_sim.models.tokenizer import FrameNorm, clip_latent_frames
 
 VARIANTS: dict[str, tuple[int, int]] = {"DV4x8x8": (4, 8), "DV8x8x8": (8, 8), "DV8x16x16": (8, 16)}
 """Released discrete video tokenizers: name -> (temporal, spatial) compression."""
@@ -95,10 +95,7 @@ class CosmosTokenizerConfig:
 
     def latent_frames(self, frames: int) -> int:
         """Latent frames for a clip of ``frames`` frames (must be 1 + k*m)."""
-        k = self.temporal_compression
-        if frames < 1 or (frames - 1) % k:
-            raise ValueError(f"a clip must have 1 + {k}*m frames for Cosmos {self.name}, got {frames}")
-        return 1 + (frames - 1) // k
+        return clip_latent_frames(frames, self.temporal_compression, f"Cosmos {self.name}")
 
 
 # --------------------------------------------------------------------------- Haar patcher

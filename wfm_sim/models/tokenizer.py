@@ -84,9 +84,15 @@ class TokenizerConfig:
     def latent_frames(self, frames: int) -> int:
         """Latent frames for a clip of ``frames`` frames (must be 1 + k*m)."""
         k = self.temporal_downsample
-        if frames < 1 or (frames - 1) % k:
-            raise ValueError(f"a clip must have 1 + {k}*m frames for temporal_downsample={k}, got {frames}")
-        return 1 + (frames - 1) // k
+        return clip_latent_frames(frames, k, f"temporal_downsample={k}")
+
+
+def clip_latent_frames(frames: int, k: int, what: str) -> int:
+    """``1 + m`` latent frames for a clip of ``1 + k*m`` frames (frame 0 is coded alone); else
+    a ValueError naming the lengths allowed for ``what``."""
+    if frames < 1 or (frames - 1) % k:
+        raise ValueError(f"a clip must have 1 + {k}*m frames for {what}, got {frames}")
+    return 1 + (frames - 1) // k
 
 
 def haar_patch(x: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,10 @@ class GenerateConfig:
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 
+    def reset_options(self) -> dict:
+        """What every episode's env reset is given: the prompt, for a text-conditioned model."""
+        return {} if self.prompt is None else {"prompt": self.prompt}
+
     def env_kwargs(self) -> dict:
         from wfm_sim.models.sampling import SamplingConfig
 
@@ -114,7 +118,9 @@ def _finish(ep: Episode, bank_origins: list[str]) -> Episode:
     ent = ep.extras.get("entropy")
     real = np.zeros(n, bool)
     real[0] = True  # frame 0 is the last real context frame
-    origin = (ep.origin or "").split(" | prompt: ")[0]  # a prompted start names its context, then the prompt
+    from wfm_sim.envs.imagined import PROMPT_SEP
+
+    origin = (ep.origin or "").split(PROMPT_SEP)[0]  # a prompted start names its context, then the prompt
     idx = bank_origins.index(origin) if origin in bank_origins else -1
     extras = {"entropy": np.asarray(ent if ent is not None else np.full(n, np.nan), np.float32),
               "real_frame": real, "start_context": np.full(n, idx, np.int32)}
@@ -149,10 +155,10 @@ def _check_inputs(cfg: GenerateConfig, model) -> None:
     if cfg.prompt is not None and model.cfg.backbone.text_dim == 0:
         raise ValueError(f"--prompt needs a text-conditioned model; {cfg.model} has no text input (text_dim=0)")
     if cfg.prompt is not None:
-        from wfm_sim.models.text import TextEncoder
+        from wfm_sim.models.text import TEXT_FOLDER
         from wfm_sim.models.world_model import resolve_pretrained
 
-        if TextEncoder.of_model(resolve_pretrained(cfg.model)) is None:
+        if not (resolve_pretrained(cfg.model) / TEXT_FOLDER).is_dir():
             raise ValueError(f"--prompt: {cfg.model} takes text but its folder has no text_encoder/ to encode it with")
     if cfg.starts is not None:
         r = EpisodeReader(cfg.starts)
@@ -218,7 +224,7 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> dic
         batches = sorted({i // n for i in missing})  # whole batches: each episode keeps its companions
         only = tuple(j for b in batches for j in range(b * n, min((b + 1) * n, cfg.episodes)))
         req = RolloutRequest(cfg.episodes, cfg.horizon, seed=cfg.seed, policy=spec, only=only,
-                             reset_options={"prompt": cfg.prompt} if cfg.prompt is not None else {})
+                             reset_options=cfg.reset_options())
         runner = _Local(cfg) if cfg.workers == 1 else RolloutPool(cfg.model, cfg.workers, n, env_kwargs=cfg.env_kwargs())
         try:
             with tqdm(total=len(missing), desc="generate", unit="ep", disable=not progress) as bar:
@@ -262,7 +268,7 @@ def regenerate(store: str | Path, index: int) -> Episode:
     spec = _policy_spec(cfg, local.worker.env.single_action_space)
     first = i // cfg.envs * cfg.envs  # its batch, up to its row: the rows after it do not change it
     req = RolloutRequest(i + 1, cfg.horizon, seed=cfg.seed, policy=spec, only=tuple(range(first, i + 1)),
-                         reset_options={"prompt": cfg.prompt} if cfg.prompt is not None else {})
+                         reset_options=cfg.reset_options())
     for eps in local.iter_chunks(req):
         for ep in eps:
             if ep.seed == seed:

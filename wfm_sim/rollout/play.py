@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from wfm_sim.datasets.episode import Episode
-from wfm_sim.envs.spaces import check_actions
+from wfm_sim.envs.spaces import check_actions, model_action_space
 from wfm_sim.policies.base import PlanPolicy
 
 PAD_SEED = 2**31 - 1
@@ -66,7 +66,7 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
                          "so that every frame is recorded")
     if g > 1 and isinstance(policy, PlanPolicy) and policy.group != g:
         policy = policy.grouped(g)
-    frame_space = frame_action_space(env.single_action_space, g)
+    frame_space = env.single_action_space if g == 1 else model_action_space(env.cfg, group=1)
     if hasattr(policy, "check_spaces"):  # a trained policy refuses a rig or action space it was not trained for
         space = env.single_observation_space
         frame = next(iter(space.spaces.values())) if hasattr(space, "spaces") else space
@@ -110,17 +110,6 @@ def frames_per_step(env) -> int:
     """Frames one step of ``env`` predicts: ``k`` for a grouped world model, else 1."""
     cfg = getattr(env, "cfg", None)
     return int(getattr(cfg, "frames_per_step", 1)) if cfg is not None else 1
-
-
-def frame_action_space(space, g: int):
-    """The action space of one frame of a step that takes ``g`` actions."""
-    from gymnasium import spaces
-
-    if g == 1:
-        return space
-    if isinstance(space, spaces.MultiDiscrete):
-        return spaces.Discrete(int(space.nvec[0]))
-    return spaces.Box(space.low[0], space.high[0], dtype=space.dtype)
 
 
 def _newest(obs):

@@ -76,13 +76,12 @@ class RolloutWorker:
         from wfm_sim.envs.imagined import ImaginedVectorEnv
 
         torch.set_num_threads(1)
+        from wfm_sim.models.world_model import WorldModel
+
         env_kwargs = dict(env_kwargs or {})
+        if WorldModel.read_config(model).frames_per_step > 1:
+            env_kwargs["obs_frames"] = "all"  # grouped time: record every frame of every step (play unrolls them)
         self.env = ImaginedVectorEnv(envs, model, autoreset_mode="next_step", device=device, **env_kwargs)
-        if self.env.cfg.frames_per_step > 1 and self.env.obs_frames != "all":
-            # grouped time: record every frame of every step (play unrolls them into rows)
-            self.env.close()
-            env_kwargs["obs_frames"] = "all"
-            self.env = ImaginedVectorEnv(envs, self.env.model, autoreset_mode="next_step", device=device, **env_kwargs)
         self._policies: dict = {}
 
     def ready(self) -> dict:
@@ -110,10 +109,10 @@ class RolloutWorker:
         if spec.kind == "plan":
             return PlanPolicy(spec.plan)
         if spec.kind == "named":
-            from wfm_sim.rollout.play import frame_action_space
+            from wfm_sim.envs.spaces import model_action_space
 
-            space = frame_action_space(self.env.single_action_space, self.env.cfg.frames_per_step)
-            return make_policy(spec.name, space, camera=self.env.cameras[0])
+            # a policy acts per frame; play holds its action for a grouped model's k frames
+            return make_policy(spec.name, model_action_space(self.env.cfg, group=1), camera=self.env.cameras[0])
         if spec.kind == "callable":
             return spec.obj
         state = spec.state

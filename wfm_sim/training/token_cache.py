@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from wfm_sim import checkpoint as ckpt
 from wfm_sim.datasets.store import EpisodeReader
-from wfm_sim.datasets.windows import WindowDataset
+from wfm_sim.datasets.windows import WINDOW_EXTRAS, WindowDataset
 from wfm_sim.models.world_model import WorldModel, to_video
 
 
@@ -69,7 +69,7 @@ class TokenWindowDataset(WindowDataset):
         n = r.num_steps
         self.tokens = tokens
         self.mem = {k: np.asarray(r.arrays[k][:n]) for k in ("action", "reward", "terminated")}
-        for key in ("success", "caption"):
+        for key in WINDOW_EXTRAS:
             if key in self.extras:
                 self.mem[key] = np.asarray(r.arrays[key][:n])
 
