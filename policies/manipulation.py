@@ -37,3 +37,68 @@ class MetaWorldExpert(ScriptedPolicy):
     def act(self, row: int, state) -> np.ndarray:
         a = self._expert.get_action(state.state) + self.rng(row).normal(0, self._noise[row], 4)
         return np.clip(a, -1, 1).astype(np.float32)
+
+
+class MixedManipulation(MetaWorldExpert):
+    """Manipulation data that teaches what actions do: the scripted expert, interrupted.
+
+    Each episode draws its own schedule of segments from its seed: the expert with little noise
+    (``expert``), with heavy noise (``noisy``, scale 0.6-1.5), at a fraction of its speed
+    (``scaled``, actions times 0.2-0.7), holding each action for two steps (``repeat``), still
+    (``hold``, zero action) and uniformly random (``random``). Recorded with the plain expert, the
+    next frame is nearly decided by the frames before it, so a model learns the expert's typical
+    motion and not what its actions do; in these episodes the same scene is followed by very
+    different motions depending on the action, and pushes that go wrong are common.
+
+    Args:
+        task: Meta-World task whose expert is interrupted.
+        horizon: steps a schedule covers (the source's episode length).
+    """
+
+    MODES = ("expert", "noisy", "scaled", "repeat", "hold", "random")
+    WEIGHTS = (0.35, 0.20, 0.15, 0.10, 0.10, 0.10)
+
+    stream = 13  # independent of the expert's own noise draws
+
+    def __init__(self, task: str = "push-v3", horizon: int = 50):
+        super().__init__(task, max_noise=0.3)
+        self.horizon = horizon
+        self._schedule: dict[int, list[tuple[str, float]]] = {}
+        self._t: dict[int, int] = {}
+        self._last: dict[int, np.ndarray] = {}
+
+    def reset(self, seeds, rows=None, episodes=None) -> None:
+        super().reset(seeds, rows)
+        for r in self._rows(seeds, rows):
+            rng = self._rngs[r]
+            steps: list[tuple[str, float]] = []
+            mode = "expert" if rng.uniform() < 0.5 else str(rng.choice(self.MODES, p=self.WEIGHTS))
+            while len(steps) < self.horizon:
+                length = int(rng.integers(5, 21))
+                scale = {"noisy": rng.uniform(0.6, 1.5), "scaled": rng.uniform(0.2, 0.7)}.get(mode, 0.0)
+                steps += [(mode, float(scale))] * length
+                mode = str(rng.choice(self.MODES, p=self.WEIGHTS))
+            self._schedule[r], self._t[r] = steps, 0
+            self._last[r] = np.zeros(4, np.float32)
+
+    def act(self, row: int, state) -> np.ndarray:
+        rng = self.rng(row)
+        t = self._t[row]
+        mode, scale = self._schedule[row][min(t, len(self._schedule[row]) - 1)]
+        self._t[row] = t + 1
+        expert = np.asarray(self._expert.get_action(state.state), np.float32)
+        if mode == "expert":
+            a = expert + rng.normal(0, self._noise[row], 4)
+        elif mode == "noisy":
+            a = expert + rng.normal(0, scale, 4)
+        elif mode == "scaled":
+            a = expert * scale
+        elif mode == "repeat":
+            a = self._last[row] if t % 2 else expert
+        elif mode == "hold":
+            a = np.zeros(4, np.float32)
+        else:
+            a = rng.uniform(-1, 1, 4)
+        a = np.clip(a, -1, 1).astype(np.float32)
+        self._last[row] = a
+        return a

@@ -4,8 +4,10 @@
 * ``road``: :class:`~wfm_sim.policies.RoadCentroidDriver` (pixels, driving rigs);
 * ``driver``: :class:`~wfm_sim.policies.TrackFollower` with 0.15 steering noise (scripted,
   real CarRacing only);
-* ``mixed``: :class:`~wfm_sim.policies.MixedDriver`, the track follower interrupted by swerves
-  off the road, random actions, braking and coasting (scripted, real CarRacing only);
+* ``mixed``: on CarRacing :class:`~wfm_sim.policies.MixedDriver`, the track follower interrupted
+  by swerves off the road, random actions, braking and coasting; on Meta-World
+  :class:`~wfm_sim.policies.manipulation.MixedManipulation`, the expert interrupted by heavy
+  noise, slowed and repeated actions, stillness and random actions (scripted, real twins only);
 * ``expert``: :class:`~wfm_sim.policies.MetaWorldExpert` for the source's task (scripted, real
   Meta-World only);
 * a ``.npy`` file: an open-loop plan ``(T, A)`` or ``(episodes, T, A)``;
@@ -59,8 +61,12 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
             raise ValueError(f"'driver' drives CarRacing; source {source!r} has no track to follow")
         return TrackFollower(noise=0.15)
     if name == "mixed":
+        if source is not None and source.startswith("metaworld-"):
+            from wfm_sim.policies.manipulation import MixedManipulation
+
+            return MixedManipulation(source[len("metaworld-"):] + "-v3")
         if source is not None and not source.startswith("carracing"):
-            raise ValueError(f"'mixed' drives CarRacing; source {source!r} has no track")
+            raise ValueError(f"'mixed' is scripted for CarRacing and Meta-World; source {source!r} is neither")
         return MixedDriver()
     if name == "expert":
         if source is None or not source.startswith("metaworld-"):

@@ -169,6 +169,24 @@ def test_tokenizer_from_another_model(tmp_path, square_store):
     assert summary["backbone"]["steps"] == 1
 
 
+def test_tokenizer_from_a_model_with_another_token_grid(tmp_path, square_store):
+    """A donor tokenizer that compresses more than the preset's reshapes the new backbone and decoder."""
+    from dataclasses import replace
+
+    from wfm_sim.models.presets import preset, with_tokenizer
+    from wfm_sim.training.loop import config_for_data
+
+    cfg = config_for_data("tiny", str(square_store))
+    donor = WorldModel(with_tokenizer(cfg, replace(cfg.tokenizer, spatial_downsample=8, channel_mult=(1, 2, 2))))
+    donor.save_pretrained(tmp_path / "donor")
+    assert donor.cfg.tokenizer.grid == 2 != preset("tiny").tokenizer.grid
+    train(_cfg(square_store, tmp_path / "b", "backbone", steps=1, tokenizer_from=str(tmp_path / "donor")))
+    b = WorldModel.from_pretrained(tmp_path / "b", device="cpu")
+    assert b.cfg.backbone.grid == b.cfg.decoder.grid == 2
+    mine, theirs = b.tokenizer.state_dict(), donor.tokenizer.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
 def test_backbone_trains_on_a_multicamera_store(tmp_path):
     from wfm_sim.testing import square_world_store
     from wfm_sim.training.token_cache import store_tokens

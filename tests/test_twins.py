@@ -150,6 +150,34 @@ def test_the_mixed_driver_leaves_the_road_and_comes_back_reproducibly():
     assert np.array_equal(actions, again) and np.array_equal(off, again_off)
 
 
+def test_the_mixed_manipulation_policy_interrupts_the_expert_reproducibly():
+    from wfm_sim.policies import make_policy
+    from wfm_sim.policies.manipulation import MixedManipulation
+    from wfm_sim.rollout.play import act
+
+    def push(seeds, steps=50):
+        env, pol = make_real_vec("metaworld-push", len(seeds)), make_policy("mixed", source="metaworld-push")
+        obs, info = env.reset(seed=seeds)
+        pol.reset(seeds)
+        actions = []
+        for _ in range(steps):
+            actions.append(act(pol, obs, info))
+            obs, _, _, _, info = env.step(actions[-1])
+        return pol, np.stack(actions)
+
+    pol, actions = push([14, 4])
+    assert isinstance(pol, MixedManipulation) and np.abs(actions).max() <= 1.0
+    modes = [m for m, _ in pol._schedule[0][:50]]
+    assert set(modes) == set(MixedManipulation.MODES)  # seed 14 draws every behaviour within 50 steps
+    held = [t for t, m in enumerate(modes) if m == "hold"]
+    assert np.all(actions[held, 0] == 0)  # a still segment sends zero actions
+    repeat = [t for t, m in enumerate(modes) if m == "repeat" and t % 2 and modes[t - 1] == "repeat"]
+    assert np.array_equal(actions[repeat, 0], actions[[t - 1 for t in repeat], 0])  # each action played twice
+    assert np.array_equal(actions, push([14, 4])[1])  # a seed decides the whole episode
+    with pytest.raises(ValueError, match="CarRacing and Meta-World"):
+        make_policy("mixed", source="reacher")
+
+
 def test_the_shipped_imagination_policy_loads_by_name_and_drives_the_real_front_camera():
     from wfm_sim.policies import ActorCritic, make_policy
     from wfm_sim.policies.registry import shipped_policies

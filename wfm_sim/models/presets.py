@@ -83,3 +83,12 @@ def preset(name: str, /, cameras: tuple[str, ...] = ("CAM_FRONT",), action: Acti
     fields.setdefault("context_frames", min(2, backbone.max_frames - 1))
     return WorldModelConfig(tokenizer=tok, backbone=backbone, decoder=decoder, cameras=tuple(cameras),
                             action=action, **fields)
+
+
+def with_tokenizer(cfg: WorldModelConfig, tok: TokenizerConfig) -> WorldModelConfig:
+    """``cfg`` with the tokenizer ``tok`` (e.g. another model's), its backbone and decoder reshaped
+    to that tokenizer's vocabulary, token grid, frame size and temporal compression."""
+    backbone = replace(cfg.backbone, vocab_size=tok.vocab_size, grid=tok.grid, action_group=tok.temporal_downsample)
+    decoder = None if cfg.decoder is None else replace(
+        cfg.decoder, vocab_size=tok.vocab_size, grid=tok.grid, image_size=tok.image_size, frames=tok.temporal_downsample)
+    return replace(cfg, tokenizer=tok, backbone=backbone, decoder=decoder)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from wfm_sim.datasets.split import ensure_split
 from wfm_sim.datasets.store import EpisodeReader, StoreError
 from wfm_sim.device import resolve_device
-from wfm_sim.models.presets import preset
+from wfm_sim.models.presets import preset, with_tokenizer
 from wfm_sim.models.world_model import ActionSpec, WorldModel
 from wfm_sim.training.state import load_train_state, save_train_state
 from wfm_sim.training.tasks import COMPONENTS, TASKS, frozen_except, lr_at
@@ -175,7 +175,7 @@ def open_model(cfg: TrainConfig) -> WorldModel:
     if not set(model_cfg.cameras) <= set(donor.cfg.cameras):  # the tokenizer is shared by all views
         raise StoreError(f"--tokenizer-from {cfg.tokenizer_from} learned cameras {list(donor.cfg.cameras)}; the new "
                          f"model sees {list(model_cfg.cameras)}")
-    model = WorldModel(replace(model_cfg, tokenizer=donor.cfg.tokenizer))
+    model = WorldModel(with_tokenizer(model_cfg, donor.cfg.tokenizer))
     model.tokenizer.load_state_dict(donor.tokenizer.state_dict())
     model.trained = ("tokenizer",)
     return model.setup(cfg.device, cfg.precision)
