@@ -1,12 +1,13 @@
 """Video tokenizer: FSQ codes, Haar patcher, temporal causality, shapes and errors."""
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
 
 from wfm_sim.models.fsq import FSQ
-from wfm_sim.models.tokenizer import TokenizerConfig, VideoTokenizer, haar_patch, haar_unpatch
+from wfm_sim.models.tokenizer import HARD_FRACTION, TokenizerConfig, VideoTokenizer, haar_patch, haar_unpatch, hard_pixel_l1
 
 GROUPED = TokenizerConfig(image_size=16, spatial_downsample=4, temporal_downsample=4, temporal_kernel=3,
                           base_channels=8, channel_mult=(1, 2), levels=(4, 3, 5))
@@ -98,6 +99,27 @@ def test_training_loss_backprops_and_logs_usage():
     out.loss.backward()
     assert all(p.grad is not None for p in tok.enc_in.parameters())
     assert 0 < out.logs["codebook_used"] <= 1 and out.logs["codebook_perplexity"] >= 1
+
+
+def test_hard_pixel_term_weighs_a_dropped_small_object():
+    """A 2x2 object missing from a 32x32 reconstruction barely moves the mean L1 but dominates the
+    mean of the worst 1% of pixels, which is what hard_pixels adds to the loss."""
+    err = torch.zeros(1, 3, 1, 32, 32)
+    err[..., 10:12, 20:22] = 1.0  # the object's 4 pixels, fully wrong in every channel
+    k = int(32 * 32 * HARD_FRACTION)  # 10 worst pixels per frame
+    assert hard_pixel_l1(err).item() == pytest.approx(4 / k)
+    assert err.mean().item() == pytest.approx(4 / 1024)
+    cfg = replace(GROUPED, hard_pixels=0.5)
+    tok = VideoTokenizer(cfg)
+    torch.manual_seed(0)
+    video = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    with_hard, plain = tok(video), VideoTokenizer(GROUPED)
+    plain.load_state_dict(tok.state_dict())
+    base = plain(video)
+    assert with_hard.logs["hard_l1"] == pytest.approx(base.logs["hard_l1"])
+    assert with_hard.loss.item() == pytest.approx(base.loss.item() + 0.5 * base.logs["hard_l1"], rel=1e-5)
+    with pytest.raises(ValueError, match="hard_pixels must be >= 0"):
+        replace(GROUPED, hard_pixels=-1.0)
 
 
 @pytest.mark.parametrize(
