@@ -82,7 +82,9 @@ def main() -> None:
     data["recorded_with"] = recorded_with(reader)
     train = training_summary(run)
     cmds = [f"wfm-sim train {c} --data {t['config'].get('data', args.data)} --out {t['config'].get('out', run)} " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in t["config"].items() if k in ("preset", "steps", "batch_size", "lr", "tokenizer_from", "text_encoder") and v)
+        f"--{k.replace('_', '-')} {v}" for k, v in t["config"].items()
+        if (k in ("preset", "steps", "batch_size", "lr", "tokenizer_from", "text_encoder") and v)
+        or (k == "device" and str(v).startswith("cuda")))
         for c, t in train.items()]
     cmds.append(f"python scripts/ship_model.py {run} {args.name} --data {args.data} --steps {args.steps}")
     card = model_card(shipped, args.name, data, train, report, cmds)

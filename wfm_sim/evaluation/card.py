@@ -45,8 +45,10 @@ def training_summary(run: Path) -> dict:
 def model_card(model: WorldModel, name: str, data: dict, training: dict, report: dict, commands: list[str]) -> str:
     c = model.cfg
     n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    gpu = [comp for comp, t in training.items() if str(t.get("config", {}).get("device", "")).startswith("cuda")]
+    where = "on CPU" if not gpu else f"on CPU, except the {' and '.join(gpu)} (trained on a GPU)"
     lines = [f"# {name}", "", f"World model of `{c.source_env}` ({', '.join(c.cameras)}; {c.tokenizer.image_size}x"
-             f"{c.tokenizer.image_size} frames at {c.fps:g} Hz), trained by wfm_sim on CPU.", "",
+             f"{c.tokenizer.image_size} frames at {c.fps:g} Hz), trained by wfm_sim {where}.", "",
              "## Architecture", "",
              f"- tokenizer: {n(model.tokenizer):.2f}M params, {c.tokenizer.grid}x{c.tokenizer.grid} tokens per view, "
              f"FSQ {list(c.tokenizer.levels)} ({c.tokenizer.vocab_size} codes)",
