@@ -168,6 +168,39 @@ class ScriptedPolicy(SeededPolicy):
         raise NotImplementedError
 
 
+class SegmentSchedule:
+    """Per-row schedules of behaviour segments, each episode's drawn from its own generator: what
+    the ``mixed`` data policies play (a behaviour for some steps, then another, weighted).
+
+    Args:
+        modes, weights: the behaviours and how often each follows a segment.
+        horizon: steps a schedule covers (the source's episode length).
+    """
+
+    def __init__(self, modes: tuple[str, ...], weights: tuple[float, ...], horizon: int):
+        self.modes, self.weights, self.horizon = modes, weights, horizon
+        self.steps: dict[int, list[tuple[str, float]]] = {}
+        self._t: dict[int, int] = {}
+
+    def draw(self, row: int, rng: np.random.Generator, first: str, segment) -> None:
+        """Row ``row``'s schedule: segments from ``first`` on, ``segment(mode) -> (length, parameter)``
+        drawing from ``rng``, until ``horizon`` steps are covered."""
+        steps: list[tuple[str, float]] = []
+        mode = first
+        while len(steps) < self.horizon:
+            length, param = segment(mode)
+            steps += [(mode, param)] * length
+            mode = str(rng.choice(self.modes, p=self.weights))
+        self.steps[row], self._t[row] = steps, 0
+
+    def next(self, row: int) -> tuple[int, str, float]:
+        """The row's step index, mode and parameter now (the last segment holds past the horizon)."""
+        t, steps = self._t[row], self.steps[row]
+        self._t[row] = t + 1
+        mode, param = steps[min(t, len(steps) - 1)]
+        return t, mode, param
+
+
 @dataclass(frozen=True)
 class ConvPolicyConfig:
     """A small convolutional actor for image observations (all cameras stacked on channels)."""

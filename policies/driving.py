@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from wfm_sim.policies.base import Policy, ScriptedPolicy, batch_size
+from wfm_sim.policies.base import Policy, ScriptedPolicy, SegmentSchedule, batch_size
 
 
 class TrackFollower(ScriptedPolicy):
@@ -116,10 +116,8 @@ class MixedDriver(ScriptedPolicy):
 
     def __init__(self, horizon: int = 250):
         super().__init__()
-        self.horizon = horizon
         self.follower = TrackFollower(noise=0.1)
-        self._schedule: dict[int, list[tuple[str, float]]] = {}
-        self._t: dict[int, int] = {}
+        self.segments = SegmentSchedule(self.MODES, self.WEIGHTS, horizon)
 
     def reset(self, seeds, rows=None, episodes=None) -> None:
         super().reset(seeds, rows)
@@ -127,21 +125,16 @@ class MixedDriver(ScriptedPolicy):
         self.follower.reset(seeds, rows)
         for r in rows:
             rng = self._rngs[r]
-            steps: list[tuple[str, float]] = []
-            mode = "follow"
-            while len(steps) < self.horizon:
-                long = mode in ("follow", "noisy")
-                length = int(rng.integers(15, 46) if long else rng.integers(6, 31))
-                side = float(rng.choice((-1.0, 1.0)) * rng.uniform(0.6, 1.0))
-                steps += [(mode, side)] * length
-                mode = str(rng.choice(self.MODES, p=self.WEIGHTS))
-            self._schedule[r], self._t[r] = steps, 0
+
+            def segment(mode, rng=rng):  # follow / noisy run longer than the interruptions
+                length = int(rng.integers(15, 46) if mode in ("follow", "noisy") else rng.integers(6, 31))
+                return length, float(rng.choice((-1.0, 1.0)) * rng.uniform(0.6, 1.0))  # side of a swerve
+
+            self.segments.draw(r, rng, "follow", segment)
 
     def act(self, row: int, state) -> np.ndarray:
         rng = self.rng(row)
-        t = self._t[row]
-        mode, side = self._schedule[row][min(t, len(self._schedule[row]) - 1)]
-        self._t[row] = t + 1
+        _, mode, side = self.segments.next(row)
         if mode in ("follow", "noisy"):
             a = self.follower.act(row, state)
             if mode == "noisy":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wfm_sim.policies.base import ScriptedPolicy
+from wfm_sim.policies.base import ScriptedPolicy, SegmentSchedule
 
 
 class MetaWorldExpert(ScriptedPolicy):
@@ -62,30 +62,25 @@ class MixedManipulation(MetaWorldExpert):
 
     def __init__(self, task: str = "push-v3", horizon: int = 50):
         super().__init__(task, max_noise=0.3)
-        self.horizon = horizon
-        self._schedule: dict[int, list[tuple[str, float]]] = {}
-        self._t: dict[int, int] = {}
+        self.segments = SegmentSchedule(self.MODES, self.WEIGHTS, horizon)
         self._last: dict[int, np.ndarray] = {}
 
     def reset(self, seeds, rows=None, episodes=None) -> None:
         super().reset(seeds, rows)
         for r in self._rows(seeds, rows):
             rng = self._rngs[r]
-            steps: list[tuple[str, float]] = []
-            mode = "expert" if rng.uniform() < 0.5 else str(rng.choice(self.MODES, p=self.WEIGHTS))
-            while len(steps) < self.horizon:
+
+            def segment(mode, rng=rng):  # 5-20 steps; the noise scale or speed fraction
                 length = int(rng.integers(5, 21))
-                scale = {"noisy": rng.uniform(0.6, 1.5), "scaled": rng.uniform(0.2, 0.7)}.get(mode, 0.0)
-                steps += [(mode, float(scale))] * length
-                mode = str(rng.choice(self.MODES, p=self.WEIGHTS))
-            self._schedule[r], self._t[r] = steps, 0
+                return length, float({"noisy": rng.uniform(0.6, 1.5), "scaled": rng.uniform(0.2, 0.7)}.get(mode, 0.0))
+
+            first = "expert" if rng.uniform() < 0.5 else str(rng.choice(self.MODES, p=self.WEIGHTS))
+            self.segments.draw(r, rng, first, segment)
             self._last[r] = np.zeros(4, np.float32)
 
     def act(self, row: int, state) -> np.ndarray:
         rng = self.rng(row)
-        t = self._t[row]
-        mode, scale = self._schedule[row][min(t, len(self._schedule[row]) - 1)]
-        self._t[row] = t + 1
+        t, mode, scale = self.segments.next(row)
         expert = np.asarray(self._expert.get_action(state.state), np.float32)
         if mode == "expert":
             a = expert + rng.normal(0, self._noise[row], 4)

@@ -167,7 +167,7 @@ def test_the_mixed_manipulation_policy_interrupts_the_expert_reproducibly():
 
     pol, actions = push([14, 4])
     assert isinstance(pol, MixedManipulation) and np.abs(actions).max() <= 1.0
-    modes = [m for m, _ in pol._schedule[0][:50]]
+    modes = [m for m, _ in pol.segments.steps[0][:50]]
     assert set(modes) == set(MixedManipulation.MODES)  # seed 14 draws every behaviour within 50 steps
     held = [t for t, m in enumerate(modes) if m == "hold"]
     assert np.all(actions[held, 0] == 0)  # a still segment sends zero actions

@@ -71,15 +71,13 @@ def preset(name: str, /, cameras: tuple[str, ...] = ("CAM_FRONT",), action: Acti
     """
     if name not in _BACKBONES:
         raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
-    tok, dec = _TOKENIZERS[name], _DECODERS[name]
+    tok = _TOKENIZERS[name]
     backbone = replace(
-        _BACKBONES[name], vocab_size=tok.vocab_size, grid=tok.grid, num_views=len(cameras),
-        action_group=tok.temporal_downsample, text_dim=text_dim, success_head=success_head,
+        _BACKBONES[name], num_views=len(cameras), text_dim=text_dim, success_head=success_head,
         action_dim=action.dim if action.kind == "box" else 1,
         num_actions=action.n if action.kind == "discrete" else 0,
     )
-    decoder = replace(dec, vocab_size=tok.vocab_size, grid=tok.grid, image_size=tok.image_size,
-                      frames=tok.temporal_downsample)
+    backbone, decoder = _fit(backbone, _DECODERS[name], tok)
     fields.setdefault("context_frames", min(2, backbone.max_frames - 1))
     return WorldModelConfig(tokenizer=tok, backbone=backbone, decoder=decoder, cameras=tuple(cameras),
                             action=action, **fields)
@@ -88,7 +86,14 @@ def preset(name: str, /, cameras: tuple[str, ...] = ("CAM_FRONT",), action: Acti
 def with_tokenizer(cfg: WorldModelConfig, tok: TokenizerConfig) -> WorldModelConfig:
     """``cfg`` with the tokenizer ``tok`` (e.g. another model's), its backbone and decoder reshaped
     to that tokenizer's vocabulary, token grid, frame size and temporal compression."""
-    backbone = replace(cfg.backbone, vocab_size=tok.vocab_size, grid=tok.grid, action_group=tok.temporal_downsample)
-    decoder = None if cfg.decoder is None else replace(
-        cfg.decoder, vocab_size=tok.vocab_size, grid=tok.grid, image_size=tok.image_size, frames=tok.temporal_downsample)
+    backbone, decoder = _fit(cfg.backbone, cfg.decoder, tok)
     return replace(cfg, tokenizer=tok, backbone=backbone, decoder=decoder)
+
+
+def _fit(backbone: BackboneConfig, decoder: DecoderConfig | None, tok: TokenizerConfig):
+    """``backbone`` and ``decoder`` reshaped to read and draw the tokens of ``tok``."""
+    backbone = replace(backbone, vocab_size=tok.vocab_size, grid=tok.grid, action_group=tok.temporal_downsample)
+    if decoder is not None:
+        decoder = replace(decoder, vocab_size=tok.vocab_size, grid=tok.grid, image_size=tok.image_size,
+                          frames=tok.temporal_downsample)
+    return backbone, decoder
