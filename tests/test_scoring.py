@@ -56,6 +56,10 @@ def test_score_plays_both_worlds_from_the_same_start_state(top_model, tmp_path):
     assert np.array_equal(dream_ep.obs["CAM_TOP"][0], real_ep.obs["CAM_TOP"][0])  # the same start frame
     assert np.array_equal(dream_ep.action, real_ep.action) and dream_ep.action.shape == (4, 3)
     assert set(report["agreement"]) == {"return"} and report["speed"]["imagined_steps_per_s"] > 0
+    assert res.replayed_return.shape == (3,) and np.isfinite(res.replayed_return).all()
+    heads = report["replayed"]["return"]  # the imagined-real gap splits into dynamics and heads
+    gap = report["agreement"]["return"]["mean_gap"]
+    assert heads["dynamics_gap"] + heads["head_gap"] == pytest.approx(gap, abs=1e-5)
     again = score_policies(top_model, "carracing", policies, cfg, progress=False)  # deterministic by its seeds
     assert np.array_equal(again["results"]["random"].imagined_return, report["results"]["random"].imagined_return)
     assert np.array_equal(again["results"]["random"].real_return, report["results"]["random"].real_return)
@@ -63,6 +67,54 @@ def test_score_plays_both_worlds_from_the_same_start_state(top_model, tmp_path):
     saved = json.loads(paths["json"].read_text())
     assert [p["policy"] for p in saved["policies"]] == ["gas", "random", "road"] and "results" not in saved
     assert paths["video"].stat().st_size > 1000 and "| gas |" in paths["table"].read_text()
+    assert "replayed return" in paths["table"].read_text() and "dynamics" in paths["table"].read_text()
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_replayed_heads_equal_a_fresh_teacher_forced_pass(top_model, mode):
+    """The replayed reward of step j is the reward head on the action token of the real frames up to
+    j, computed here without the KV cache; a termination stops the sum."""
+    import copy
+
+    import torch
+
+    from wfm_sim.envs.real import make_real_vec
+    from wfm_sim.evaluation.replay import replay_heads
+    from wfm_sim.evaluation.scoring import start_contexts
+    from wfm_sim.policies import PlanPolicy
+    from wfm_sim.rollout.play import play
+
+    m, T = copy.deepcopy(top_model), 3
+    contexts, warm = start_contexts("carracing", [5, 6], 16, 1)
+    env = make_real_vec("carracing", 2, 16, context_frames=2)
+    plan = np.random.default_rng(1).uniform([-1, 0, 0], [1, 1, 1], (T, 3)).astype(np.float32)
+    eps = play(env, PlanPolicy(plan), [5, 6], T, options={"warmup": warm})
+    env.close()
+    torch.nn.init.normal_(m.backbone.head_reward[2].weight, std=1.0)  # let the head read the frames
+    got = replay_heads(m, contexts, eps, mode=mode)["return"]
+    net, W = m.backbone, m.cfg.backbone.max_frames
+    steps = []  # per episode, the reward of each step from a fresh pass over its window
+    for ctx, ep in zip(contexts, eps):
+        frames = np.concatenate((ctx.frames["CAM_TOP"], ep.obs["CAM_TOP"][1:]))[:, None]
+        tokens = m.encode(torch.from_numpy(frames)[None])
+        acts = torch.from_numpy(np.concatenate((ctx.actions, ep.action)))[None, :, None]
+        rewards = []
+        for j in range(T):
+            end = len(ctx) + j  # frames up to the one step j acts on; the window keeps W - 1 of them
+            lo = max(0, end - (W - 1))
+            ids, a = net.sequence(tokens[:, lo:end], acts[:, lo:end])
+            with torch.no_grad():
+                h = net.forward_chunk(ids, a, torch.arange(ids.shape[1])[None], mode)
+                rewards.append(float(net.heads(h[:, -1])["reward"][0]))
+        steps.append(rewards)
+    steps = np.array(steps)
+    assert len(contexts[0]) + T > W - 1  # the window slides within the episode
+    np.testing.assert_allclose(got, steps.sum(1), atol=1e-4)
+    torch.nn.init.constant_(m.backbone.head_done[-1].bias, 8.0)  # every step terminates
+    first = replay_heads(m, contexts, eps, mode=mode)["return"]
+    np.testing.assert_allclose(first, steps[:, 0], atol=1e-4)  # only step 0 counted
+    with pytest.raises(ValueError, match="one context per episode"):
+        replay_heads(m, contexts[:1], eps)
 
 
 def test_ray_workers_score_like_one_process_and_scripted_experts_are_real_only(top_model, tmp_path):

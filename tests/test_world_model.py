@@ -80,6 +80,29 @@ def test_sliding_window_cache_equals_fresh_prefill(tiny_model):
     torch.testing.assert_close(slid.reward, ref.reward, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_forced_frames_reproduce_a_free_rollout_and_steer_the_heads(tiny_model, mode):
+    """Teacher forcing: stepping with the frames a free rollout generated gives its rewards and
+    terminations exactly (through the sliding window); other frames give other rewards."""
+    torch.nn.init.normal_(tiny_model.backbone.head_reward[2].weight, std=1.0)  # make the head matter
+    tokens, ctx_a = _context(tiny_model)
+    actions = torch.rand(6, 2, 1, 3)
+    free = _rollout(tiny_model, mode, actions, [1, 2], tokens, ctx_a)
+    im = tiny_model.imagine(2, mode=mode)
+    im.reset(torch.arange(2), tokens, ctx_a, [8, 9])  # other seeds: forcing must not sample
+    forced = [im.step(a, frame=f.tokens.flatten(1)) for a, f in zip(actions, free)]
+    for x, y in zip(free, forced):
+        torch.testing.assert_close(x.reward, y.reward, atol=1e-5, rtol=0)
+        assert torch.equal(x.terminated, y.terminated) and torch.equal(x.tokens, y.tokens)
+        assert float(y.entropy.abs().max()) == 0.0
+    im.reset(torch.arange(2), tokens, ctx_a, [8, 9])
+    other = [im.step(a, frame=torch.zeros_like(f.tokens.flatten(1))) for a, f in zip(actions, free)]
+    assert torch.allclose(other[0].reward, free[0].reward)  # step 0 reads the context only
+    assert not torch.allclose(other[1].reward, free[1].reward)
+    with pytest.raises(ValueError, match=r"forced frame must be \(2, "):
+        im.step(actions[0], frame=torch.zeros(2, 3, dtype=torch.long))
+
+
 def test_parallel_decoding_needs_few_passes(tiny_model):
     tokens, ctx_a = _context(tiny_model, b=1)
     seq = tiny_model.imagine(1, mode="sequential")

@@ -48,8 +48,8 @@ def _score(args) -> None:
     model = WorldModel.from_pretrained(args.model, device=args.device, precision=args.precision)
     source = twin_source(model, args.model, args.source)
     cfg = ScoreConfig(starts=args.starts, start_seed=args.start_seed, samples=args.samples, horizon=args.horizon,
-                      batch=args.batch, real=not args.no_real, decoder=args.decoder, mode=args.mode, seed=args.seed,
-                      workers=args.workers)
+                      batch=args.batch, real=not args.no_real, replay=not args.no_replay, decoder=args.decoder,
+                      mode=args.mode, seed=args.seed, workers=args.workers)
     policies = {}
     for name in args.policies:  # scripted experts (driver, expert) play only in the real simulator, as references
         label = policy_label(name)
@@ -101,6 +101,9 @@ def add_score(sub) -> None:
     real = sc.add_mutually_exclusive_group()
     real.add_argument("--real", action="store_true", help="also play every policy in the real simulator (the default)")
     real.add_argument("--no-real", action="store_true", help="imagination only")
+    sc.add_argument("--no-replay", action="store_true",
+                    help="skip reading the model's heads along the real episodes (the 'replayed' column, which splits "
+                         "the imagined-real gap into dynamics error and head error)")
     sc.add_argument("--decoder", default="token", choices=["token", "diffusion"])
     sc.add_argument("--mode", default="parallel", choices=["sequential", "parallel"])
     sc.add_argument("--seed", type=nonneg_int, default=0)

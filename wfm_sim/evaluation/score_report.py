@@ -19,8 +19,10 @@ def ranking_table(report: dict) -> str:
     rows = {r["policy"]: r for r in report["policies"]}
     has_real = any("real_return" in r for r in rows.values())
     has_success = any("imagined_success" in r or "real_success" in r for r in rows.values())
-    head = ["policy", "imagined return", "real return" if has_real else None, "real return std" if has_real else None,
-            "imagined success", "real success" if has_real else None]
+    has_replay = any("replayed_return" in r for r in rows.values())
+    head = ["policy", "imagined return", "replayed return" if has_replay else None, "real return" if has_real else None,
+            "real return std" if has_real else None, "imagined success", "replayed success" if has_replay else None,
+            "real success" if has_real else None]
     head = [h for h in head if h and (has_success or "success" not in h)]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     for name in report["ranking"]:
@@ -38,6 +40,10 @@ def ranking_table(report: dict) -> str:
     for metric, a in report.get("agreement", {}).items():
         lines.append(f"\n{metric}: Pearson {a['pearson']:.3f}, Spearman {a['spearman']:.3f}, MMRV {a['mmrv']:.3f}, "
                      f"mean imagined - real {a['mean_gap']:+.3f}")
+    for metric, a in report.get("replayed", {}).items():
+        lines.append(f"{metric}, heads on real frames (replayed vs real): Pearson {a['pearson']:.3f}, Spearman "
+                     f"{a['spearman']:.3f}, MMRV {a['mmrv']:.3f}; imagined - real {a['dynamics_gap'] + a['head_gap']:+.3f} "
+                     f"= dynamics {a['dynamics_gap']:+.3f} + heads {a['head_gap']:+.3f}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,11 @@ is. Then every policy plays ``horizon`` steps from there: ``samples`` times in t
 real, with confidence intervals over starts; across policies: Pearson, Spearman, MMRV and the
 mean imagined-minus-real gap (:mod:`wfm_sim.evaluation.agreement`).
 
+With ``replay`` (the default), every real episode is also read by the model's heads with its
+real frames forced in (:mod:`wfm_sim.evaluation.replay`): the *replayed* score is what
+imagination would give with perfect frames, so the imagined-real gap splits into a dynamics
+part (imagined - replayed) and a head part (replayed - real).
+
 Dimension legend: ``P`` policies, ``S`` starts, ``K`` imagined samples per start, ``T`` steps.
 """
 
@@ -21,6 +26,7 @@ from wfm_sim.envs.contexts import Context
 from wfm_sim.envs.real import RealEnv, make_real_vec
 from wfm_sim.envs.sources import get_source
 from wfm_sim.evaluation.agreement import agreement, mean_ci
+from wfm_sim.evaluation.replay import replay_heads
 from wfm_sim.policies.base import PlanPolicy
 from wfm_sim.rollout.play import play
 
@@ -49,6 +55,9 @@ class ScoreConfig:
     """Real twins stepped together."""
     real: bool = True
     """Also play every policy in the real simulator."""
+    replay: bool = True
+    """With ``real``: also read the model's heads along each real episode (teacher forcing), to
+    split the imagined-real gap into dynamics error and head error."""
     decoder: str = "token"
     mode: str = "parallel"
     diffusion_steps: int | None = None
@@ -84,6 +93,9 @@ class PolicyResult:
     real_return: np.ndarray | None = None
     """``(S,)``."""
     real_success: np.ndarray | None = None
+    replayed_return: np.ndarray | None = None
+    """``(S,)``: the heads read along the real episodes (see :mod:`wfm_sim.evaluation.replay`)."""
+    replayed_success: np.ndarray | None = None
     imagined_seconds: float = 0.0
     real_seconds: float = 0.0
     clips: dict = field(default_factory=dict)
@@ -92,7 +104,8 @@ class PolicyResult:
     def summary(self) -> dict:
         out = {"policy": self.name}
         for world, ret, succ in (("imagined", self.imagined_return, self.imagined_success),
-                                 ("real", self.real_return, self.real_success)):
+                                 ("real", self.real_return, self.real_success),
+                                 ("replayed", self.replayed_return, self.replayed_success)):
             if ret is None:
                 continue
             per_start = ret.mean(axis=1) if ret.ndim == 2 else ret
@@ -213,12 +226,10 @@ def play_imagined_pool(pool, policy, contexts: list[Context], cfg: ScoreConfig):
     return ret.reshape(S, K), (None if succ is None else succ.reshape(S, K)), clips
 
 
-def play_real(env, policy, seeds: list[int], warmup: np.ndarray, cfg: ScoreConfig) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def play_real(env, policy, seeds: list[int], warmup: np.ndarray, cfg: ScoreConfig) -> list:
     """Every start once in the real twins ``env`` (a vector env), after the same warm-up."""
     options = {"warmup": warmup} if len(warmup) else None
-    eps = play_rows(env, policy, list(range(len(seeds))), list(seeds), cfg.horizon, lambda chunk: options)
-    ret, succ = _outcomes(eps)
-    return ret, succ, {i: eps[i] for i in range(min(cfg.videos, len(seeds)))}
+    return play_rows(env, policy, list(range(len(seeds))), list(seeds), cfg.horizon, lambda chunk: options)
 
 
 def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreConfig(), progress: bool = True,
@@ -263,9 +274,13 @@ def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreC
             res = PolicyResult(name, ret, succ, imagined_seconds=time.perf_counter() - t0)
             if real is not None:
                 t0 = time.perf_counter()
-                res.real_return, res.real_success, real_clips = play_real(real, policy, seeds, warm_actions, cfg)
+                eps = play_real(real, policy, seeds, warm_actions, cfg)
+                res.real_return, res.real_success = _outcomes(eps)
                 res.real_seconds = time.perf_counter() - t0
-                res.clips = {i: (real_clips[i], clips[i]) for i in clips if i in real_clips}
+                res.clips = {i: (eps[i], clips[i]) for i in clips}
+                if cfg.replay and ret is not None:
+                    replayed = replay_heads(model, contexts, eps, mode=cfg.mode)
+                    res.replayed_return, res.replayed_success = replayed["return"], replayed.get("success")
             results[name] = res
     finally:
         if real is not None:
@@ -286,6 +301,14 @@ def report(results: dict[str, PolicyResult], cfg: ScoreConfig, source: str, mode
         if len(both) >= 2 and all(f"real_{metric}" in r and f"imagined_{metric}" in r for r in both):
             agree[metric] = agreement([r[f"imagined_{metric}"] for r in both], [r[f"real_{metric}"] for r in both])
     out["agreement"] = agree
+    heads = {}
+    for metric in ("return", "success"):
+        if len(both) >= 2 and all(f"replayed_{metric}" in r and f"real_{metric}" in r for r in both):
+            im, rp, rl = (np.array([r[f"{w}_{metric}"] for r in both]) for w in ("imagined", "replayed", "real"))
+            heads[metric] = {**agreement(rp, rl), "dynamics_gap": float((im - rp).mean()),
+                             "head_gap": float((rp - rl).mean())}
+    if heads:
+        out["replayed"] = heads
     n_imag = len(both) * cfg.starts * cfg.samples
     t_imag = sum(r.imagined_seconds for r in results.values())
     speed = {"imagined_episodes_per_s": n_imag / max(t_imag, 1e-9),

@@ -96,12 +96,15 @@ class Imagination:
 
     # ------------------------------------------------------------------- step
     @torch.no_grad()
-    def step(self, action: torch.Tensor, rows: torch.Tensor | None = None) -> StepOutput:
+    def step(self, action: torch.Tensor, rows: torch.Tensor | None = None,
+             frame: torch.Tensor | None = None) -> StepOutput:
         """Advance rows by one latent frame.
 
         Args:
             action: ``(r, k, a)`` float32 or ``(r, k)`` int64, the action after each row's last frame.
             rows: ``(r,)`` row indices to advance (default: all rows); the others are untouched.
+            frame: ``(r, n)`` int64 tokens to take as the next frame instead of generating one
+                (teacher forcing: the heads then read real histories; entropy is 0).
         """
         idx = torch.arange(self.batch, device=self.device) if rows is None else rows.to(self.device)
         sub = None if rows is None else idx
@@ -119,7 +122,16 @@ class Imagination:
         pos = self.cache.lengths[idx][:, None] + torch.arange(P + 1, device=self.device)
         h = self._forward(ids, acts, pos, sub, commit=True)
         heads = self.net.heads(h[:, -1])
-        frame, ent = self._generate(sub, h[:, -1])
+        if frame is None:
+            frame, ent = self._generate(sub, h[:, -1])
+        else:
+            if frame.shape != (r, self.n):
+                raise ValueError(f"a forced frame must be ({r}, {self.n}) token ids, got {tuple(frame.shape)}")
+            frame, ent = frame.to(self.device, torch.long), torch.zeros(r, device=self.device)
+            if self.pending < self.n:  # sequential: the cache holds a frame's tokens but its last
+                pos = self.cache.lengths[idx][:, None] + torch.arange(self.n - self.pending, device=self.device)
+                self._forward(frame[:, : self.n - self.pending], self._no_action(r, self.n - self.pending), pos, sub,
+                              commit=True)
         self.tokens[idx, self.count[idx]] = frame
         self.count[idx] += 1
         c = self.cfg
