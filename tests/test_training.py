@@ -130,6 +130,25 @@ def test_two_components_can_share_a_model_folder(tmp_path, square_store):
     assert all(torch.equal(after.backbone.state_dict()[k], v) for k, v in bb.backbone.state_dict().items())
 
 
+def test_heads_refit_changes_only_the_heads_and_fits_the_rewards(tmp_path, square_store):
+    """`train heads` refits the reward / termination / success heads on whole frames with the trunk
+    frozen: every other weight stays bit-identical, and the held-out reward error falls."""
+    out = tmp_path / "m"
+    with pytest.raises(ValueError, match="holds no trained backbone"):
+        train(_cfg(square_store, out, "heads"))
+    train(_cfg(square_store, out, "tokenizer", steps=2))
+    train(_cfg(square_store, out, "backbone", steps=2))
+    before = WorldModel.from_pretrained(out, device="cpu", precision="fp32").state_dict()
+    first = train(_cfg(square_store, out, "heads", steps=1, eval_every=1, lr=3e-3, warmup=1))
+    last = train(_cfg(square_store, out, "heads", steps=60, eval_every=60, lr=3e-3, warmup=1, resume=True))
+    after = WorldModel.from_pretrained(out, device="cpu", precision="fp32").state_dict()
+    heads = [k for k in before if k.startswith(("backbone.head_reward", "backbone.head_done"))]
+    assert heads and all(not torch.equal(before[k], after[k]) for k in heads if k.endswith("weight"))
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in heads)
+    assert last["val/reward_mae"] < 0.5 * first["val/reward_mae"]
+    assert {"val/terminated_acc", "val/success_acc", "val/loss"} <= set(last)
+
+
 def test_sigterm_checkpoints_and_stops(tmp_path, square_store):
     import signal
     import subprocess

@@ -290,7 +290,8 @@ def _add_dataset(sub) -> None:
 
 def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train one component (tokenizer, then backbone, then decoder), or a policy in imagination")
-    t.add_argument("component", choices=["tokenizer", "backbone", "decoder", "policy"])
+    t.add_argument("component", choices=["tokenizer", "backbone", "decoder", "heads", "policy"],
+                   help="heads: refit a trained backbone's reward / termination / success heads alone (trunk frozen)")
     t.add_argument("--data", default=None, help="episode store to train on (policy: real episodes to start from; "
                                                  "default the model's shipped contexts)")
     t.add_argument("--out", required=True, help="model folder (created from --preset on first use)")

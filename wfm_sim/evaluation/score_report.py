@@ -63,14 +63,24 @@ def plot_agreement(report: dict, path: Path) -> Path | None:
         x = [r[f"real_{m}"] for r in both]
         y = [r[f"imagined_{m}"] for r in both]
         ax.errorbar(x, y, xerr=[r[f"real_{m}_ci"] for r in both],
-                    yerr=[r[f"imagined_{m}_ci"] for r in both], fmt="o", ms=4, capsize=2)
+                    yerr=[r[f"imagined_{m}_ci"] for r in both], fmt="o", ms=4, capsize=2, label="imagined")
+        rp = []
+        if all(f"replayed_{m}" in r for r in both):  # heads on real frames; the segment is the dynamics error
+            rp = [r[f"replayed_{m}"] for r in both]
+            ax.plot(x, rp, "o", ms=4, mfc="none", color="tab:orange", label="replayed (heads on real frames)")
+            for xi, yi, ri in zip(x, y, rp):
+                ax.plot([xi, xi], [ri, yi], "-", color="tab:orange", lw=0.6, alpha=0.6)
         for r, xi, yi in zip(both, x, y):
             ax.annotate(r["policy"], (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        lo, hi = min(x + y), max(x + y)
+        lo, hi = min(x + y + rp), max(x + y + rp)
         ax.plot([lo, hi], [lo, hi], "--", color="grey", lw=0.8, label="imagined = real")
         a = report["agreement"].get(m, {})
-        ax.set_title(f"{m}: Pearson {a.get('pearson', float('nan')):.2f}, Spearman {a.get('spearman', float('nan')):.2f}, "
-                     f"MMRV {a.get('mmrv', float('nan')):.2f}", fontsize=8)
+        title = (f"{m}: Pearson {a.get('pearson', float('nan')):.2f}, Spearman {a.get('spearman', float('nan')):.2f}, "
+                 f"MMRV {a.get('mmrv', float('nan')):.2f}")
+        h = report.get("replayed", {}).get(m)
+        if h:
+            title += f"\nreplayed: Pearson {h['pearson']:.2f}, Spearman {h['spearman']:.2f}, MMRV {h['mmrv']:.2f}"
+        ax.set_title(title, fontsize=8)
         ax.set_xlabel(f"real {m}")
         ax.set_ylabel(f"imagined {m}")
         ax.grid(alpha=0.3)

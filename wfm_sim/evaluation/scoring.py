@@ -305,8 +305,9 @@ def report(results: dict[str, PolicyResult], cfg: ScoreConfig, source: str, mode
     for metric in ("return", "success"):
         if len(both) >= 2 and all(f"replayed_{metric}" in r and f"real_{metric}" in r for r in both):
             im, rp, rl = (np.array([r[f"{w}_{metric}"] for r in both]) for w in ("imagined", "replayed", "real"))
-            heads[metric] = {**agreement(rp, rl), "dynamics_gap": float((im - rp).mean()),
-                             "head_gap": float((rp - rl).mean())}
+            a = agreement(rp, rl)
+            heads[metric] = {"pearson": a["pearson"], "spearman": a["spearman"], "mmrv": a["mmrv"],
+                             "dynamics_gap": float((im - rp).mean()), "head_gap": a["mean_gap"]}
     if heads:
         out["replayed"] = heads
     n_imag = len(both) * cfg.starts * cfg.samples

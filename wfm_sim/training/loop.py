@@ -29,7 +29,7 @@ from wfm_sim.device import resolve_device
 from wfm_sim.models.presets import preset, with_tokenizer
 from wfm_sim.models.world_model import ActionSpec, WorldModel
 from wfm_sim.training.state import load_train_state, save_train_state
-from wfm_sim.training.tasks import COMPONENTS, TASKS, frozen_except, lr_at
+from wfm_sim.training.tasks import HEADS, TASKS, frozen_except, lr_at
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class TrainConfig:
     """Flags of ``wfm-sim train``."""
 
     component: str
-    """'tokenizer', 'backbone' or 'decoder' (train them in this order)."""
+    """'tokenizer', 'backbone' or 'decoder' (train them in this order); or 'heads': refit a trained
+    backbone's reward / termination / success heads alone, its trunk frozen."""
     data: str
     """Episode store (zarr) to train on."""
     out: str
@@ -72,8 +73,8 @@ class TrainConfig:
     local T5 folder), saved into ``out/text_encoder``; the store must hold scene captions."""
 
     def __post_init__(self):
-        if self.component not in COMPONENTS:
-            raise ValueError(f"component must be one of {COMPONENTS}, got {self.component!r}")
+        if self.component not in TASKS:
+            raise ValueError(f"component must be one of {tuple(TASKS)}, got {self.component!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
 
@@ -181,6 +182,17 @@ def open_model(cfg: TrainConfig) -> WorldModel:
     return model.setup(cfg.device, cfg.precision)
 
 
+def _trained(out: Path) -> tuple[str, ...]:
+    """The components a model folder's weights hold trained (none without a model)."""
+    if not (out / "config.json").is_file():
+        return ()
+    from wfm_sim import checkpoint as ckpt
+    from wfm_sim.models.world_model import FORMAT
+
+    trained = ckpt.read_json(out / "config.json", FORMAT).get("trained")
+    return ("tokenizer", "backbone", "decoder") if trained is None else tuple(trained)  # no record: older folders, trained
+
+
 def _has_state(cfg: TrainConfig) -> bool:
     return (Path(cfg.out) / "train_state" / cfg.component / "state.json").is_file()
 
@@ -194,6 +206,9 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     if cfg.resume and not _has_state(cfg):
         raise ValueError(f"--resume: {out} holds no saved {cfg.component} train state "
                          f"({out / 'train_state' / cfg.component / 'state.json'}); start without --resume")
+    if cfg.component == HEADS and "backbone" not in _trained(out):
+        raise ValueError(f"train heads refits a trained backbone's reward / termination / success heads: {out} holds "
+                         "no trained backbone (train the backbone first, or copy a model folder there)")
     EpisodeReader(cfg.data).check_values()  # NaN/inf actions or rewards would train a NaN model
     model = open_model(cfg)
     split = ensure_split(out, cfg.data, cfg.val_fraction, cfg.seed) if rank == 0 else None
@@ -201,7 +216,7 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
         split = _wait_for_split(out, cfg.data)
     task = TASKS[cfg.component](model, cfg.data, split)
     task.folder = out
-    if cfg.component == "backbone":
+    if cfg.component in ("backbone", HEADS):  # the heads read the backbone's token cache
         task.cache_folder = out / "train_state" / "backbone"
     frozen_except(model, cfg.component)
     module = task.module
@@ -329,13 +344,13 @@ def evaluate(task, batches: list, device) -> dict:
             sums[k] = sums.get(k, 0.0) + v / len(batches)
     task.module.train()
     out = {f"val/{k}": v for k, v in sums.items()}
-    main = {"tokenizer": "l1", "backbone": "ce_sequential", "decoder": "edm_mse"}[task.name]
+    main = {"tokenizer": "l1", "backbone": "ce_sequential", "decoder": "edm_mse", HEADS: "heads_loss"}[task.name]
     out["val/loss"] = sums.get(main, float("nan"))
     return out
 
 
 def _save(model, module, opt, step, state_dir, out, cfg, elapsed: float) -> None:
-    save_component(model, out, cfg.component)
+    save_component(model, out, "backbone" if cfg.component == HEADS else cfg.component)
     save_train_state(state_dir, module, opt, step, {"config": asdict(cfg), "elapsed_s": elapsed})
 
 

@@ -22,6 +22,9 @@ from wfm_sim.models.world_model import WorldModel, to_video
 from wfm_sim.records import Batch, LossAndLogs
 
 COMPONENTS = ("tokenizer", "backbone", "decoder")
+"""The model's parts, each with its own weights and config section."""
+HEADS = "heads"
+"""A trainable that is not a part: the backbone's reward / termination / success heads alone."""
 
 
 class Task:
@@ -174,6 +177,72 @@ def caption_table(model: WorldModel, folder) -> tuple[torch.Tensor, torch.Tensor
     return emb.to(model.device), torch.cat((mask, none)).to(model.device)
 
 
+class HeadsTask(BackboneTask):
+    """The reward / termination / success heads alone, on the frozen trunk.
+
+    The backbone's own training reads its heads from the hidden states it trains on, and half of
+    those see masked frames (the MaskGIT rows); imagination reads them after whole frames. This
+    task refits the heads on exactly what imagination reads: whole frames, half the rows with the
+    frame-causal (parallel) mask and half token-causal. The trunk runs without gradients, so a
+    step costs about a third of a backbone step: cheap enough to recalibrate a model's reward on
+    new data on a CPU.
+    """
+
+    name = HEADS
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model.backbone
+
+    @staticmethod
+    def freeze(model: WorldModel) -> None:
+        """Everything fixed and in eval mode except the backbone's head MLPs."""
+        for comp in COMPONENTS:
+            mod = getattr(model, comp)
+            if mod is not None:
+                mod.requires_grad_(False)
+                mod.eval()
+        for head in (model.backbone.head_reward, model.backbone.head_done):
+            head.requires_grad_(True)
+            head.train()
+
+    def _hidden(self, batch: Batch):
+        tokens, actions, reward, terminated, success = self._inputs(batch)
+        text, text_mask = self._text(batch, None)
+        net = self.model.backbone
+        b, t = tokens.shape[:2]
+        ids, acts = net.sequence(tokens, actions)
+        pos = torch.arange(ids.shape[1], device=ids.device).expand(b, -1)
+        slots = net.action_slots(t, ids.device)
+        half = (b + 1) // 2
+        hidden = []
+        with torch.no_grad():
+            for mode, rows in (("parallel", slice(0, half)), ("sequential", slice(half, b))):
+                if rows.start == rows.stop:
+                    continue
+                h = net.forward_chunk(ids[rows], acts[rows], pos[rows], mode, text=None if text is None else text[rows],
+                                      text_mask=None if text_mask is None else text_mask[rows])
+                hidden.append(h[:, slots])
+        return torch.cat(hidden), reward, terminated, success
+
+    def loss(self, batch, generator):
+        h, reward, terminated, success = self._hidden(batch)
+        loss, logs = self.model.backbone._head_loss(h, reward, terminated, success, None)
+        return LossAndLogs(loss=loss, logs=logs)
+
+    @torch.no_grad()
+    def evaluate(self, batch, generator):
+        h, reward, terminated, success = self._hidden(batch)
+        loss, logs = self.model.backbone._head_loss(h, reward, terminated, success, None)
+        out = self.model.backbone.heads(h)
+        logs["heads_loss"] = loss.item()
+        logs["reward_mae"] = (out["reward"] - reward).abs().mean().item()
+        logs["terminated_acc"] = ((out["terminated_logit"] > 0) == terminated).float().mean().item()
+        if success is not None and "success_logit" in out:
+            logs["success_acc"] = ((out["success_logit"] > 0) == success).float().mean().item()
+        return logs
+
+
 class DecoderTask(Task):
     """EDM loss on one latent frame's frames given its tokens, the tokenizer's decode and the
     frame before: windows of 2 frames per-frame, ``1 + k`` frames (frame 0, then one group of
@@ -218,7 +287,7 @@ def _clip_psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
     return psnr(rearrange(pred, "b c t h w -> (b t) c h w"), rearrange(target, "b c t h w -> (b t) c h w")).mean().item()
 
 
-TASKS = {"tokenizer": TokenizerTask, "backbone": BackboneTask, "decoder": DecoderTask}
+TASKS = {"tokenizer": TokenizerTask, "backbone": BackboneTask, "decoder": DecoderTask, HEADS: HeadsTask}
 
 
 def lr_at(step: int, base: float, warmup: int, total: int) -> float:
@@ -230,7 +299,9 @@ def lr_at(step: int, base: float, warmup: int, total: int) -> float:
 
 
 def frozen_except(model: WorldModel, name: str) -> None:
-    """Train only component ``name``; the others stay fixed (and in eval mode)."""
+    """Train only component ``name`` (or the heads alone); the others stay fixed (and in eval mode)."""
+    if name == HEADS:
+        return HeadsTask.freeze(model)
     for comp in COMPONENTS:
         mod = getattr(model, comp)
         if mod is None:
