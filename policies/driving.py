@@ -105,19 +105,31 @@ class MixedDriver(ScriptedPolicy):
     such episodes sees what leaving the road costs and how the car comes back, which on-road
     data from one scripted driver never shows.
 
+    ``control_errors=True`` (policy ``mixed-v2``) adds the two mistakes a model trained on the
+    above still forgives (a policy-scoring report split them out as dynamics error): driving
+    *straight* with gas while the road bends (steering held at 0, gas 0.3-1.0), and steering
+    *late* (the follower's action of 3-8 steps before). The first version's schedules are
+    unchanged by it.
+
     Args:
         horizon: steps a schedule covers (the source's episode length).
+        control_errors: add the ``straight`` and ``late`` segments.
     """
 
     MODES = ("follow", "noisy", "swerve", "random", "brake", "coast")
     WEIGHTS = (0.30, 0.15, 0.30, 0.10, 0.10, 0.05)
+    MODES_V2 = MODES + ("straight", "late")
+    WEIGHTS_V2 = (0.22, 0.12, 0.20, 0.08, 0.08, 0.04, 0.13, 0.13)
 
     stream = 11  # independent of the follower's own draws (stream 7)
 
-    def __init__(self, horizon: int = 250):
+    def __init__(self, horizon: int = 250, control_errors: bool = False):
         super().__init__()
         self.follower = TrackFollower(noise=0.1)
-        self.segments = SegmentSchedule(self.MODES, self.WEIGHTS, horizon)
+        self.control_errors = control_errors
+        modes, weights = (self.MODES_V2, self.WEIGHTS_V2) if control_errors else (self.MODES, self.WEIGHTS)
+        self.segments = SegmentSchedule(modes, weights, horizon)
+        self._followed: dict[int, list[np.ndarray]] = {}  # control_errors: the follower's recent actions
 
     def reset(self, seeds, rows=None, episodes=None) -> None:
         super().reset(seeds, rows)
@@ -125,23 +137,41 @@ class MixedDriver(ScriptedPolicy):
         self.follower.reset(seeds, rows)
         for r in rows:
             rng = self._rngs[r]
+            self._followed[r] = []
 
             def segment(mode, rng=rng):  # follow / noisy run longer than the interruptions
                 length = int(rng.integers(15, 46) if mode in ("follow", "noisy") else rng.integers(6, 31))
+                if mode == "straight":
+                    return length, float(rng.uniform(0.3, 1.0))  # gas
+                if mode == "late":
+                    return length, float(rng.integers(3, 9))  # delay in steps
                 return length, float(rng.choice((-1.0, 1.0)) * rng.uniform(0.6, 1.0))  # side of a swerve
 
             self.segments.draw(r, rng, "follow", segment)
 
     def act(self, row: int, state) -> np.ndarray:
         rng = self.rng(row)
-        _, mode, side = self.segments.next(row)
+        _, mode, param = self.segments.next(row)
+        if self.control_errors:  # the follower drives along every step, so a late segment can replay it
+            past = self._followed[row]
+            past.append(self.follower.act(row, state))
+            del past[:-9]
+            if mode == "late":
+                return past[max(0, len(past) - 1 - int(param))].copy()
+            if mode == "straight":
+                return np.array([0.0, param, 0.0], np.float32)
+            if mode in ("follow", "noisy"):
+                a = past[-1].copy()
+                if mode == "noisy":
+                    a[0] = float(np.clip(a[0] + rng.normal(0, 0.6), -1, 1))
+                return a
         if mode in ("follow", "noisy"):
             a = self.follower.act(row, state)
             if mode == "noisy":
                 a[0] = float(np.clip(a[0] + rng.normal(0, 0.6), -1, 1))
             return a
         if mode == "swerve":
-            return np.array([side, 0.6, 0.0], np.float32)
+            return np.array([param, 0.6, 0.0], np.float32)
         if mode == "random":
             return rng.uniform([-1, 0, 0], [1, 1, 1]).astype(np.float32)
         if mode == "brake":

@@ -8,6 +8,8 @@
   by swerves off the road, random actions, braking and coasting; on Meta-World
   :class:`~wfm_sim.policies.manipulation.MixedManipulation`, the expert interrupted by heavy
   noise, slowed and repeated actions, stillness and random actions (scripted, real twins only);
+* ``mixed-v2``: CarRacing's ``mixed`` with two control errors added, driving straight while the
+  road bends and steering late (``MixedDriver(control_errors=True)``);
 * ``expert``: :class:`~wfm_sim.policies.MetaWorldExpert` for the source's task (scripted, real
   Meta-World only);
 * a ``.npy`` file: an open-loop plan ``(T, A)`` or ``(episodes, T, A)``;
@@ -30,7 +32,7 @@ from wfm_sim.models.world_model import PRETRAINED_DIR
 from wfm_sim.policies.base import ConvPolicy, PlanPolicy, Policy, RandomPolicy
 from wfm_sim.policies.driving import MixedDriver, RoadCentroidDriver, TrackFollower
 
-NAMES = ("random", "road", "driver", "mixed", "expert")
+NAMES = ("random", "road", "driver", "mixed", "mixed-v2", "expert")
 SHIPPED_POLICIES = PRETRAINED_DIR / "policies"
 
 
@@ -68,6 +70,10 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
         if source is not None and not source.startswith("carracing"):
             raise ValueError(f"'mixed' is scripted for CarRacing and Meta-World; source {source!r} is neither")
         return MixedDriver()
+    if name == "mixed-v2":
+        if source is not None and not source.startswith("carracing"):
+            raise ValueError(f"'mixed-v2' is scripted for CarRacing; source {source!r} is not")
+        return MixedDriver(control_errors=True)
     if name == "expert":
         if source is None or not source.startswith("metaworld-"):
             raise ValueError(f"'expert' is Meta-World's scripted expert; source {source!r} is not a Meta-World task")

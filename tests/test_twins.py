@@ -150,6 +150,46 @@ def test_the_mixed_driver_leaves_the_road_and_comes_back_reproducibly():
     assert np.array_equal(actions, again) and np.array_equal(off, again_off)
 
 
+def test_mixed_v2_adds_straight_and_late_driving_and_keeps_the_first_schedules():
+    from wfm_sim.policies import MixedDriver, make_policy
+    from wfm_sim.rollout.play import act
+
+    v1, v2 = MixedDriver(), make_policy("mixed-v2", source="carracing")
+    seeds = [3, 5, 6, 8]  # seed 5 steers late from step 25 and drives straight later
+    v1.reset(seeds)
+    v2.reset(seeds)
+    old = MixedDriver()
+    old.reset(seeds)
+    assert all(v1.segments.steps[r] == old.segments.steps[r] for r in range(4))  # the first version is unchanged
+    modes = {m for r in range(4) for m, _ in v2.segments.steps[r]}
+    assert {"straight", "late"} <= modes and modes <= set(MixedDriver.MODES_V2)
+    row = 1
+    sched = v2.segments.steps[row]
+    env = make_real_vec("carracing", 1)
+    follower = MixedDriver(control_errors=True)  # a twin whose every segment follows: the follower's own actions
+    obs, info = env.reset(seed=[seeds[row]])
+    v2.reset([seeds[row]])
+    follower.reset([seeds[row]])
+    follower.segments.steps[0] = [("follow", 0.0)] * len(sched)
+    taken, followed = [], []
+    for _ in range(90):
+        taken.append(act(v2, obs, info))
+        followed.append(act(follower, obs, info))
+        obs, _, _, _, info = env.step(taken[-1])
+    env.close()
+    taken, followed = np.concatenate(taken), np.concatenate(followed)
+    seen = set()
+    for t, (mode, param) in enumerate(sched[:90]):
+        seen.add(mode)
+        if mode == "late":
+            assert np.array_equal(taken[t], followed[max(0, t - int(param))]), t  # the follower's action of param steps ago
+        elif mode == "straight":
+            assert taken[t].tolist() == [0.0, np.float32(param), 0.0]
+    assert {"late", "straight"} <= seen
+    with pytest.raises(ValueError, match="'mixed-v2' is scripted for CarRacing"):
+        make_policy("mixed-v2", source="metaworld-push")
+
+
 def test_the_mixed_manipulation_policy_interrupts_the_expert_reproducibly():
     from wfm_sim.policies import make_policy
     from wfm_sim.policies.manipulation import MixedManipulation

@@ -138,7 +138,7 @@ def _policy_spec(name: str, horizon: int):
 
     if name == "random":
         return PolicySpec("random")
-    if name in ("driver", "mixed", "expert"):
+    if name in ("driver", "mixed", "mixed-v2", "expert"):
         raise ValueError(f"--policy {name} is a scripted expert that reads the real simulator's state; "
                          "imagined rollouts need a pixel policy (road, a ConvPolicy folder), a plan or random")
     policy = make_policy(name, camera="CAM_FRONT") if name != "road" else None
