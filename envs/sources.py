@@ -233,6 +233,14 @@ def _mujoco_frames(camera: str, size: int, flip: bool):
     return frames
 
 
+def metaworld_task(source: str) -> str:
+    """The Meta-World task a source records (``metaworld-push-2cam`` -> ``push-v3``)."""
+    env_id = get_source(source).env_id
+    if not env_id.startswith("Meta-World/MT1:"):
+        raise ValueError(f"source {source!r} is not a Meta-World task")
+    return env_id.split(":", 1)[1]
+
+
 def _seed_metaworld(env, seed: int) -> None:
     """Make the start state a function of ``seed`` alone.
 
@@ -247,19 +255,29 @@ def _seed_metaworld(env, seed: int) -> None:
     u.seed(int(seed))
 
 
-def _make_metaworld(task: str, size: int, camera: str = "corner2") -> Simulator:
+def _make_metaworld(task: str, size: int, cameras: tuple[str, ...] = ("corner2",)) -> Simulator:
+    """A Meta-World task seen by ``cameras`` (its XML cameras; every one renders upside down)."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     gym = require("gymnasium")
     require("metaworld")
     render = 2 * size
     env = gym.make("Meta-World/MT1", env_name=task, seed=0, render_mode="rgb_array", width=render, height=render,
-                   camera_name=camera, disable_env_checker=True)
+                   camera_name=cameras[0], disable_env_checker=True)
     wrapper = env
     while not hasattr(wrapper, "toggle_sample_tasks_on_reset"):
         wrapper = wrapper.env
     wrapper.toggle_sample_tasks_on_reset(False)
     env.unwrapped.set_task(wrapper.tasks[0])  # observability and task settings; positions come from the seed
-    return Simulator(env, (camera,), _mujoco_frames(camera, size, flip=True),
+    if len(cameras) == 1:
+        frames = _mujoco_frames(cameras[0], size, flip=True)
+    else:
+        from wfm_sim.envs.gym_source import _camera_ids, _mujoco_views
+
+        views = _mujoco_views(cameras, _camera_ids(env, cameras), size)
+
+        def frames(env):
+            return {c: np.ascontiguousarray(f[::-1]) for c, f in views(env).items()}
+    return Simulator(env, tuple(cameras), frames,
                      lambda e, obs: ArmState(np.asarray(obs, np.float64).copy()),
                      success=lambda info: bool(info.get("success", 0.0) > 0.5), seed_fn=_seed_metaworld,
                      action_repeat=MW_REPEAT)
@@ -321,5 +339,10 @@ for _task in ("push-v3", "reach-v3", "pick-place-v3"):
                      80.0 / MW_REPEAT, ("corner2",), _box([-1.0] * 4, [1.0] * 4),
                      (lambda t: lambda size: _make_metaworld(t, size))(_task), "expert", has_success=True,
                      max_steps=50, package="metaworld"))
+_register(Source("metaworld-push-2cam", "Meta-World/MT1:push-v3",
+                 "Meta-World push-v3, the corner camera plus one behind the gripper (the puck at several pixels)",
+                 80.0 / MW_REPEAT, ("corner2", "behindGripper"), _box([-1.0] * 4, [1.0] * 4),
+                 lambda size: _make_metaworld("push-v3", size, ("corner2", "behindGripper")), "expert", has_success=True,
+                 max_steps=50, package="metaworld"))
 _register(Source("pusher", "Pusher-v5", "MuJoCo Pusher-v5 arm, random torques", 20.0, ("CAM_MAIN",),
                  _box([-2.0] * 7, [2.0] * 7), _make_pusher, "random", max_steps=100, package="mujoco"))

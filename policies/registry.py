@@ -64,9 +64,10 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
         return TrackFollower(noise=0.15)
     if name == "mixed":
         if source is not None and source.startswith("metaworld-"):
+            from wfm_sim.envs.sources import metaworld_task
             from wfm_sim.policies.manipulation import MixedManipulation
 
-            return MixedManipulation(source[len("metaworld-"):] + "-v3")
+            return MixedManipulation(metaworld_task(source))
         if source is not None and not source.startswith("carracing"):
             raise ValueError(f"'mixed' is scripted for CarRacing and Meta-World; source {source!r} is neither")
         return MixedDriver()
@@ -77,9 +78,10 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
     if name == "expert":
         if source is None or not source.startswith("metaworld-"):
             raise ValueError(f"'expert' is Meta-World's scripted expert; source {source!r} is not a Meta-World task")
+        from wfm_sim.envs.sources import metaworld_task
         from wfm_sim.policies.manipulation import MetaWorldExpert
 
-        return MetaWorldExpert(source[len("metaworld-"):] + "-v3")
+        return MetaWorldExpert(metaworld_task(source))
     path = Path(name)
     if not path.exists() and name in shipped_policies():
         path = SHIPPED_POLICIES / name

@@ -37,6 +37,25 @@ def test_multicam_views_are_distinct_renders_of_one_instant(tmp_path):
     assert ep.total_reward() > 0, "the scripted driver should reach new track tiles"
 
 
+def test_the_two_camera_push_adds_a_gripper_view_to_the_same_scene(tmp_path):
+    """metaworld-push-2cam records the one-camera push's corner view pixel for pixel, plus a view
+    from behind the gripper; the task and its expert are the push's."""
+    from wfm_sim.envs.sources import get_source, metaworld_task
+
+    one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
+    record("metaworld-push", one, episodes=1, max_steps=3, progress=False, seed=7)
+    record("metaworld-push-2cam", two, episodes=1, max_steps=3, progress=False, seed=7)
+    a, b = EpisodeReader(one).episode(0), EpisodeReader(two).episode(0)
+    assert EpisodeReader(two).cameras == ("corner2", "behindGripper")
+    assert np.array_equal(a.obs["corner2"], b.obs["corner2"]) and np.array_equal(a.action, b.action)
+    grip = b.obs["behindGripper"]
+    assert grip.shape == (3, 64, 64, 3) and np.abs(grip.astype(int) - b.obs["corner2"]).mean() > 10
+    assert metaworld_task("metaworld-push-2cam") == "push-v3" == metaworld_task("metaworld-push")
+    with pytest.raises(ValueError, match="not a Meta-World task"):
+        metaworld_task("pusher")
+    assert get_source("metaworld-push-2cam").has_success
+
+
 def test_cli_collect_and_info(tmp_path, capsys):
     out = tmp_path / "c.zarr"
     assert main(["collect", "carracing", "--episodes", "2", "--out", str(out), "--max-steps", "3", "--quiet"]) == 0

@@ -25,9 +25,10 @@ def expert_for(source: str):
     if source.startswith("carracing"):
         return TrackFollower(noise=0.0)
     if source.startswith("metaworld-"):
+        from wfm_sim.envs.sources import metaworld_task
         from wfm_sim.policies.manipulation import MetaWorldExpert
 
-        return MetaWorldExpert(source[len("metaworld-"):] + "-v3", noise=0.0)
+        return MetaWorldExpert(metaworld_task(source), noise=0.0)
     raise ValueError(f"no scripted expert for source {source!r}")
 
 
