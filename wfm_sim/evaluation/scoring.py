@@ -57,7 +57,8 @@ class ScoreConfig:
     """Also play every policy in the real simulator."""
     replay: bool = True
     """With ``real``: also read the model's heads along each real episode (teacher forcing), to
-    split the imagined-real gap into dynamics error and head error."""
+    split the imagined-real gap into dynamics error and head error (models that predict one
+    frame per step; a model grouping frames skips it)."""
     decoder: str = "token"
     mode: str = "parallel"
     diffusion_steps: int | None = None
@@ -278,7 +279,7 @@ def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreC
                 res.real_return, res.real_success = _outcomes(eps)
                 res.real_seconds = time.perf_counter() - t0
                 res.clips = {i: (eps[i], clips[i]) for i in clips}
-                if cfg.replay and ret is not None:
+                if cfg.replay and ret is not None and model.cfg.frames_per_step == 1:  # grouped-time models: no replay
                     replayed = replay_heads(model, contexts, eps, mode=cfg.mode)
                     res.replayed_return, res.replayed_success = replayed["return"], replayed.get("success")
             results[name] = res
