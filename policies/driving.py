@@ -152,21 +152,18 @@ class MixedDriver(ScriptedPolicy):
     def act(self, row: int, state) -> np.ndarray:
         rng = self.rng(row)
         _, mode, param = self.segments.next(row)
+        followed = None
         if self.control_errors:  # the follower drives along every step, so a late segment can replay it
             past = self._followed[row]
             past.append(self.follower.act(row, state))
             del past[:-9]
+            followed = past[-1]
             if mode == "late":
                 return past[max(0, len(past) - 1 - int(param))].copy()
             if mode == "straight":
                 return np.array([0.0, param, 0.0], np.float32)
-            if mode in ("follow", "noisy"):
-                a = past[-1].copy()
-                if mode == "noisy":
-                    a[0] = float(np.clip(a[0] + rng.normal(0, 0.6), -1, 1))
-                return a
         if mode in ("follow", "noisy"):
-            a = self.follower.act(row, state)
+            a = self.follower.act(row, state) if followed is None else followed.copy()
             if mode == "noisy":
                 a[0] = float(np.clip(a[0] + rng.normal(0, 0.6), -1, 1))
             return a

@@ -153,11 +153,16 @@ class BackboneTask(Task):
         pos = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
         h = heads.forward_chunk(ids, acts, pos, "sequential", text=text, text_mask=text_mask)
         out = heads.heads(h[:, heads.action_slots(tokens.shape[1], ids.device)])
-        logs["terminated_acc"] = ((out["terminated_logit"] > 0) == terminated).float().mean().item()
-        logs["reward_mae"] = (out["reward"] - reward).abs().mean().item()
-        if success is not None and "success_logit" in out:
-            logs["success_acc"] = ((out["success_logit"] > 0) == success).float().mean().item()
-        return logs
+        return {**logs, **head_metrics(out, reward, terminated, success)}
+
+
+def head_metrics(out: dict, reward, terminated, success) -> dict[str, float]:
+    """Reward error and termination / success accuracy of head predictions ``out`` against targets."""
+    logs = {"terminated_acc": ((out["terminated_logit"] > 0) == terminated).float().mean().item(),
+            "reward_mae": (out["reward"] - reward).abs().mean().item()}
+    if success is not None and "success_logit" in out:
+        logs["success_acc"] = ((out["success_logit"] > 0) == success).float().mean().item()
+    return logs
 
 
 def caption_table(model: WorldModel, folder) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,18 +199,6 @@ class HeadsTask(BackboneTask):
     def module(self) -> torch.nn.Module:
         return self.model.backbone
 
-    @staticmethod
-    def freeze(model: WorldModel) -> None:
-        """Everything fixed and in eval mode except the backbone's head MLPs."""
-        for comp in COMPONENTS:
-            mod = getattr(model, comp)
-            if mod is not None:
-                mod.requires_grad_(False)
-                mod.eval()
-        for head in (model.backbone.head_reward, model.backbone.head_done):
-            head.requires_grad_(True)
-            head.train()
-
     def _hidden(self, batch: Batch):
         tokens, actions, reward, terminated, success = self._inputs(batch)
         text, text_mask = self._text(batch, None)
@@ -234,13 +227,7 @@ class HeadsTask(BackboneTask):
     def evaluate(self, batch, generator):
         h, reward, terminated, success = self._hidden(batch)
         loss, logs = self.model.backbone._head_loss(h, reward, terminated, success, None)
-        out = self.model.backbone.heads(h)
-        logs["heads_loss"] = loss.item()
-        logs["reward_mae"] = (out["reward"] - reward).abs().mean().item()
-        logs["terminated_acc"] = ((out["terminated_logit"] > 0) == terminated).float().mean().item()
-        if success is not None and "success_logit" in out:
-            logs["success_acc"] = ((out["success_logit"] > 0) == success).float().mean().item()
-        return logs
+        return {**logs, "heads_loss": loss.item(), **head_metrics(self.model.backbone.heads(h), reward, terminated, success)}
 
 
 class DecoderTask(Task):
@@ -299,15 +286,18 @@ def lr_at(step: int, base: float, warmup: int, total: int) -> float:
 
 
 def frozen_except(model: WorldModel, name: str) -> None:
-    """Train only component ``name`` (or the heads alone); the others stay fixed (and in eval mode)."""
-    if name == HEADS:
-        return HeadsTask.freeze(model)
+    """Train only component ``name`` (or the backbone's head MLPs alone, ``HEADS``); the others stay
+    fixed (and in eval mode)."""
     for comp in COMPONENTS:
         mod = getattr(model, comp)
         if mod is None:
             continue
         mod.requires_grad_(comp == name)
         mod.train(comp == name)
+    if name == HEADS:
+        for head in (model.backbone.head_reward, model.backbone.head_done):
+            head.requires_grad_(True)
+            head.train()
 
 
 __all__ = ["TASKS", "Task", "frozen_except", "lr_at", "psnr", "to_video"]
