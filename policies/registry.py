@@ -33,6 +33,8 @@ from wfm_sim.policies.base import ConvPolicy, PlanPolicy, Policy, RandomPolicy
 from wfm_sim.policies.driving import MixedDriver, RoadCentroidDriver, TrackFollower
 
 NAMES = ("random", "road", "driver", "mixed", "mixed-v2", "expert")
+SCRIPTED = ("driver", "mixed", "mixed-v2", "expert")
+"""Names of the scripted policies: they read the real simulator's state, so they never run in imagination."""
 SHIPPED_POLICIES = PRETRAINED_DIR / "policies"
 
 

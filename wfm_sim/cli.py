@@ -134,11 +134,12 @@ def _policy_spec(name: str, horizon: int):
     from pathlib import Path
 
     from wfm_sim.policies import ConvPolicy, PlanPolicy, make_policy
+    from wfm_sim.policies.registry import SCRIPTED
     from wfm_sim.rollout import PolicySpec
 
     if name == "random":
         return PolicySpec("random")
-    if name in ("driver", "mixed", "mixed-v2", "expert"):
+    if name in SCRIPTED:
         raise ValueError(f"--policy {name} is a scripted expert that reads the real simulator's state; "
                          "imagined rollouts need a pixel policy (road, a ConvPolicy folder), a plan or random")
     policy = make_policy(name, camera="CAM_FRONT") if name != "road" else None
