@@ -218,6 +218,7 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     task.folder = out
     if cfg.component in ("backbone", HEADS):  # the heads read the backbone's token cache
         task.cache_folder = out / "train_state" / "backbone"
+        task.progress = cfg.progress and rank == 0
     frozen_except(model, cfg.component)
     module = task.module
     if allreduce is not None:

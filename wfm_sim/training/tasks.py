@@ -82,6 +82,8 @@ class BackboneTask(Task):
 
     cache_folder = None
     """Where the per-frame token cache lives (set by the training loop); None: tokenize per batch."""
+    progress = True
+    """Show a progress bar while the cache is computed (the loop sets it from ``--quiet``)."""
 
     def window(self) -> int:
         k, t = self.model.cfg.tokenizer.temporal_downsample, self.model.cfg.backbone.max_frames
@@ -94,7 +96,7 @@ class BackboneTask(Task):
         from wfm_sim.training.token_cache import TokenWindowDataset, store_tokens
 
         if getattr(self, "_tokens", None) is None:
-            self._tokens = store_tokens(self.model, self.data, self.cache_folder)
+            self._tokens = store_tokens(self.model, self.data, self.cache_folder, progress=self.progress)
         return TokenWindowDataset(self._tokens, self.data, self.window(), split=split, cameras=self.model.cfg.cameras,
                                   episodes=self.split)
 
