@@ -60,6 +60,13 @@ def test_score_plays_both_worlds_from_the_same_start_state(top_model, tmp_path):
     heads = report["replayed"]["return"]  # the imagined-real gap splits into dynamics and heads
     gap = report["agreement"]["return"]["mean_gap"]
     assert heads["dynamics_gap"] + heads["head_gap"] == pytest.approx(gap, abs=1e-5)
+    starts = report["per_start"]["gas"]  # start by start, imagined averaged over the K samples
+    assert starts["imagined_return"] == pytest.approx(res.imagined_return.mean(axis=1).tolist())
+    assert starts["real_return"] == pytest.approx(res.real_return.tolist()) and len(starts["replayed_return"]) == 3
+    summary = next(p for p in report["policies"] if p["policy"] == "gas")
+    assert np.mean(starts["real_return"]) == pytest.approx(summary["real_return"])
+    assert starts["return_pearson_over_starts"] == pytest.approx(
+        np.corrcoef(starts["imagined_return"], starts["real_return"])[0, 1], nan_ok=True)
     again = score_policies(top_model, "carracing", policies, cfg, progress=False)  # deterministic by its seeds
     assert np.array_equal(again["results"]["random"].imagined_return, report["results"]["random"].imagined_return)
     assert np.array_equal(again["results"]["random"].real_return, report["results"]["random"].real_return)

@@ -25,7 +25,7 @@ import numpy as np
 from wfm_sim.envs.contexts import Context
 from wfm_sim.envs.real import RealEnv, make_real_vec
 from wfm_sim.envs.sources import get_source
-from wfm_sim.evaluation.agreement import agreement, mean_ci
+from wfm_sim.evaluation.agreement import agreement, mean_ci, pearson
 from wfm_sim.evaluation.replay import replay_heads
 from wfm_sim.policies.base import PlanPolicy
 from wfm_sim.rollout.play import play
@@ -115,6 +115,23 @@ class PolicyResult:
             if succ is not None:
                 rate = succ.mean(axis=1) if succ.ndim == 2 else succ.astype(float)
                 out[f"{world}_success"], out[f"{world}_success_ci"] = mean_ci(rate)
+        return out
+
+    def per_start(self) -> dict:
+        """Outcomes start by start (imagined: the mean over K samples), and how well imagination
+        tells this policy's easy starts from its hard ones: the Pearson r of imagined and real
+        return across starts (NaN when either is constant)."""
+        out = {}
+        for world, ret, succ in (("imagined", self.imagined_return, self.imagined_success),
+                                 ("real", self.real_return, self.real_success),
+                                 ("replayed", self.replayed_return, self.replayed_success)):
+            if ret is None:
+                continue
+            out[f"{world}_return"] = [float(v) for v in (ret.mean(axis=1) if ret.ndim == 2 else ret)]
+            if succ is not None:
+                out[f"{world}_success"] = [float(v) for v in (succ.mean(axis=1) if succ.ndim == 2 else succ)]
+        if "imagined_return" in out and "real_return" in out and len(out["real_return"]) >= 2:
+            out["return_pearson_over_starts"] = pearson(out["imagined_return"], out["real_return"])
         return out
 
 
@@ -302,6 +319,7 @@ def report(results: dict[str, PolicyResult], cfg: ScoreConfig, source: str, mode
         if len(both) >= 2 and all(f"real_{metric}" in r and f"imagined_{metric}" in r for r in both):
             agree[metric] = agreement([r[f"imagined_{metric}"] for r in both], [r[f"real_{metric}"] for r in both])
     out["agreement"] = agree
+    out["per_start"] = {name: r.per_start() for name, r in results.items()}
     heads = {}
     for metric in ("return", "success"):
         if len(both) >= 2 and all(f"replayed_{metric}" in r and f"real_{metric}" in r for r in both):
