@@ -77,6 +77,42 @@ def test_score_plays_both_worlds_from_the_same_start_state(top_model, tmp_path):
     assert "replayed return" in paths["table"].read_text() and "dynamics" in paths["table"].read_text()
 
 
+def test_recorded_episodes_start_both_worlds_where_they_were_recorded(top_model, tmp_path):
+    from wfm_sim.datasets import EpisodeReader
+    from wfm_sim.evaluation.score_report import ranking_table
+    from wfm_sim.evaluation.scoring import ScoreConfig, score_policies
+    from wfm_sim.evaluation.starts import dataset_starts
+    from wfm_sim.policies import PlanPolicy
+    from wfm_sim.rollout.record import record
+
+    store = tmp_path / "r.zarr"
+    record("carracing", store, episodes=3, max_steps=7, seed=40, policy="random", size=16, progress=False)
+    reader, T = EpisodeReader(store), 4
+    eps = [reader.episode(e) for e in (1, 2)]
+    starts = dataset_starts(store, "carracing", ("CAM_TOP",), 16, warmup=1, count=2, first=1)
+    assert starts.seeds == [41, 42] and starts.context_max_diff == [0, 0]  # the twin is exactly there
+    assert np.array_equal(starts.contexts[0].frames["CAM_TOP"], eps[0].obs["CAM_TOP"][:2])
+    assert np.array_equal(starts.warmups[1], eps[1].action[:1])  # recorded warm-ups differ per start
+    # Replaying each episode's own next actions from its start earns in reality what it earned when recorded.
+    replay = PlanPolicy(np.stack([ep.action[1 : 1 + T] for ep in eps]))
+    cfg = ScoreConfig(starts=2, samples=1, horizon=T, batch=2, real_batch=2, videos=1, starts_from=str(store),
+                      start_episode=1)
+    report = score_policies(top_model, "carracing", {"replay": replay}, cfg, progress=False)
+    res = report["results"]["replay"]
+    np.testing.assert_allclose(res.real_return, [ep.reward[1 : 1 + T].sum() for ep in eps], atol=1e-4)
+    real_ep, dream_ep = res.clips[0]
+    assert np.array_equal(real_ep.obs["CAM_TOP"][0], eps[0].obs["CAM_TOP"][1])
+    assert np.array_equal(dream_ep.obs["CAM_TOP"][0], eps[0].obs["CAM_TOP"][1])
+    assert report["starts"]["from"] == str(store) and report["starts"]["seeds"] == [41, 42]
+    assert "starts: 2 recorded episodes of" in ranking_table(report) and "within 0/255" in ranking_table(report)
+    with pytest.raises(ValueError, match="recorded from source 'carracing', not 'carracing-4cam'"):
+        dataset_starts(store, "carracing-4cam", ("CAM_TOP",), 16, warmup=1, count=1)
+    with pytest.raises(ValueError, match=r"starts 2\.\.3 asked of .* which holds episodes 0\.\.2"):
+        dataset_starts(store, "carracing", ("CAM_TOP",), 16, warmup=1, count=2, first=2)
+    with pytest.raises(ValueError, match="holds 16px frames, the model takes 64px"):
+        dataset_starts(store, "carracing", ("CAM_TOP",), 64, warmup=1, count=1)
+
+
 @pytest.mark.parametrize("mode", ["sequential", "parallel"])
 def test_replayed_heads_equal_a_fresh_teacher_forced_pass(top_model, mode):
     """The replayed reward of step j is the reward head on the action token of the real frames up to
@@ -87,12 +123,13 @@ def test_replayed_heads_equal_a_fresh_teacher_forced_pass(top_model, mode):
 
     from wfm_sim.envs.real import make_real_vec
     from wfm_sim.evaluation.replay import replay_heads
-    from wfm_sim.evaluation.scoring import start_contexts
+    from wfm_sim.evaluation.starts import seed_starts
     from wfm_sim.policies import PlanPolicy
     from wfm_sim.rollout.play import play
 
     m, T = copy.deepcopy(top_model), 3
-    contexts, warm = start_contexts("carracing", [5, 6], 16, 1)
+    starts = seed_starts("carracing", [5, 6], 16, 1)
+    contexts, warm = starts.contexts, starts.warmups[0]
     env = make_real_vec("carracing", 2, 16, context_frames=2)
     plan = np.random.default_rng(1).uniform([-1, 0, 0], [1, 1, 1], (T, 3)).astype(np.float32)
     eps = play(env, PlanPolicy(plan), [5, 6], T, options={"warmup": warm})

@@ -41,13 +41,14 @@ def _score(args) -> None:
     from wfm_sim.evaluation.policy_sets import graded_set
     from wfm_sim.evaluation.score_report import ranking_table, write_score_report
     from wfm_sim.envs.spaces import model_action_space
-    from wfm_sim.evaluation.scoring import ScoreConfig, score_policies, twin_source
+    from wfm_sim.evaluation.scoring import ScoreConfig, check_rig, make_starts, score_policies, twin_source
     from wfm_sim.models import WorldModel
     from wfm_sim.policies import make_policy
 
     model = WorldModel.from_pretrained(args.model, device=args.device, precision=args.precision)
     source = twin_source(model, args.model, args.source)
-    cfg = ScoreConfig(starts=args.starts, start_seed=args.start_seed, samples=args.samples, horizon=args.horizon,
+    cfg = ScoreConfig(starts=args.starts, start_seed=args.start_seed, starts_from=args.starts_from,
+                      start_episode=args.start_episode, samples=args.samples, horizon=args.horizon,
                       batch=args.batch, real=not args.no_real, replay=not args.no_replay, decoder=args.decoder,
                       mode=args.mode, seed=args.seed, workers=args.workers)
     policies = {}
@@ -57,13 +58,16 @@ def _score(args) -> None:
             raise ValueError(f"--policies name two policies {label!r}; give them distinct names")
         policies[label] = make_policy(
             name, model_action_space(model.cfg), source=source, camera=model.cfg.cameras[0])
+    check_rig(model, source, cfg.horizon + (cfg.warmup or 0))  # before the real twin records anything
+    starts = make_starts(model, source, cfg)
     if args.graded:
-        graded = graded_set(source, cfg, model)
+        graded = graded_set(source, starts, cfg, model)
         clash = sorted(set(graded) & set(policies))
         if clash:
             raise ValueError(f"--policies {clash} have the names of graded plans; rename them")
         policies.update(graded)
-    report = score_policies(model, source, policies, cfg, progress=not args.quiet, model_ref=args.model)
+    report = score_policies(model, source, policies, cfg, progress=not args.quiet, model_ref=args.model,
+                            starts=starts)
     paths = write_score_report(report, args.out, fps=model.cfg.fps / 2)
     print(ranking_table(report))
     print(json.dumps({"speed": report["speed"]}))
@@ -92,8 +96,13 @@ def add_score(sub) -> None:
                     help="random, road, .npy plans, policy folders (ConvPolicy, train policy), module:callable; "
                          "scripted experts (driver, expert) run in the real simulator only, as references")
     sc.add_argument("--graded", action="store_true", help="add 9 plans derived from the scripted expert (best to worst)")
-    sc.add_argument("--starts", type=positive_int, default=20, help="start states (real simulator seeds)")
+    sc.add_argument("--starts", type=positive_int, default=20, help="start states (real simulator seeds, or episodes)")
     sc.add_argument("--start-seed", type=nonneg_int, default=1_000_000, help="first start seed (training data uses small seeds)")
+    sc.add_argument("--starts-from", default=None, metavar="STORE",
+                    help="start from the first frames of this recorded store's episodes instead of fresh seeds "
+                         "(with --real, the twin is reset at each episode's recorded seed and replays its first "
+                         "actions; report.json's starts.context_max_diff says how exactly)")
+    sc.add_argument("--start-episode", type=nonneg_int, default=0, help="with --starts-from: the first episode used")
     sc.add_argument("--samples", type=positive_int, default=2, help="imagined samples per start (K)")
     sc.add_argument("--horizon", type=positive_int, default=30)
     sc.add_argument("--batch", type=positive_int, default=32, help="imagined envs stepped together")

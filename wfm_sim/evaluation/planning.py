@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from wfm_sim.envs.contexts import Context
-from wfm_sim.evaluation.scoring import neutral_action, play_rows, start_contexts
+from wfm_sim.evaluation.scoring import play_rows
+from wfm_sim.evaluation.starts import neutral_action, seed_starts
 from wfm_sim.policies.base import PlanPolicy
 from wfm_sim.rollout.play import play
 
@@ -92,14 +93,14 @@ def plan_and_execute(model, source: str, seeds: list[int], cfg: PlanConfig = Pla
 
     warmup = model.cfg.context_frames - 1
     size = model.cfg.tokenizer.image_size
-    contexts, warm = start_contexts(source, seeds, size, warmup)
+    starts = seed_starts(source, seeds, size, warmup)
     env = ImaginedVectorEnv(min(batch, cfg.population * cfg.samples), model, max_episode_steps=cfg.horizon)
     real = make_real_vec(source, 1, size, context_frames=warmup + 1)
     space = real.single_action_space
-    options = {"warmup": warm} if len(warm) else None
+    options = starts.real_options([0])  # seed starts share their neutral warm-up
     rows = []
     try:
-        for seed, ctx in tqdm(list(zip(seeds, contexts)), desc="plan", unit="start", disable=not progress):
+        for seed, ctx in tqdm(list(zip(seeds, starts.contexts)), desc="plan", unit="start", disable=not progress):
             plan, log = cem_plan(env, ctx, space.low, space.high, cfg)
             rand = log["first_population"][0]
             out = {"seed": seed, "imagined_return": log["best_imagined_return"], "cem": log["iterations"]}

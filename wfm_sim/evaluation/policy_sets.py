@@ -32,16 +32,16 @@ def expert_for(source: str):
     raise ValueError(f"no scripted expert for source {source!r}")
 
 
-def expert_plans(source: str, seeds: list[int], horizon: int, warmup: np.ndarray, size: int = 64,
-                 batch: int = 4) -> np.ndarray:
-    """``(S, horizon, A)``: the expert's actions from each start (after ``warmup``), in the real twin."""
-    env = make_real_vec(source, min(batch, len(seeds)), size, context_frames=len(warmup) + 1)
+def expert_plans(source: str, starts, horizon: int, size: int = 64, batch: int = 4) -> np.ndarray:
+    """``(S, horizon, A)``: the expert's actions from each start (a :class:`~wfm_sim.evaluation.starts.Starts`,
+    reset and warmed up as scoring does), in the real twin."""
+    starts.check_real()
+    env = make_real_vec(source, min(batch, len(starts)), size, context_frames=starts.warmups.shape[1] + 1)
     expert = expert_for(source)
     plans = []
     try:
-        for c in range(0, len(seeds), env.num_envs):
-            eps = play(env, expert, seeds[c : c + env.num_envs], horizon,
-                       options={"warmup": warmup} if len(warmup) else None)
+        for chunk in starts.chunks(env.num_envs):
+            eps = play(env, expert, [starts.seeds[i] for i in chunk], horizon, options=starts.real_options(chunk))
             for ep in eps:  # an episode that ended early is padded with its last action
                 a = ep.action
                 plans.append(np.concatenate((a, np.repeat(a[-1:], horizon - len(a), axis=0))) if len(a) < horizon else a)
@@ -71,15 +71,12 @@ def graded_plans(expert: np.ndarray, low, high, neutral, seed: int = 0) -> dict[
     return {name: PlanPolicy(clip(p)) for name, p in plans.items()}
 
 
-def graded_set(source: str, cfg, model) -> dict[str, PlanPolicy]:
-    """The graded plan set for ``cfg``'s start states (the same warm-up as scoring uses)."""
+def graded_set(source: str, starts, cfg, model) -> dict[str, PlanPolicy]:
+    """The graded plan set for the start states ``starts`` (:func:`~wfm_sim.evaluation.scoring.make_starts`)."""
     from wfm_sim.envs.sources import get_source
     from wfm_sim.envs.spaces import action_space
-    from wfm_sim.evaluation.scoring import neutral_action
+    from wfm_sim.evaluation.starts import neutral_action
 
-    warmup = model.cfg.context_frames - 1 if cfg.warmup is None else cfg.warmup
     space = action_space(get_source(source).action_space)
-    neutral = neutral_action(space)
-    expert = expert_plans(source, cfg.start_seeds, cfg.horizon, np.tile(neutral, (warmup, 1)),
-                          model.cfg.tokenizer.image_size, cfg.real_batch)
-    return graded_plans(expert, space.low, space.high, neutral, seed=cfg.seed)
+    expert = expert_plans(source, starts, cfg.horizon, model.cfg.tokenizer.image_size, cfg.real_batch)
+    return graded_plans(expert, space.low, space.high, neutral_action(space), seed=cfg.seed)

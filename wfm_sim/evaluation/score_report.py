@@ -44,6 +44,11 @@ def ranking_table(report: dict) -> str:
         lines.append(f"{metric}, heads on real frames (replayed vs real): Pearson {a['pearson']:.3f}, Spearman "
                      f"{a['spearman']:.3f}, MMRV {a['mmrv']:.3f}; imagined - real {a['dynamics_gap'] + a['head_gap']:+.3f} "
                      f"= dynamics {a['dynamics_gap']:+.3f} + heads {a['head_gap']:+.3f}")
+    starts = report.get("starts", {})
+    if starts.get("from", "seeds") != "seeds":
+        diff = starts.get("context_max_diff")
+        lines.append(f"starts: {len(starts['labels'])} recorded episodes of {starts['from']}" + (
+            f"; the real twin, reset at their seeds, is within {max(diff)}/255 of their stored frames" if diff else ""))
     return "\n".join(lines)
 
 

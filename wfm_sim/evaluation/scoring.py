@@ -1,8 +1,10 @@
 """Score a set of policies in imagination and in the real simulator, from the same start states.
 
-For every start seed the real twin is reset and played a few neutral *warm-up* actions, so its
-context (last frames and the actions between them) can start imagination exactly where reality
-is. Then every policy plays ``horizon`` steps from there: ``samples`` times in the world model
+Every policy starts from the same start states in both worlds (:mod:`wfm_sim.evaluation.starts`):
+by default fresh real seeds, each reset in the real twin and played a few neutral *warm-up*
+actions, so its context (last frames and the actions between them) starts imagination exactly
+where reality is; or the first frames of recorded episodes, the twin reset at each episode's
+seed and replaying its recorded first actions. Then every policy plays ``horizon`` steps from there: ``samples`` times in the world model
 (it is stochastic), once in the real simulator. Per policy: return and success, imagined and
 real, with confidence intervals over starts; across policies: Pearson, Spearman, MMRV and the
 mean imagined-minus-real gap (:mod:`wfm_sim.evaluation.agreement`).
@@ -23,10 +25,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from wfm_sim.envs.contexts import Context
-from wfm_sim.envs.real import RealEnv, make_real_vec
+from wfm_sim.envs.real import make_real_vec
 from wfm_sim.envs.sources import get_source
 from wfm_sim.evaluation.agreement import agreement, mean_ci, pearson
 from wfm_sim.evaluation.replay import replay_heads
+from wfm_sim.evaluation.starts import Starts, dataset_starts, seed_starts
 from wfm_sim.policies.base import PlanPolicy
 from wfm_sim.rollout.play import play
 
@@ -39,10 +42,15 @@ class ScoreConfig:
     """Flags of ``wfm-sim score``."""
 
     starts: int = 20
-    """Start states: real simulator seeds ``start_seed .. start_seed + starts - 1``."""
+    """Start states: real simulator seeds ``start_seed .. start_seed + starts - 1`` (or
+    episodes ``start_episode ..`` of ``starts_from``)."""
     start_seed: int = 1_000_000
     """First start seed. Recorded training data uses small seeds (0, 1, ...), so the default
     starts are states no model was trained on."""
+    starts_from: str | None = None
+    """A recorded store: start from its episodes' first frames instead of fresh seeds."""
+    start_episode: int = 0
+    """With ``starts_from``: the first episode used."""
     samples: int = 2
     """Imagined rollouts per start and policy (K)."""
     horizon: int = 30
@@ -77,6 +85,8 @@ class ScoreConfig:
             raise ValueError(f"start seeds must lie in [0, 2**32): got {self.start_seed}..{self.start_seed + self.starts - 1}")
         if self.warmup is not None and self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.start_episode < 0:
+            raise ValueError(f"start_episode must be >= 0, got {self.start_episode}")
 
     @property
     def start_seeds(self) -> list[int]:
@@ -135,23 +145,14 @@ class PolicyResult:
         return out
 
 
-def neutral_action(space) -> np.ndarray:
-    """The action closest to zero within a Box (no steering, no gas: the car stands; the arm rests)."""
-    return np.clip(np.zeros(space.shape, np.float32), space.low, space.high)
-
-
-def start_contexts(source: str, seeds: list[int], size: int, warmup: int) -> tuple[list[Context], np.ndarray]:
-    """Reset the real twin at each seed and play ``warmup`` neutral actions: each start's context."""
-    env = RealEnv(source, size, context_frames=warmup + 1)
-    try:
-        actions = np.tile(neutral_action(env.action_space), (warmup, 1))
-        contexts = []
-        for s in seeds:
-            env.reset(seed=s, options={"warmup": actions} if warmup else None)
-            contexts.append(env.context())
-        return contexts, actions
-    finally:
-        env.close()
+def make_starts(model, source: str, cfg: ScoreConfig) -> Starts:
+    """``cfg``'s start states for ``model``: fresh seeds, or episodes of ``cfg.starts_from``."""
+    warmup = model.cfg.context_frames - 1 if cfg.warmup is None else cfg.warmup
+    size = model.cfg.tokenizer.image_size
+    if cfg.starts_from is None:
+        return seed_starts(source, cfg.start_seeds, size, warmup)
+    return dataset_starts(cfg.starts_from, source, tuple(model.cfg.cameras), size, warmup, cfg.starts,
+                          first=cfg.start_episode, check_real=cfg.real)
 
 
 def twin_source(model, name: str, source: str | None = None) -> str:
@@ -244,26 +245,36 @@ def play_imagined_pool(pool, policy, contexts: list[Context], cfg: ScoreConfig):
     return ret.reshape(S, K), (None if succ is None else succ.reshape(S, K)), clips
 
 
-def play_real(env, policy, seeds: list[int], warmup: np.ndarray, cfg: ScoreConfig) -> list:
-    """Every start once in the real twins ``env`` (a vector env), after the same warm-up."""
-    options = {"warmup": warmup} if len(warmup) else None
-    return play_rows(env, policy, list(range(len(seeds))), list(seeds), cfg.horizon, lambda chunk: options)
+def play_real(env, policy, starts: Starts, horizon: int) -> list:
+    """Every start once in the real twins ``env`` (a vector env): reset at its seed, its warm-up
+    played; starts that share a warm-up share a reset."""
+    eps = []
+    for chunk in starts.chunks(env.num_envs):
+        eps += play(env, policy, [starts.seeds[i] for i in chunk], horizon, options=starts.real_options(chunk),
+                    episodes=chunk)
+    return eps
 
 
 def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreConfig(), progress: bool = True,
-                   model_ref: str | None = None) -> dict:
+                   model_ref: str | None = None, starts: Starts | None = None) -> dict:
     """Play every policy in both worlds from the same starts. Returns the report (JSON-ready) and
     the results (``report["results"]``: :class:`PolicyResult` per policy, not JSON).
 
-    ``model_ref`` (a shipped name or folder) is what Ray replicas load when ``cfg.workers > 1``."""
+    ``model_ref`` (a shipped name or folder) is what Ray replicas load when ``cfg.workers > 1``;
+    ``starts`` are :func:`make_starts` ``(model, source, cfg)`` unless given (graded plans are
+    recorded from them first)."""
     from tqdm.auto import tqdm
 
     from wfm_sim.envs.imagined import ImaginedVectorEnv
 
     check_setup(model, source, policies, cfg)
     warmup = model.cfg.context_frames - 1 if cfg.warmup is None else cfg.warmup
-    seeds = cfg.start_seeds
-    contexts, warm_actions = start_contexts(source, seeds, model.cfg.tokenizer.image_size, warmup)
+    starts = make_starts(model, source, cfg) if starts is None else starts
+    if len(starts) != cfg.starts:
+        raise ValueError(f"{len(starts)} start states given for --starts {cfg.starts}")
+    if cfg.real:
+        starts.check_real()
+    contexts = starts.contexts
     rows = cfg.starts * cfg.samples
     chunks = -(-rows // cfg.batch)
     imagined = ImaginedVectorEnv(-(-rows // chunks), model, decoder=cfg.decoder, mode=cfg.mode,  # equal chunks: no padding
@@ -292,7 +303,7 @@ def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreC
             res = PolicyResult(name, ret, succ, imagined_seconds=time.perf_counter() - t0)
             if real is not None:
                 t0 = time.perf_counter()
-                eps = play_real(real, policy, seeds, warm_actions, cfg)
+                eps = play_real(real, policy, starts, cfg.horizon)
                 res.real_return, res.real_success = _outcomes(eps)
                 res.real_seconds = time.perf_counter() - t0
                 res.clips = {i: (eps[i], clips[i]) for i in clips}
@@ -305,13 +316,13 @@ def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreC
             real.close()
         if pool is not None:
             pool.shutdown()
-    return {**report(results, cfg, source, model), "results": results}
+    return {**report(results, cfg, source, model, starts), "results": results}
 
 
-def report(results: dict[str, PolicyResult], cfg: ScoreConfig, source: str, model) -> dict:
+def report(results: dict[str, PolicyResult], cfg: ScoreConfig, source: str, model, starts: Starts) -> dict:
     """The JSON-ready report: per-policy summaries, agreement across policies, and speeds."""
     rows = [r.summary() for r in results.values()]
-    out = {"model": model.cfg.name, "source": source, "config": asdict(cfg), "start_seeds": cfg.start_seeds,
+    out = {"model": model.cfg.name, "source": source, "config": asdict(cfg), "starts": starts.summary(),
            "policies": rows}
     agree = {}
     both = [r for r in rows if "imagined_return" in r]  # scripted references have no imagined score
