@@ -231,6 +231,27 @@ def test_plans_are_ranked_and_cem_finds_the_best_in_imagination():
     assert log["iterations"][-1]["mean"] > log["iterations"][0]["mean"]
 
 
+def test_a_plan_chosen_in_imagination_is_played_in_the_real_twin_from_the_same_start(top_model):
+    from wfm_sim.envs.real import RealEnv
+    from wfm_sim.evaluation.planning import PlanConfig, plan_and_execute
+    from wfm_sim.evaluation.policy_sets import expert_plans
+    from wfm_sim.evaluation.starts import seed_starts
+
+    cfg = PlanConfig(horizon=3, population=4, elites=2, iterations=2)
+    out = plan_and_execute(top_model, "carracing", [5, 6], cfg, batch=4, progress=False)
+    assert [r["seed"] for r in out["starts"]] == [5, 6]
+    for row in out["starts"]:  # CEM keeps the best plan it imagined, first population included
+        assert row["imagined_return"] >= row["random_candidate_imagined_return"]
+        assert len(row["cem"]) == 2
+    # The scripted expert's real return is what the same seed and warm-up give when played by hand.
+    env = RealEnv("carracing", 16, context_frames=2)
+    plan = expert_plans("carracing", seed_starts("carracing", [5], 16, 1), 3, 16)[0]
+    env.reset(seed=5, options={"warmup": np.zeros((1, 3), np.float32)})
+    assert sum(env.step(a)[1] for a in plan) == pytest.approx(out["starts"][0]["expert_real_return"], abs=1e-4)
+    env.close()
+    assert out == plan_and_execute(top_model, "carracing", [5, 6], cfg, batch=4, progress=False)  # seeded
+
+
 def test_behaviour_cloning_learns_a_frame_to_action_map_and_repeats(tmp_path):
     from wfm_sim.datasets import EpisodeWriter
     from wfm_sim.policies import make_policy
