@@ -74,6 +74,10 @@ def test_score_plays_both_worlds_from_the_same_start_state(top_model, tmp_path):
     saved = json.loads(paths["json"].read_text())
     assert [p["policy"] for p in saved["policies"]] == ["gas", "random", "road"] and "results" not in saved
     assert paths["video"].stat().st_size > 1000 and "| gas |" in paths["table"].read_text()
+    import cv2
+
+    sheet = cv2.imread(str(paths["sheet"]))  # 3 policies x (real, imagined) rows of the 5 recorded frames
+    assert sheet is not None and sheet.shape[1] >= 5 * 2 * 16 and sheet.shape[0] >= 6 * 2 * 16
     assert "replayed return" in paths["table"].read_text() and "dynamics" in paths["table"].read_text()
 
 

@@ -1,4 +1,5 @@
-"""Write a policy-scoring report: ranking table, imagined-vs-real scatter, real | imagined video.
+"""Write a policy-scoring report: ranking table, imagined-vs-real scatter, real | imagined video
+and contact sheet.
 
 ``report.json`` is written last and atomically, and an old one is removed first: a run that
 is killed half-way leaves no file that could be mistaken for a finished report.
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from wfm_sim.checkpoint import atomic_write_json
-from wfm_sim.viz import label_bar, mosaic, write_mp4
+from wfm_sim.viz import contact_sheet, label_bar, mosaic, save_png, write_mp4
 
 
 def ranking_table(report: dict) -> str:
@@ -98,10 +99,16 @@ def plot_agreement(report: dict, path: Path) -> Path | None:
     return path
 
 
-def _frames(ep, cams, length: int, scale: int = 2) -> list[np.ndarray]:
+def _views(ep, cams) -> list[list[np.ndarray]]:
+    """Every frame of an episode, its final one included: per step, one frame per camera."""
     views = [[ep.obs[c][t] for c in cams] for t in range(len(ep))]
     if ep.final_obs is not None:
         views.append([ep.final_obs[c] for c in cams])
+    return views
+
+
+def _frames(ep, cams, length: int, scale: int = 2) -> list[np.ndarray]:
+    views = _views(ep, cams)
     views += [views[-1]] * (length - len(views))
     return [mosaic(v, None, cols=len(cams), scale=scale) for v in views[:length]]
 
@@ -122,8 +129,28 @@ def video_grid(results: dict, cams: list[str], path: Path, fps: float) -> Path |
     return write_mp4(path, frames, fps=fps)
 
 
+def sheet_grid(results: dict, cams: list[str], path: Path, columns: int = 6) -> Path | None:
+    """The video's clips as a PNG: per (policy, start) a real row over an imagined one, at
+    ``columns`` steps spread over the horizon (an episode that ended early shows its last frame)."""
+    clips = [(name, i, real, dream) for name, res in results.items() for i, (real, dream) in sorted(res.clips.items())]
+    if not clips:
+        return None
+    views = {(k, w): _views(ep, cams) for k, (_, _, real, dream) in enumerate(clips)
+             for w, ep in (("real", real), ("imagined", dream))}
+    length = max(len(v) for v in views.values())
+    steps = np.unique(np.linspace(0, length - 1, min(columns, length)).round().astype(int))
+    rows, labels = [], []
+    for k, (name, i, _, _) in enumerate(clips):
+        for world in ("real", "imagined"):
+            v = views[k, world]
+            rows.append([mosaic(v[min(t, len(v) - 1)], cols=min(len(cams), 2)) for t in steps])
+            labels.append(f"{name} #{i}: {world}")
+    return save_png(path, contact_sheet(rows, labels, scale=2 if len(cams) == 1 else 1,
+                                        col_labels=[f"step {t}" for t in steps]))
+
+
 def write_score_report(report: dict, out: str | Path, fps: float = 5.0) -> dict[str, Path]:
-    """Write ``ranking.md``, ``agreement.png``, ``real_vs_imagined.mp4`` and, last, ``report.json``."""
+    """Write ``ranking.md``, ``agreement.png``, ``real_vs_imagined.mp4`` / ``.png`` and, last, ``report.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").unlink(missing_ok=True)  # never leave an old report beside a new, unfinished run
@@ -140,6 +167,7 @@ def write_score_report(report: dict, out: str | Path, fps: float = 5.0) -> dict[
             video = video_grid(results, list(clip.obs), out / "real_vs_imagined.mp4", fps)
             if video is not None:
                 paths["video"] = video
+                paths["sheet"] = sheet_grid(results, list(clip.obs), out / "real_vs_imagined.png")
     paths["json"] = out / "report.json"
     atomic_write_json(paths["json"], {k: v for k, v in report.items() if k != "results"})
     return paths
