@@ -36,11 +36,9 @@ def _evaluate(args) -> None:
 
 
 def _score(args) -> None:
-    from pathlib import Path
-
+    from wfm_sim.envs.spaces import model_action_space
     from wfm_sim.evaluation.policy_sets import graded_set
     from wfm_sim.evaluation.score_report import ranking_table, write_score_report
-    from wfm_sim.envs.spaces import model_action_space
     from wfm_sim.evaluation.scoring import ScoreConfig, check_rig, make_starts, score_policies, twin_source
     from wfm_sim.models import WorldModel
     from wfm_sim.policies import make_policy
