@@ -82,7 +82,7 @@ def test_score_plays_both_worlds_from_the_same_start_state(top_model, tmp_path):
 
 
 def test_recorded_episodes_start_both_worlds_where_they_were_recorded(top_model, tmp_path):
-    from wfm_sim.datasets import EpisodeReader
+    from wfm_sim.datasets import EpisodeReader, EpisodeWriter
     from wfm_sim.evaluation.score_report import ranking_table
     from wfm_sim.evaluation.scoring import ScoreConfig, score_policies
     from wfm_sim.evaluation.starts import dataset_starts
@@ -115,6 +115,22 @@ def test_recorded_episodes_start_both_worlds_where_they_were_recorded(top_model,
         dataset_starts(store, "carracing", ("CAM_TOP",), 16, warmup=1, count=2, first=2)
     with pytest.raises(ValueError, match="holds 16px frames, the model takes 64px"):
         dataset_starts(store, "carracing", ("CAM_TOP",), 64, warmup=1, count=1)
+    unseeded = tmp_path / "imported.zarr"  # e.g. imported logs: frames and actions, no reset seed
+    with EpisodeWriter(unseeded, ("CAM_TOP",), 16, reader.action_space, fps=50, source_env="CarRacing-v3") as w:
+        for t in range(3):
+            w.add_step({"CAM_TOP": eps[0].obs["CAM_TOP"][t]}, eps[0].action[t], 0.0, False, t == 2)
+        w.end_episode()
+    with pytest.raises(ValueError, match=r"1 start\(s\) have no recorded reset seed .* score them with --no-real"):
+        dataset_starts(unseeded, "carracing", ("CAM_TOP",), 16, warmup=1, count=1)
+    imagined_only = dataset_starts(unseeded, "carracing", ("CAM_TOP",), 16, warmup=1, count=1, check_real=False)
+    assert imagined_only.seeds == [None] and imagined_only.context_max_diff is None
+    dream = score_policies(top_model, "carracing", {"gas": PlanPolicy(np.tile([0, 0.5, 0], (2, 1)).astype(np.float32))},
+                           ScoreConfig(starts=1, samples=2, horizon=2, batch=2, real=False), progress=False,
+                           starts=imagined_only)
+    assert dream["results"]["gas"].imagined_return.shape == (1, 2) and dream["results"]["gas"].real_return is None
+    with pytest.raises(ValueError, match="no recorded reset seed"):  # and never played for real
+        score_policies(top_model, "carracing", {"gas": PlanPolicy(np.zeros((2, 3), np.float32))},
+                       ScoreConfig(starts=1, samples=1, horizon=2), progress=False, starts=imagined_only)
 
 
 @pytest.mark.parametrize("mode", ["sequential", "parallel"])
