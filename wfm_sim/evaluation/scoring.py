@@ -4,8 +4,8 @@ Every policy starts from the same start states in both worlds (:mod:`wfm_sim.eva
 by default fresh real seeds, each reset in the real twin and played a few neutral *warm-up*
 actions, so its context (last frames and the actions between them) starts imagination exactly
 where reality is; or the first frames of recorded episodes, the twin reset at each episode's
-seed and replaying its recorded first actions. Then every policy plays ``horizon`` steps from there: ``samples`` times in the world model
-(it is stochastic), once in the real simulator. Per policy: return and success, imagined and
+seed and replaying its recorded first actions. Then every policy plays ``horizon`` steps from
+there: ``samples`` times in the world model (it is stochastic), once in the real simulator. Per policy: return and success, imagined and
 real, with confidence intervals over starts; across policies: Pearson, Spearman, MMRV and the
 mean imagined-minus-real gap (:mod:`wfm_sim.evaluation.agreement`).
 
