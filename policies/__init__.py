@@ -6,11 +6,11 @@ and are called ``policy(obs, info)``. See :mod:`wfm_sim.policies.base`.
 """
 
 from wfm_sim.policies.actor_critic import ActorCritic, ActorCriticConfig
-from wfm_sim.policies.base import (ConvPolicy, ConvPolicyConfig, PlanPolicy, Policy, RandomPolicy, ScriptedPolicy,
-                                   SeededPolicy)
+from wfm_sim.policies.base import (ConstantPolicy, ConvPolicy, ConvPolicyConfig, PlanPolicy, Policy, RandomPolicy,
+                                   ScriptedPolicy, SeededPolicy)
 from wfm_sim.policies.driving import MixedDriver, RoadCentroidDriver, TrackFollower
 from wfm_sim.policies.manipulation import MetaWorldExpert
 from wfm_sim.policies.registry import make_policy
 
-__all__ = ["ActorCritic", "ActorCriticConfig", "ConvPolicy", "ConvPolicyConfig", "MetaWorldExpert", "MixedDriver", "PlanPolicy", "Policy", "RandomPolicy",
+__all__ = ["ActorCritic", "ActorCriticConfig", "ConstantPolicy", "ConvPolicy", "ConvPolicyConfig", "MetaWorldExpert", "MixedDriver", "PlanPolicy", "Policy", "RandomPolicy",
            "RoadCentroidDriver", "ScriptedPolicy", "SeededPolicy", "TrackFollower", "make_policy"]

@@ -93,6 +93,19 @@ class RandomPolicy(SeededPolicy):
         return np.stack([g.uniform(s.low, s.high).astype(np.float32) for g in gens])
 
 
+class ConstantPolicy(Policy):
+    """The same action at every step of every episode (``const:A0,A1,...`` where a policy is named):
+    hard steering, braking, driving straight."""
+
+    def __init__(self, action):
+        self.action = np.asarray(action, np.float32)
+        if self.action.ndim != 1 or not len(self.action) or not np.isfinite(self.action).all():
+            raise ValueError(f"a constant action must be a finite 1-d vector, got {action!r}")
+
+    def __call__(self, obs) -> np.ndarray:
+        return np.tile(self.action, (batch_size(obs), 1))
+
+
 class PlanPolicy(Policy):
     """A fixed open-loop action sequence: ``(T, A)`` for every episode, or ``(E, T, A)`` with
     episode ``e`` of a request playing ``plan[e]``. Each row keeps its own step counter.

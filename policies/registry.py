@@ -12,6 +12,8 @@
   road bends and steering late (``MixedDriver(control_errors=True)``);
 * ``expert``: :class:`~wfm_sim.policies.MetaWorldExpert` for the source's task (scripted, real
   Meta-World only);
+* ``const:A0,A1,...``: :class:`~wfm_sim.policies.base.ConstantPolicy`, one action at every step
+  (``const:-1,0.5,0`` steers hard left at half gas on CarRacing);
 * a ``.npy`` file: an open-loop plan ``(T, A)`` or ``(episodes, T, A)``;
 * a folder with ``config.json`` + ``model.safetensors``: a saved :class:`~wfm_sim.policies.ConvPolicy`
   or :class:`~wfm_sim.policies.ActorCritic` (``wfm-sim train policy``);
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from wfm_sim.models.world_model import PRETRAINED_DIR
-from wfm_sim.policies.base import ConvPolicy, PlanPolicy, Policy, RandomPolicy
+from wfm_sim.policies.base import ConstantPolicy, ConvPolicy, PlanPolicy, Policy, RandomPolicy
 from wfm_sim.policies.driving import MixedDriver, RoadCentroidDriver, TrackFollower
 
 NAMES = ("random", "road", "driver", "mixed", "mixed-v2", "expert")
@@ -84,6 +86,8 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
         from wfm_sim.policies.manipulation import MetaWorldExpert
 
         return MetaWorldExpert(metaworld_task(source))
+    if name.startswith("const:"):
+        return _constant(name, space)
     path = Path(name)
     if not path.exists() and name in shipped_policies():
         path = SHIPPED_POLICIES / name
@@ -115,3 +119,19 @@ def _entry_point(spec: str) -> Policy:
     if not callable(policy):
         raise ValueError(f"policy entry point {spec!r} gave {type(policy).__name__}, which is not callable")
     return policy
+
+
+def _constant(name: str, space) -> ConstantPolicy:
+    """``const:A0,A1,...``, checked against the action space when one is given."""
+    try:
+        action = np.array([float(v) for v in name[len("const:"):].split(",")], np.float32)
+    except ValueError:
+        raise ValueError(f"{name!r}: a constant policy is const: and comma-separated numbers, e.g. const:-1,0.5,0") from None
+    if space is not None:
+        if hasattr(space, "n"):
+            raise ValueError(f"{name!r}: constant policies take continuous (Box) actions; this env's are discrete")
+        if tuple(action.shape) != tuple(space.shape):
+            raise ValueError(f"{name!r} gives {len(action)} action values; this env takes {space.shape[0]}")
+        if not (np.all(action >= space.low) and np.all(action <= space.high)):
+            raise ValueError(f"{name!r} lies outside the action space [{space.low.tolist()}, {space.high.tolist()}]")
+    return ConstantPolicy(action)

@@ -316,3 +316,26 @@ def test_policy_labels_keep_folder_names_whole(tmp_path):
     assert policy_label(str(tmp_path / "run7" / "policy")) == "run7"
     assert policy_label(str(tmp_path / "left.npy")) == "left"
     assert policy_label("random") == "random"
+
+
+def test_a_constant_policy_plays_like_the_constant_plan_and_refuses_bad_actions():
+    from wfm_sim.envs.real import make_real_vec
+    from wfm_sim.envs.spaces import action_space
+    from wfm_sim.policies import ConstantPolicy, PlanPolicy, make_policy
+    from wfm_sim.rollout.play import play
+
+    space = action_space({"type": "box", "low": [-1, 0, 0], "high": [1, 1, 1]})
+    left = make_policy("const:-1,0.5,0", space)
+    assert isinstance(left, ConstantPolicy) and left({"CAM_TOP": np.zeros((3, 16, 16, 3), np.uint8)}).tolist() == [[-1, 0.5, 0]] * 3
+    env = make_real_vec("carracing", 2, 16)
+    a = play(env, left, [3, 4], 5)
+    b = play(env, PlanPolicy(np.tile(np.float32([-1, 0.5, 0]), (5, 1))), [3, 4], 5)
+    env.close()
+    assert [e.total_reward() for e in a] == [e.total_reward() for e in b]
+    assert np.array_equal(a[1].obs["CAM_TOP"], b[1].obs["CAM_TOP"])
+    with pytest.raises(ValueError, match="gives 2 action values; this env takes 3"):
+        make_policy("const:0,1", space)
+    with pytest.raises(ValueError, match=r"lies outside the action space"):
+        make_policy("const:0,2,0", space)
+    with pytest.raises(ValueError, match="comma-separated numbers, e.g. const:-1,0.5,0"):
+        make_policy("const:left", space)
