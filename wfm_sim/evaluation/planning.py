@@ -97,10 +97,10 @@ def plan_and_execute(model, source: str, seeds: list[int], cfg: PlanConfig = Pla
     env = ImaginedVectorEnv(min(batch, cfg.population * cfg.samples), model, max_episode_steps=cfg.horizon)
     real = make_real_vec(source, 1, size, context_frames=warmup + 1)
     space = real.single_action_space
-    options = starts.real_options([0])  # seed starts share their neutral warm-up
     rows = []
     try:
-        for seed, ctx in tqdm(list(zip(seeds, starts.contexts)), desc="plan", unit="start", disable=not progress):
+        for i in tqdm(range(len(starts)), desc="plan", unit="start", disable=not progress):
+            seed, ctx, options = seeds[i], starts.contexts[i], starts.real_options([i])
             plan, log = cem_plan(env, ctx, space.low, space.high, cfg)
             rand = log["first_population"][0]
             out = {"seed": seed, "imagined_return": log["best_imagined_return"], "cem": log["iterations"]}

@@ -113,9 +113,14 @@ def _frames(ep, cams, length: int, scale: int = 2) -> list[np.ndarray]:
     return [mosaic(v, None, cols=len(cams), scale=scale) for v in views[:length]]
 
 
+def _clips(results: dict) -> list[tuple]:
+    """``(policy, start index, real episode, imagined episode)`` for every kept clip."""
+    return [(name, i, real, dream) for name, res in results.items() for i, (real, dream) in sorted(res.clips.items())]
+
+
 def video_grid(results: dict, cams: list[str], path: Path, fps: float) -> Path | None:
     """One row per (policy, start): real | imagined, all cameras, from the same start state."""
-    rows = [(name, i, real, dream) for name, res in results.items() for i, (real, dream) in sorted(res.clips.items())]
+    rows = _clips(results)
     if not rows:
         return None
     length = max(max(len(r), len(d)) + 1 for _, _, r, d in rows)
@@ -132,7 +137,7 @@ def video_grid(results: dict, cams: list[str], path: Path, fps: float) -> Path |
 def sheet_grid(results: dict, cams: list[str], path: Path, columns: int = 6) -> Path | None:
     """The video's clips as a PNG: per (policy, start) a real row over an imagined one, at
     ``columns`` steps spread over the horizon (an episode that ended early shows its last frame)."""
-    clips = [(name, i, real, dream) for name, res in results.items() for i, (real, dream) in sorted(res.clips.items())]
+    clips = _clips(results)
     if not clips:
         return None
     views = {(k, w): _views(ep, cams) for k, (_, _, real, dream) in enumerate(clips)

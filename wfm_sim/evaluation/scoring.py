@@ -5,9 +5,10 @@ by default fresh real seeds, each reset in the real twin and played a few neutra
 actions, so its context (last frames and the actions between them) starts imagination exactly
 where reality is; or the first frames of recorded episodes, the twin reset at each episode's
 seed and replaying its recorded first actions. Then every policy plays ``horizon`` steps from
-there: ``samples`` times in the world model (it is stochastic), once in the real simulator. Per policy: return and success, imagined and
-real, with confidence intervals over starts; across policies: Pearson, Spearman, MMRV and the
-mean imagined-minus-real gap (:mod:`wfm_sim.evaluation.agreement`).
+there: ``samples`` times in the world model (it is stochastic), once in the real simulator. Per
+policy: return and success, imagined and real, with confidence intervals over starts; across
+policies: Pearson, Spearman, MMRV and the mean imagined-minus-real gap
+(:mod:`wfm_sim.evaluation.agreement`).
 
 With ``replay`` (the default), every real episode is also read by the model's heads with its
 real frames forced in (:mod:`wfm_sim.evaluation.replay`): the *replayed* score is what
@@ -112,34 +113,34 @@ class PolicyResult:
     clips: dict = field(default_factory=dict)
     """start index -> (real episode, imagined episode), for videos."""
 
-    def summary(self) -> dict:
-        out = {"policy": self.name}
+    def by_start(self):
+        """``(world, returns (S,), success rates (S,) or None)`` for each world played; imagined
+        outcomes are averaged over the K samples of each start."""
         for world, ret, succ in (("imagined", self.imagined_return, self.imagined_success),
                                  ("real", self.real_return, self.real_success),
                                  ("replayed", self.replayed_return, self.replayed_success)):
-            if ret is None:
-                continue
-            per_start = ret.mean(axis=1) if ret.ndim == 2 else ret
-            out[f"{world}_return"], out[f"{world}_return_ci"] = mean_ci(per_start)
-            out[f"{world}_return_std"] = float(np.std(per_start, ddof=1)) if len(per_start) > 1 else 0.0
-            if succ is not None:
-                rate = succ.mean(axis=1) if succ.ndim == 2 else succ.astype(float)
+            if ret is not None:
+                yield (world, ret.mean(axis=1) if ret.ndim == 2 else ret,
+                       None if succ is None else succ.mean(axis=1) if succ.ndim == 2 else succ.astype(float))
+
+    def summary(self) -> dict:
+        out = {"policy": self.name}
+        for world, ret, rate in self.by_start():
+            out[f"{world}_return"], out[f"{world}_return_ci"] = mean_ci(ret)
+            out[f"{world}_return_std"] = float(np.std(ret, ddof=1)) if len(ret) > 1 else 0.0
+            if rate is not None:
                 out[f"{world}_success"], out[f"{world}_success_ci"] = mean_ci(rate)
         return out
 
     def per_start(self) -> dict:
-        """Outcomes start by start (imagined: the mean over K samples), and how well imagination
-        tells this policy's easy starts from its hard ones: the Pearson r of imagined and real
-        return across starts (NaN when either is constant)."""
+        """Outcomes start by start, and how well imagination tells this policy's easy starts from
+        its hard ones: the Pearson r of imagined and real return across starts (NaN when either is
+        constant)."""
         out = {}
-        for world, ret, succ in (("imagined", self.imagined_return, self.imagined_success),
-                                 ("real", self.real_return, self.real_success),
-                                 ("replayed", self.replayed_return, self.replayed_success)):
-            if ret is None:
-                continue
-            out[f"{world}_return"] = [float(v) for v in (ret.mean(axis=1) if ret.ndim == 2 else ret)]
-            if succ is not None:
-                out[f"{world}_success"] = [float(v) for v in (succ.mean(axis=1) if succ.ndim == 2 else succ)]
+        for world, ret, rate in self.by_start():
+            out[f"{world}_return"] = [float(v) for v in ret]
+            if rate is not None:
+                out[f"{world}_success"] = [float(v) for v in rate]
         if "imagined_return" in out and "real_return" in out and len(out["real_return"]) >= 2:
             out["return_pearson_over_starts"] = pearson(out["imagined_return"], out["real_return"])
         return out
