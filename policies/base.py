@@ -224,6 +224,33 @@ class ConvPolicyConfig:
     low: tuple[float, ...] = (-1.0, 0.0, 0.0)
     high: tuple[float, ...] = (1.0, 1.0, 1.0)
     width: int = 32
+    head: str = "pool"
+    """``"pool"``: global average pooling of the last feature map (cheap, blind to where things
+    are); ``"keypoints"``: a spatial softmax over ``keypoints`` feature maps at half resolution,
+    whose expected image positions feed an MLP (Levine et al. 2016, "End-to-end training of deep
+    visuomotor policies"): for manipulation, where the action depends on where a small object is."""
+    keypoints: int = 32
+
+    def __post_init__(self):
+        if self.head not in ("pool", "keypoints"):
+            raise ValueError(f"ConvPolicyConfig.head must be 'pool' or 'keypoints', got {self.head!r}")
+        if len(self.low) != self.action_dim or len(self.high) != self.action_dim:
+            raise ValueError(f"ConvPolicyConfig: low and high need action_dim={self.action_dim} entries, "
+                             f"got {len(self.low)} and {len(self.high)}")
+
+
+class SpatialSoftmax(nn.Module):
+    """``(n, K, H, W)`` feature maps -> ``(n, 2K)``: each map's softmax-weighted mean (x, y) in [-1, 1]."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        lin = torch.linspace(-1.0, 1.0, size)
+        self.register_buffer("grid", torch.stack(torch.meshgrid(lin, lin, indexing="xy"), -1).reshape(-1, 2),
+                             persistent=False)  # (H*W, 2) as (x, y)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        attn = maps.flatten(2).softmax(-1)  # (n, K, H*W)
+        return (attn @ self.grid).flatten(1)
 
 
 class ConvPolicy(nn.Module, Policy):
@@ -233,11 +260,20 @@ class ConvPolicy(nn.Module, Policy):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
-        self.net = nn.Sequential(
-            nn.Conv2d(3 * cfg.cameras, w, 4, 2, 1), nn.SiLU(), nn.Conv2d(w, 2 * w, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(2 * w, 2 * w, 4, 2, 1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(2 * w, cfg.action_dim),
-        )
+        c = 3 * cfg.cameras
+        if cfg.head == "pool":
+            self.net = nn.Sequential(
+                nn.Conv2d(c, w, 4, 2, 1), nn.SiLU(), nn.Conv2d(w, 2 * w, 4, 2, 1), nn.SiLU(),
+                nn.Conv2d(2 * w, 2 * w, 4, 2, 1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                nn.Linear(2 * w, cfg.action_dim),
+            )
+        else:  # full-resolution first layer: a 2x2-pixel object still lights a feature
+            self.net = nn.Sequential(
+                nn.Conv2d(c, w, 3, 1, 1), nn.SiLU(), nn.Conv2d(w, w, 4, 2, 1), nn.SiLU(),
+                nn.Conv2d(w, w, 3, 1, 1), nn.SiLU(), nn.Conv2d(w, cfg.keypoints, 1),
+                SpatialSoftmax(cfg.image_size // 2), nn.Linear(2 * cfg.keypoints, 8 * w), nn.SiLU(),
+                nn.Linear(8 * w, cfg.action_dim),
+            )
         self.register_buffer("low", torch.tensor(cfg.low), persistent=False)
         self.register_buffer("high", torch.tensor(cfg.high), persistent=False)
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from wfm_sim.evaluation.agreement import agreement, mmrv, pearson, ranks, spearman
 
@@ -339,3 +340,88 @@ def test_a_constant_policy_plays_like_the_constant_plan_and_refuses_bad_actions(
         make_policy("const:0,2,0", space)
     with pytest.raises(ValueError, match="comma-separated numbers, e.g. const:-1,0.5,0"):
         make_policy("const:left", space)
+
+
+def test_spatial_softmax_finds_the_hot_pixel_and_keypoint_policy_round_trips(tmp_path):
+    """The keypoint head reads *where* a feature is: one hot pixel's softmax mean is its (x, y)
+    in [-1, 1]. A keypoint ConvPolicy saves and loads exactly; a config without ``head`` (written
+    before keypoints existed) loads as the pooling head; a bad head or bound count is refused."""
+    from wfm_sim.policies.base import ConvPolicy, ConvPolicyConfig, SpatialSoftmax
+
+    maps = torch.full((1, 2, 8, 8), -1e4)
+    maps[0, 0, 2, 7] = 0.0  # row 2, column 7
+    maps[0, 1, 0, 0] = 0.0
+    lin = torch.linspace(-1, 1, 8)
+    np.testing.assert_allclose(SpatialSoftmax(8)(maps)[0].numpy(), [lin[7], lin[2], -1, -1], atol=1e-6)
+
+    cfg = ConvPolicyConfig(image_size=16, action_dim=4, low=(-1,) * 4, high=(1,) * 4, width=8, head="keypoints",
+                           keypoints=4)
+    policy = ConvPolicy(cfg).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    policy.save_pretrained(tmp_path / "kp")
+    loaded = ConvPolicy.from_pretrained(tmp_path / "kp")
+    assert loaded.cfg == cfg
+    np.testing.assert_array_equal(loaded(frames), policy(frames))
+    assert np.all(np.abs(policy(frames)) <= 1)
+
+    ConvPolicy(ConvPolicyConfig(image_size=16, width=8)).save_pretrained(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["config"]["head"], meta["config"]["keypoints"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    assert ConvPolicy.from_pretrained(tmp_path / "old").cfg.head == "pool"
+    with pytest.raises(ValueError, match="head must be 'pool' or 'keypoints', got 'spatial'"):
+        ConvPolicyConfig(head="spatial")
+    with pytest.raises(ValueError, match="need action_dim=4 entries, got 3 and 3"):
+        ConvPolicyConfig(action_dim=4)
+
+
+def test_random_shift_translates_all_cameras_alike():
+    from wfm_sim.policies.bc import random_shift
+
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(rng.integers(0, 256, (5, 2, 12, 12, 3), dtype=np.uint8))
+    assert random_shift(frames, 0, rng) is frames
+    out = random_shift(frames, 2, np.random.default_rng(1))
+    assert out.shape == frames.shape and out.dtype == torch.uint8
+    dy, dx = np.random.default_rng(1).integers(0, 5, (2, 5))
+    for i in range(5):  # the interior is the frame moved by (dy - 2, dx - 2), both cameras
+        oy, ox = dy[i] - 2, dx[i] - 2
+        src = frames[i, :, max(oy, 0):12 + min(oy, 0), max(ox, 0):12 + min(ox, 0)]
+        dst = out[i, :, max(-oy, 0):12 + min(-oy, 0), max(-ox, 0):12 + min(-ox, 0)]
+        assert torch.equal(src, dst)
+
+
+def test_dagger_labels_the_learners_states_with_the_experts_actions(tmp_path):
+    """ExpertLabels plays the learner's actions and records, for each frame the learner saw, the
+    expert's action in that state: the first label is the expert's first action from the same
+    reset, the executed actions are the learner's. train_dagger grows the data by exactly the
+    frames of its rounds and records each round's real outcome."""
+    pytest.importorskip("metaworld")
+    from wfm_sim.envs.real import make_real_vec
+    from wfm_sim.evaluation.policy_sets import expert_for
+    from wfm_sim.policies.base import ConstantPolicy
+    from wfm_sim.policies.bc import BCConfig, ExpertLabels, train_dagger
+    from wfm_sim.rollout import record
+    from wfm_sim.rollout.play import play
+
+    env = make_real_vec("metaworld-push", 2)
+    still = ConstantPolicy(np.zeros(4, np.float32))
+    labeller = ExpertLabels(still, expert_for("metaworld-push"), ("corner2",))
+    eps = play(env, labeller, [11, 12], 5)
+    first = play(env, expert_for("metaworld-push"), [11, 12], 1)
+    env.close()
+    assert len(labeller.frames) == 5 and labeller.frames[0].shape == (2, 1, 64, 64, 3)
+    np.testing.assert_array_equal(labeller.frames[0][:, 0], np.stack([e.obs["corner2"][0] for e in eps]))
+    np.testing.assert_allclose(labeller.labels[0], np.stack([e.action[0] for e in first]))
+    assert all(np.all(e.action == 0) for e in eps)
+    assert np.abs(labeller.labels[3]).max() > 0.1  # the expert would have moved
+
+    store = tmp_path / "push.zarr"
+    record("metaworld-push", store, episodes=2, max_steps=10, seed=0, progress=False)
+    rec = train_dagger(store, tmp_path / "dagger", "metaworld-push", expert_for("metaworld-push"),
+                       BCConfig(episodes=2, steps=2, batch_size=4, width=4, head="keypoints"), rounds=1,
+                       episodes_per_round=2, steps_per_round=2, num_envs=2, progress=False)
+    assert rec["frames"] == 20 + 2 * 50 and [r["round"] for r in rec["rounds"]] == [0]
+    assert 0.0 <= rec["rounds"][0]["success"] <= 1.0
+    with pytest.raises(ValueError, match="recorded from source 'metaworld-push'; DAgger rounds would run in 'pusher'"):
+        train_dagger(store, tmp_path / "x", "pusher", expert_for("metaworld-push"), BCConfig(episodes=2, steps=1))
