@@ -34,8 +34,8 @@ from wfm_sim.models.world_model import PRETRAINED_DIR
 from wfm_sim.policies.base import ConstantPolicy, ConvPolicy, PlanPolicy, Policy, RandomPolicy
 from wfm_sim.policies.driving import MixedDriver, RoadCentroidDriver, TrackFollower
 
-NAMES = ("random", "road", "driver", "mixed", "mixed-v2", "expert")
-SCRIPTED = ("driver", "mixed", "mixed-v2", "expert")
+NAMES = ("random", "road", "driver", "mixed", "mixed-v2", "expert", "expert-clean")
+SCRIPTED = ("driver", "mixed", "mixed-v2", "expert", "expert-clean")
 """Names of the scripted policies: they read the real simulator's state, so they never run in imagination."""
 SHIPPED_POLICIES = PRETRAINED_DIR / "policies"
 
@@ -79,13 +79,13 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
         if source is not None and not source.startswith("carracing"):
             raise ValueError(f"'mixed-v2' is scripted for CarRacing; source {source!r} is not")
         return MixedDriver(control_errors=True)
-    if name == "expert":
+    if name in ("expert", "expert-clean"):  # clean: no exploration noise (labels for behaviour cloning)
         if source is None or not source.startswith("metaworld-"):
-            raise ValueError(f"'expert' is Meta-World's scripted expert; source {source!r} is not a Meta-World task")
+            raise ValueError(f"{name!r} is Meta-World's scripted expert; source {source!r} is not a Meta-World task")
         from wfm_sim.envs.sources import metaworld_task
         from wfm_sim.policies.manipulation import MetaWorldExpert
 
-        return MetaWorldExpert(metaworld_task(source))
+        return MetaWorldExpert(metaworld_task(source), noise=0.0 if name == "expert-clean" else None)
     if name.startswith("const:"):
         return _constant(name, space)
     path = Path(name)

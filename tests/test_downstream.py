@@ -1,6 +1,5 @@
 """The downstream study's inverse-dynamics model learns what frames show and nothing they do not."""
 
-import numpy as np
 import pytest
 
 from wfm_sim.datasets import EpisodeReader, StoreError

@@ -425,3 +425,22 @@ def test_dagger_labels_the_learners_states_with_the_experts_actions(tmp_path):
     assert 0.0 <= rec["rounds"][0]["success"] <= 1.0
     with pytest.raises(ValueError, match="recorded from source 'metaworld-push'; DAgger rounds would run in 'pusher'"):
         train_dagger(store, tmp_path / "x", "pusher", expert_for("metaworld-push"), BCConfig(episodes=2, steps=1))
+
+
+def test_expert_clean_is_the_noise_free_scripted_expert():
+    """``expert-clean`` records the scripted expert's own actions (behaviour-cloning labels), while
+    ``expert`` adds per-episode exploration noise; both refuse a source that is not Meta-World."""
+    pytest.importorskip("metaworld")
+    from wfm_sim.envs.real import make_real_vec
+    from wfm_sim.policies import make_policy
+    from wfm_sim.rollout.play import play
+
+    env = make_real_vec("metaworld-push", 2)
+    clean = [play(env, make_policy("expert-clean", source="metaworld-push"), [3, 4], 6) for _ in range(2)]
+    noisy = play(env, make_policy("expert", source="metaworld-push"), [3, 4], 6)
+    env.close()
+    np.testing.assert_array_equal(clean[0][0].action, clean[1][0].action)
+    assert make_policy("expert-clean", source="metaworld-push").fixed_noise == 0.0
+    assert not np.allclose(noisy[0].action, clean[0][0].action)
+    with pytest.raises(ValueError, match="'expert-clean' is Meta-World's scripted expert; source 'carracing'"):
+        make_policy("expert-clean", source="carracing")

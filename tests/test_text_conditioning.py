@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from wfm_sim.envs.captions import CAR_CAPTIONS, car_caption, caption_text, road_turn
 from wfm_sim.envs.sources import CarState
@@ -59,7 +58,6 @@ def caption_store(tmp_path_factory):
 def test_recorded_captions_are_the_state_captions_of_each_step(caption_store):
     from wfm_sim.datasets import EpisodeReader
     from wfm_sim.envs.real import RealEnv
-    from wfm_sim.policies.registry import make_policy
 
     r = EpisodeReader(caption_store)
     assert r.extras == ("caption",)

@@ -227,7 +227,8 @@ def _add_collect(sub) -> None:
                         "that renders rgb_array, e.g. gym:Reacher-v5")
     c.add_argument("--episodes", type=positive_int, required=True, help="episodes to record: seeds --seed .. --seed+N-1; episodes the store holds already are skipped")
     c.add_argument("--out", required=True, help="output store, e.g. data/driving.zarr")
-    c.add_argument("--policy", default=None, help="random, driver (CarRacing), expert (Meta-World), road, a .npy plan, "
+    c.add_argument("--policy", default=None, help="random, driver (CarRacing), expert or expert-clean (Meta-World; "
+                   "clean: no exploration noise, labels for behaviour cloning), road, a .npy plan, "
                    "a ConvPolicy folder or module:callable (default: the source's scripted one)")
     c.add_argument("--size", type=positive_int, default=64, help="frame side in pixels (default 64)")
     c.add_argument("--max-steps", type=positive_int, default=None, help="steps per episode (default: per source)")
