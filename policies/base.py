@@ -239,6 +239,15 @@ class ConvPolicyConfig:
                              f"got {len(self.low)} and {len(self.high)}")
 
 
+def camera_stack(obs, cameras: Sequence[str] | None = None):
+    """A vector env's observation as ``(n, V, H, W, 3)``: a Dict's cameras in ``cameras`` order
+    (default: sorted by name, as gymnasium's Dict space orders them); one camera's ``(n, H, W, 3)``
+    gains the ``V`` axis; anything else is returned as it is, for the caller to check."""
+    if isinstance(obs, dict):
+        return np.stack([np.asarray(obs[k]) for k in (cameras or sorted(obs))], axis=1)
+    return np.asarray(obs)[:, None] if np.ndim(obs) == 4 else obs
+
+
 class SpatialSoftmax(nn.Module):
     """``(n, K, H, W)`` feature maps -> ``(n, 2K)``: each map's softmax-weighted mean (x, y) in [-1, 1]."""
 
@@ -288,10 +297,7 @@ class ConvPolicy(nn.Module, Policy):
 
     @torch.no_grad()
     def __call__(self, obs) -> np.ndarray:  # type: ignore[override]
-        if isinstance(obs, dict):  # cameras by sorted name, as gymnasium's Dict space orders them
-            obs = np.stack([np.asarray(obs[k]) for k in sorted(obs)], axis=1)
-        elif np.ndim(obs) == 4:
-            obs = np.asarray(obs)[:, None]
+        obs = camera_stack(obs)
         want = (self.cfg.cameras, self.cfg.image_size, self.cfg.image_size, 3)
         if tuple(np.shape(obs)[1:]) != want:
             raise ValueError(f"ConvPolicy takes (n, {', '.join(map(str, want))}) frames "

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wfm_sim.datasets.store import EpisodeReader, StoreError
 from wfm_sim import checkpoint as ckpt
-from wfm_sim.policies.base import ConvPolicy, ConvPolicyConfig, Policy
+from wfm_sim.datasets.store import EpisodeReader, StoreError
+from wfm_sim.policies.base import ConvPolicy, ConvPolicyConfig, Policy, camera_stack
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class ExpertLabels(Policy):
 
     def __call__(self, obs, info=None) -> np.ndarray:
         self.labels.append(np.asarray(self.expert(obs, info), np.float32))
-        self.frames.append(np.stack([obs[c] for c in self.cameras], 1) if isinstance(obs, dict) else obs[:, None])
+        self.frames.append(camera_stack(obs, self.cameras))
         return self.learner(obs)
 
 
@@ -148,8 +148,8 @@ def train_dagger(store: str | Path, out: str | Path, source: str, expert, cfg: B
     ``first_seed``: keep them apart from the seeds a policy is scored on), labels every frame it
     saw with ``expert``'s action, adds them to the data and trains ``steps_per_round`` more steps
     on all of it. Plain cloning only ever sees the expert's own states and drifts off them; here
-    the learner is taught how to recover from where it actually goes. ``dagger.json`` records each
-    round's real return and success of the policy that played it.
+    the learner is taught how to recover from where it actually goes. ``bc.json`` (written last)
+    records each round's real return and success of the policy that played it.
     """
     from wfm_sim.envs.real import make_real_vec
     from wfm_sim.envs.sources import get_source
