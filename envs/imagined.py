@@ -1,6 +1,6 @@
 """Gymnasium environments whose every frame comes from the world model.
 
-Dimension legend: ``N`` sub-envs, ``V`` cameras, ``H W`` pixels, ``g`` token grid, ``A`` action dim.
+Dimension legend: :mod:`wfm_sim.dims` (``b`` sub-envs, ``v`` cameras, ``f`` frames per step).
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from wfm_sim.envs.contexts import ContextBank
-from wfm_sim.envs.inputs import batch_context, check_actions
-from wfm_sim.envs.spaces import model_action_space, pixel_space, token_space
-from wfm_sim.models.rollout_core import RolloutCore
+from wfm_sim.envs.inputs import batch_context
+from wfm_sim.envs.spaces import check_actions, model_action_space, pixel_space, token_space
+from wfm_sim.models.rollout import Rollout
 from wfm_sim.models.sampling import SamplingConfig
 from wfm_sim.models.world_model import WorldModel, resolve_pretrained
 from wfm_sim.viz import mosaic
 
 OBS_MODES = ("pixels", "tokens")
+_NUMPY_DTYPES = {torch.uint8: np.uint8, torch.int64: np.int64}
 OBS_FRAMES = ("last", "all")
 PROMPT_SEP = " | prompt: "
 """Joins a prompted start's context origin and its prompt in ``info["context"]``."""
@@ -130,16 +131,13 @@ class ImaginedVectorEnv(VectorEnv):
 
             text_encoder = TextEncoder.of_model(folder)  # the encoder the model was trained with
         self.text_encoder = text_encoder
-        text_emb = text_mask = None
-        if text_encoder is not None:
-            if c.backbone.text_dim != text_encoder.dim:
-                raise ValueError(f"the model takes {c.backbone.text_dim}-d text embeddings, the encoder gives {text_encoder.dim}")
-            # Per-row prompt buffers, filled by reset(options={"prompt": ...}); token 0 stays visible.
-            text_emb = torch.zeros(self.num_envs, text_encoder.max_tokens, text_encoder.dim, device=self.model.device)
-            text_mask = torch.zeros(self.num_envs, text_encoder.max_tokens, dtype=torch.bool, device=self.model.device)
-            text_mask[:, 0] = True
-        self._core = RolloutCore(self.model, self.num_envs, mode, sampling or SamplingConfig(), parallel_steps, decoder,
-                                 diffusion_steps, decode=obs_mode == "pixels", text=text_emb, text_mask=text_mask)
+        if text_encoder is not None and c.backbone.text_dim != text_encoder.dim:
+            raise ValueError(f"the model takes {c.backbone.text_dim}-d text embeddings, the encoder gives {text_encoder.dim}")
+        # Per-row prompt buffers (filled by reset(options={"prompt": ...})) live in the rollout.
+        self.rollout = Rollout(self.model, self.num_envs, mode, sampling or SamplingConfig(), parallel_steps, decoder,
+                               diffusion_steps, decode=obs_mode == "pixels",
+                               prompt_tokens=0 if text_encoder is None else text_encoder.max_tokens)
+        """The imagined rows behind the sub-envs (read-only use: step and reset through the env)."""
         self._build_spaces()
         n = self.num_envs
         self._steps = np.zeros(n, dtype=np.int64)
@@ -193,7 +191,7 @@ class ImaginedVectorEnv(VectorEnv):
                 return self._reset_from_prompt(rows, prompts, seeds)
         elif self.text_encoder is not None and not keep_text:
             self._set_prompts(rows, None)  # a reset without a prompt is unprompted
-        frames, actions, origin = batch_context(self, rows, options)
+        frames, actions, origin = batch_context(self, rows, options, self._row_rngs)
         if prompts is not None:
             origin = [f"{o}{PROMPT_SEP}{p}" for o, p in zip(origin, prompts)]
         for j, i in enumerate(rows):  # remember caller contexts; dataset contexts are re-drawn
@@ -201,7 +199,7 @@ class ImaginedVectorEnv(VectorEnv):
                 self._row_context[int(i)] = ("frames", frames[j].numpy(), actions[j].numpy())
             else:
                 self._row_context.pop(int(i), None)
-        self._core.reset(rows, frames, actions if frames.shape[1] > 1 else None, seeds)
+        self.rollout.reset(rows, frames, actions if frames.shape[1] > 1 else None, seeds)
         self._steps[rows] = 0
         self._done[rows] = False
         return {"context": np.asarray(origin, dtype=object), "_context": np.isin(np.arange(self.num_envs), rows)}
@@ -222,30 +220,22 @@ class ImaginedVectorEnv(VectorEnv):
                 return None
             raise ValueError("a prompt needs a text-conditioned model (backbone.text_dim > 0) and its text encoder: "
                              "a model folder with text_encoder/, or text_encoder= when making the env")
-        t_rows = torch.as_tensor(rows, device=self.model.device)
-        im = self._core.im
-        im.text[t_rows] = 0
-        im.text_mask[t_rows] = False
         if prompts is None:
-            im.text_mask[t_rows, 0] = True  # token 0 stays visible: a zero vector means "no prompt"
+            self.rollout.set_prompt(rows, None)  # a zero vector at token 0 means "no prompt"
             return None
         prompts = [prompts] * len(rows) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(rows) or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"give one prompt or {len(rows)} prompts (strings), got {prompts!r}")
-        emb, mask = self.text_encoder(prompts)
-        s = emb.shape[1]
-        im.text[t_rows, :s] = emb.to(self.model.device)
-        im.text_mask[t_rows, :s] = mask.to(self.model.device)
+        self.rollout.set_prompt(rows, *self.text_encoder(prompts))
         return prompts
 
     def _reset_from_prompt(self, rows: np.ndarray, prompts: list[str], seeds: list[int] | None) -> dict:
         """Start ``rows`` from their prompt alone (no context): frame 0 generated from the text."""
-        t_rows = torch.as_tensor(rows, device=self.model.device)
         if seeds is None:
             seeds = [int(self._row_rngs[i].integers(2**31)) for i in rows]
         for i, p in zip(rows, prompts):
             self._row_context[int(i)] = ("prompt", p)
-        self._core.reset_from_text(t_rows, seeds)
+        self.rollout.reset_from_prompt(rows, seeds)
         self._steps[rows] = 0
         self._done[rows] = False
         return {"context": np.asarray([f"prompt: {p}" for p in prompts], dtype=object),
@@ -255,7 +245,8 @@ class ImaginedVectorEnv(VectorEnv):
     def step(self, actions):
         if not self._reset_once:
             raise RuntimeError("step() called before reset(): call reset(seed=...) first")
-        act = check_actions(self, actions)
+        a = check_actions(self.single_action_space, actions, (self.num_envs,), f"actions (num_envs={self.num_envs})")
+        act = torch.as_tensor(a, device=self.model.device).reshape((self.num_envs,) + self.model.action_shape)
         n = self.num_envs
         reward = np.zeros(n, np.float32)
         terminated, truncated = np.zeros(n, bool), np.zeros(n, bool)
@@ -268,15 +259,21 @@ class ImaginedVectorEnv(VectorEnv):
         if to_reset.size:
             infos.update(self._reset_rows(to_reset, self._context_options(to_reset), None, keep_text=True))
         rows = np.setdiff1d(np.arange(n), to_reset)
+        obs = None
         if rows.size:
-            out = self._core.step(act[torch.as_tensor(rows, device=act.device)], rows)
-            reward[rows] = out.reward.float().cpu().numpy()
-            ent_rows = out.entropy.float().cpu().numpy()
+            all_rows = rows.size == n
+            out = self.rollout.step(act if all_rows else act[torch.as_tensor(rows, device=act.device)],
+                                    None if all_rows else rows)
+            fields = [out.reward.float(), out.entropy.float(), out.terminated.float()]
+            if out.success is not None:
+                fields.append(out.success.float())
+            stats, obs = self._handover(torch.stack(fields, 1))
+            reward[rows], ent_rows = stats[:, 0], stats[:, 1]
             if not (np.isfinite(reward[rows]).all() and np.isfinite(ent_rows).all()):
                 raise RuntimeError(f"the world model produced non-finite rewards or token probabilities for sub-envs "
                                    f"{rows[~(np.isfinite(reward[rows]) & np.isfinite(ent_rows))].tolist()}: its weights "
                                    "or inputs are corrupt (reload the model; check the context frames)")
-            terminated[rows] = out.terminated.cpu().numpy()
+            terminated[rows] = stats[:, 2] > 0
             self._steps[rows] += 1
             if self.max_episode_steps is not None:
                 truncated[rows] = (self._steps[rows] >= self.max_episode_steps) & ~terminated[rows]
@@ -286,7 +283,7 @@ class ImaginedVectorEnv(VectorEnv):
             infos.update({"entropy": ent, "_entropy": mask})  # every value an (n,) array with its mask (Gymnasium vector info)
             if out.success is not None:
                 succ = np.zeros(n, bool)
-                succ[rows] = out.success.cpu().numpy()
+                succ[rows] = stats[:, 3] > 0
                 infos.update({"success": succ, "_success": mask})
         self._done = terminated | truncated
         if mode == AutoresetMode.SAME_STEP and self._done.any():
@@ -299,22 +296,43 @@ class ImaginedVectorEnv(VectorEnv):
             infos["_final_obs"] = self._done.copy()
             infos.update(self._reset_rows(ended, self._context_options(ended), None, keep_text=True))
             self._done[:] = False
-        return self._obs_all(), reward, terminated, truncated, infos
+            obs = None
+        return obs if obs is not None else self._obs_all(), reward, terminated, truncated, infos
 
     # ------------------------------------------------------------ observations
-    def _obs_all(self):
+    def _obs_tensor(self) -> torch.Tensor:
+        """The observations of every sub-env on the model's device: ``(b, v, h, w)`` tokens,
+        ``(b, v, H, W, 3)`` frames or, with ``obs_frames='all'``, ``(b, v, f, H, W, 3)``."""
         if self.obs_mode == "tokens":
-            tok = self._core.last_tokens()
-            return tok.clone() if self.torch_obs else tok.cpu().numpy().copy()
-        # Copies: on CPU .numpy() would alias the buffer the next step overwrites.
+            return self.rollout.last_tokens()
         if self.obs_frames == "all":
-            src = self._core.group_frames.transpose(1, 2)  # (N, V, k, H, W, 3)
-        else:
-            src = self._core.frames  # (N, V, H, W, 3)
-        frames = src.clone() if self.torch_obs else src.cpu().numpy().copy()
+            return self.rollout.group_frames.transpose(1, 2)
+        return self.rollout.frames
+
+    def _handover(self, stats: torch.Tensor) -> tuple[np.ndarray, object]:
+        """Bring a step's ``(r, j)`` float32 stats and every observation to the caller in ONE
+        device-to-host copy (the step's only sync): both ride in one byte buffer."""
+        src = self._obs_tensor()
+        if self.torch_obs:
+            return stats.cpu().numpy(), self._format_obs(src.clone())
+        parts = [stats.contiguous(), src.contiguous()]
+        flat = torch.cat([p.reshape(-1).view(torch.uint8) for p in parts]).cpu().numpy()
+        split = stats.numel() * 4
+        host_stats = flat[:split].view(np.float32).reshape(stats.shape)
+        obs = flat[split:].view(_NUMPY_DTYPES[src.dtype]).reshape(src.shape)  # a fresh buffer: no aliasing
+        return host_stats, self._format_obs(obs)
+
+    def _format_obs(self, frames):
+        if self.obs_mode == "tokens":
+            return frames
         if len(self.cameras) == 1:
             return frames[:, 0]
         return {cam: frames[:, i] for i, cam in enumerate(self.cameras)}
+
+    def _obs_all(self):
+        src = self._obs_tensor()
+        # Copies: on CPU .numpy() would alias the buffer the next step overwrites.
+        return self._format_obs(src.clone() if self.torch_obs else src.cpu().numpy().copy())
 
     @staticmethod
     def _index_obs(obs, i):
@@ -324,13 +342,13 @@ class ImaginedVectorEnv(VectorEnv):
         if self.render_mode != "rgb_array":
             return None
         if self.obs_mode == "tokens":
-            frames = self.model.decode(self._core.last_tokens()[:, None], "token")[:, -1].cpu().numpy()
+            frames = self.rollout.decode().cpu().numpy()
         else:
-            frames = self._core.frames.cpu().numpy()
+            frames = self.rollout.frames.cpu().numpy()
         return tuple(mosaic(list(f), list(self.cameras)) for f in frames)
 
     def close_extras(self, **kwargs):
-        self._core = None
+        self.rollout = None
 
 
 class ImaginedEnv(gym.Env):

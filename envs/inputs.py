@@ -1,5 +1,6 @@
-"""Validation of what callers hand an imagined env: actions and reset context. Errors say what
-was expected, and are raised before any state changes."""
+"""Validation of the reset context callers hand an imagined env (actions are checked against
+the action space by :func:`wfm_sim.envs.spaces.check_actions`). Errors say what was expected,
+and are raised before any state changes."""
 
 from __future__ import annotations
 
@@ -7,15 +8,7 @@ import numpy as np
 import torch
 
 from wfm_sim.envs.contexts import Context
-from wfm_sim.envs.spaces import check_actions as check_action_values, model_action_space
-
-
-def check_actions(env, actions) -> torch.Tensor:
-    """``(N, A)`` Box / ``(N,)`` Discrete actions -> a ``(N, k, ...)`` tensor on the model's device."""
-    a = check_action_values(env.single_action_space, actions, (env.num_envs,),
-                            f"actions (num_envs={env.num_envs})")
-    t = torch.as_tensor(a, device=env.model.device)
-    return env.model.check_action(t, (env.num_envs,))
+from wfm_sim.envs.spaces import model_action_space
 
 
 def _from_contexts(env, ctx, r: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -64,8 +57,9 @@ def frame_action_shape(env) -> tuple[int, ...]:
     return tuple(model_action_space(env.cfg, group=1).shape)
 
 
-def batch_context(env, rows: np.ndarray, options: dict):
-    """Context frames, actions and a description for the sub-envs ``rows``."""
+def batch_context(env, rows: np.ndarray, options: dict, rngs: list[np.random.Generator]):
+    """Context frames, actions and a description for the sub-envs ``rows`` (``rngs[i]`` picks
+    sub-env i's dataset context)."""
     r = len(rows)
     unknown = set(options) - {"frames", "actions", "episode", "context"}
     if unknown:
@@ -92,7 +86,7 @@ def batch_context(env, rows: np.ndarray, options: dict):
         raise ValueError("no context to start from: pass dataset=PATH when making the env, "
                          "or reset(options={'frames': ..., 'actions': ...})")
     episode = options.get("episode")
-    picks = [env.contexts.pick(env._row_rngs[i], episode) for i in rows]
+    picks = [env.contexts.pick(rngs[i], episode) for i in rows]
     frames = torch.from_numpy(np.stack([p[0] for p in picks]))
     acts = torch.from_numpy(np.stack([p[1] for p in picks]))
     return frames, acts, [p[2] for p in picks]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from wfm_sim.models.backbone import Backbone, BackboneConfig
+from wfm_sim.models.rng import uniform
 from wfm_sim.models.sampling import SamplingConfig, filtered_probs, sample
 
 CFG = BackboneConfig(vocab_size=64, grid=2, num_views=2, max_frames=4, dim=32, depth=2, heads=4, kv_heads=2,
@@ -72,12 +73,12 @@ def test_cached_incremental_logits_equal_full_sequence(net):
     cache = net.new_cache(2)
     prefix = [5, 11]  # rows at different offsets
     for r, m in enumerate(prefix):
-        rows = torch.tensor([r])
+        rows = [r]
         net.forward_chunk(ids[rows, :m], acts[rows, :m], torch.arange(m)[None], "sequential", cache, rows)
     assert cache.lengths.tolist() == prefix
     steps = n - max(prefix)
     for _ in range(steps):
-        pos = cache.lengths[:, None].clone()
+        pos = torch.as_tensor(cache.lengths)[:, None].clone()
         h = net.forward_chunk(ids.gather(1, pos), acts[torch.arange(2)[:, None], pos], pos, "sequential", cache)
         for r in range(2):
             p = int(pos[r, 0])
@@ -117,17 +118,17 @@ def test_sampling_filters_and_is_seeded():
     assert p[0, 0, 2:].sum() == 0
     p = filtered_probs(logits, SamplingConfig(top_p=0.5))
     assert p[0, 0, 0] == 1.0
-    gens = lambda s: [torch.Generator().manual_seed(s)]
+    gens = lambda s: uniform(torch.tensor([s]), torch.zeros(1, dtype=torch.long), 0, 50)
     big = torch.randn(1, 50, 64)
     a = sample(big, SamplingConfig(), gens(3))[0]
     assert torch.equal(a, sample(big, SamplingConfig(), gens(3))[0])
     assert not torch.equal(a, sample(big, SamplingConfig(), gens(4))[0])
-    assert torch.equal(sample(big, SamplingConfig(temperature=0), gens(0))[0], big.argmax(-1))
+    assert torch.equal(sample(big, SamplingConfig(temperature=0), None)[0], big.argmax(-1))
 
 
 def test_sampling_never_draws_filtered_tokens():
     logits = torch.randn(1, 2000, 16)
-    ids, _ = sample(logits, SamplingConfig(top_k=3), [torch.Generator().manual_seed(0)])
+    ids, _ = sample(logits, SamplingConfig(top_k=3), torch.rand(1, 2000, generator=torch.Generator().manual_seed(0)))
     top3 = logits.topk(3, dim=-1).indices
     assert (ids[..., None] == top3).any(-1).all()
 

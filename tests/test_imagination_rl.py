@@ -30,16 +30,16 @@ def test_gae_matches_a_hand_computed_case():
 
 
 def test_the_trainer_finds_the_optimal_action_of_a_known_world(steer_world, tmp_path):
-    log = train_policy(_cfg(steer_world, tmp_path / "run"))
+    log = train_policy(_cfg(steer_world, tmp_path / "run", iterations=16))
     policy = make_policy(str(tmp_path / "run" / "policy"))  # loads as every --policy flag does
     assert isinstance(policy, ActorCritic)
     obs = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     steer = policy(obs)[:, 0]
     assert (steer > 0.8).all(), steer  # the optimum is +1; a random-init policy acts at the centre (0)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [x["iteration"] for x in lines] == list(range(1, 13))
+    assert [x["iteration"] for x in lines] == list(range(1, 17))
     assert lines[-1]["imagined_reward_per_step"] > lines[0]["imagined_reward_per_step"]
-    assert log["iteration"] == 12
+    assert log["iteration"] == 16
 
 
 def test_a_run_resumes_exactly_and_drops_unsaved_work(steer_world, tmp_path):

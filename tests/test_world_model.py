@@ -7,7 +7,7 @@ import torch
 
 from wfm_sim.checkpoint import CheckpointError
 from wfm_sim.models import SamplingConfig, WorldModel, preset
-from wfm_sim.models.imagination import Imagination
+from wfm_sim.models.rollout import Rollout
 
 
 def _context(model, b=2, t=2, seed=0):
@@ -19,7 +19,7 @@ def _context(model, b=2, t=2, seed=0):
 
 def _rollout(model, mode, actions, seeds, tokens, ctx_actions, **kw):
     im = model.imagine(len(seeds), mode=mode, **kw)
-    im.reset(torch.arange(len(seeds)), tokens, ctx_actions, seeds)
+    im.reset(None, tokens=tokens, actions=ctx_actions, seeds=seeds)
     return [im.step(a) for a in actions]
 
 
@@ -66,7 +66,7 @@ def test_sliding_window_cache_equals_fresh_prefill(tiny_model):
     W = tiny_model.cfg.backbone.max_frames
     tokens, ctx_a = _context(tiny_model, b=1)
     im = tiny_model.imagine(1, sampling=SamplingConfig(temperature=0))
-    im.reset(torch.arange(1), tokens, ctx_a, [0])
+    im.reset(None, tokens=tokens, actions=ctx_a, seeds=[0])
     for _ in range(W - 2):
         im.step(torch.rand(1, 1, 3))
     assert int(im.count[0]) == W
@@ -74,7 +74,7 @@ def test_sliding_window_cache_equals_fresh_prefill(tiny_model):
     action = torch.rand(1, 1, 3)
     slid = im.step(action)  # must slide before stepping
     fresh = tiny_model.imagine(1, sampling=SamplingConfig(temperature=0))
-    fresh.reset(torch.arange(1), hist_t, hist_a, [0])
+    fresh.reset(None, tokens=hist_t, actions=hist_a, seeds=[0])
     ref = fresh.step(action)
     assert torch.equal(slid.tokens, ref.tokens)
     torch.testing.assert_close(slid.reward, ref.reward, atol=1e-5, rtol=0)
@@ -89,13 +89,13 @@ def test_forced_frames_reproduce_a_free_rollout_and_steer_the_heads(tiny_model, 
     actions = torch.rand(6, 2, 1, 3)
     free = _rollout(tiny_model, mode, actions, [1, 2], tokens, ctx_a)
     im = tiny_model.imagine(2, mode=mode)
-    im.reset(torch.arange(2), tokens, ctx_a, [8, 9])  # other seeds: forcing must not sample
+    im.reset(None, tokens=tokens, actions=ctx_a, seeds=[8, 9])  # other seeds: forcing must not sample
     forced = [im.step(a, frame=f.tokens.flatten(1)) for a, f in zip(actions, free)]
     for x, y in zip(free, forced):
         torch.testing.assert_close(x.reward, y.reward, atol=1e-5, rtol=0)
         assert torch.equal(x.terminated, y.terminated) and torch.equal(x.tokens, y.tokens)
         assert float(y.entropy.abs().max()) == 0.0
-    im.reset(torch.arange(2), tokens, ctx_a, [8, 9])
+    im.reset(None, tokens=tokens, actions=ctx_a, seeds=[8, 9])
     other = [im.step(a, frame=torch.zeros_like(f.tokens.flatten(1))) for a, f in zip(actions, free)]
     assert torch.allclose(other[0].reward, free[0].reward)  # step 0 reads the context only
     assert not torch.allclose(other[1].reward, free[1].reward)
@@ -108,7 +108,7 @@ def test_parallel_decoding_needs_few_passes(tiny_model):
     seq = tiny_model.imagine(1, mode="sequential")
     par = tiny_model.imagine(1, mode="parallel", parallel_steps=3)
     for im in (seq, par):
-        im.reset(torch.arange(1), tokens, ctx_a, [0])
+        im.reset(None, tokens=tokens, actions=ctx_a, seeds=[0])
         im.forward_passes = 0
         im.step(torch.rand(1, 1, 3))
     assert par.forward_passes == 1 + 3
@@ -130,8 +130,9 @@ def test_text_conditioning_changes_the_output():
     for blk in model.backbone.blocks:  # random init leaves cross-attn output tiny; make it matter
         torch.nn.init.normal_(blk.cross.proj.weight, std=1.0)
     emb, mask = enc(["a red car turns left", "an empty road at night"])
-    im = model.imagine(2, text=emb, text_mask=mask, sampling=SamplingConfig(temperature=0))
-    frame0 = im.reset_from_text(torch.arange(2), [0, 0])
+    im = model.imagine(2, prompt_tokens=emb.shape[1], sampling=SamplingConfig(temperature=0))
+    im.set_prompt(None, emb, mask)
+    frame0 = im.reset_from_prompt(None, [0, 0])
     assert frame0.shape == (2, 16) and int(frame0.max()) < model.cfg.tokenizer.vocab_size
     # The first token's distribution (from BOS + cross-attention alone) depends on the prompt.
     bb = model.backbone
@@ -142,7 +143,7 @@ def test_text_conditioning_changes_the_output():
                                          text_mask=mask[:1].expand(2, -1)))
     torch.testing.assert_close(same[0], same[1])
     with pytest.raises(ValueError, match="no text conditioning"):
-        WorldModel(preset("tiny")).imagine(1, text=emb)
+        WorldModel(preset("tiny")).imagine(1, prompt_tokens=8)
 
 
 def test_save_load_round_trip_is_exact(tiny_model, tmp_path):
@@ -197,7 +198,7 @@ def test_bad_inputs_name_the_expected_value(tiny_model):
     with pytest.raises(ValueError, match="NaN"):
         tiny_model.check_action(torch.full((2, 3), float("nan")), (2,))
     with pytest.raises(ValueError, match="context"):
-        tiny_model.imagine(1).reset(torch.arange(1), torch.zeros(1, 4, 16, dtype=torch.long), None, [0])
+        tiny_model.imagine(1).reset(None, tokens=torch.zeros(1, 4, 16, dtype=torch.long), seeds=[0])
     with pytest.raises(ValueError, match="diffusion decoder needs prev"):
         tiny_model.decode(torch.zeros(1, 1, 1, 4, 4, dtype=torch.long), decoder="diffusion")
 
@@ -218,7 +219,7 @@ def test_config_mismatch_is_reported():
 
 
 def test_imagination_is_the_rollout_type(tiny_model):
-    assert isinstance(tiny_model.imagine(1), Imagination)
+    assert isinstance(tiny_model.imagine(1), Rollout)
 
 
 @pytest.mark.parametrize("storage,atol", [("bf16", 2e-2), ("int8", 3e-2)])

@@ -21,7 +21,8 @@ import torch
 from wfm_sim.datasets.split import Split
 from wfm_sim.datasets.windows import WindowDataset, collate
 from wfm_sim.evaluation.metrics import psnr, ssim
-from wfm_sim.models.rollout_core import RolloutCore
+from wfm_sim.models.rng import RowNoise
+from wfm_sim.models.rollout import Rollout
 from wfm_sim.models.sampling import SamplingConfig
 from wfm_sim.models.world_model import WorldModel
 from wfm_sim.records import Batch
@@ -62,7 +63,7 @@ def eval_windows(model: WorldModel, data: str, cfg: EvalConfig, split: Split | N
 @torch.no_grad()
 def rollout(model: WorldModel, batch: Batch, mode: str, decoder: str, cfg: EvalConfig,
             actions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Open-loop rollouts for every window through the one rollout core; returns predicted
+    """Open-loop rollouts for every window through :class:`Rollout`; returns predicted
     frames ``(n, k*H, V, H, W, 3)`` (all k frames of each of the H latent steps) and head
     outputs ``(n, H)`` per latent step."""
     C, H, k = model.cfg.context_video_frames, cfg.horizon, model.cfg.frames_per_step
@@ -72,13 +73,13 @@ def rollout(model: WorldModel, batch: Batch, mode: str, decoder: str, cfg: EvalC
     for s in range(0, n, cfg.batch):
         obs, a = batch.obs[s : s + cfg.batch], acts[s : s + cfg.batch]
         r = obs.shape[0]
-        core = RolloutCore(model, r, mode, cfg.sampling, cfg.parallel_steps, decoder, cfg.diffusion_steps)
-        core.reset(None, obs[:, :C], a[:, : C - 1] if C > 1 else None, [cfg.seed * 7919 + s + i for i in range(r)])
+        im = Rollout(model, r, mode, cfg.sampling, cfg.parallel_steps, decoder, cfg.diffusion_steps)
+        im.reset(None, obs[:, :C], a[:, : C - 1] if C > 1 else None, [cfg.seed * 7919 + s + i for i in range(r)])
         out_f, out_r, out_t, out_s = [], [], [], []
         for h in range(H):
             group = a[:, C - 1 + k * h : C - 1 + k * (h + 1)]  # the k actions of latent step h
-            step = core.step(model.check_action(group.to(model.device), (r,)))
-            out_f.append(step.group_frames.cpu())
+            step = im.step(model.check_action(group.to(model.device), (r,)))
+            out_f.append(step.frames.cpu())
             out_r.append(step.reward.cpu())
             out_t.append(step.terminated.cpu())
             out_s.append(step.success.cpu() if step.success is not None else torch.zeros(r, dtype=torch.bool))
@@ -132,8 +133,9 @@ def decoder_reconstruction(model: WorldModel, batch: Batch, cfg: EvalConfig) -> 
     if model.decoder is not None:
         steps = sorted({1, model.decoder.cfg.steps} | ({cfg.diffusion_steps} if cfg.diffusion_steps else set()))
         for n in steps:
-            gens = [torch.Generator(device=model.device).manual_seed(i) for i in range(len(prev))]
-            out[f"diffusion_{n}step"] = scores(model.decode(tokens, "diffusion", n, prev=prev, generators=gens))
+            noise = RowNoise(torch.arange(len(prev), device=model.device), torch.zeros(len(prev), dtype=torch.long,
+                                                                                       device=model.device))
+            out[f"diffusion_{n}step"] = scores(model.decode(tokens, "diffusion", n, prev=prev, noise=noise))
     return out
 
 

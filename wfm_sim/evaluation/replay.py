@@ -55,7 +55,7 @@ def replay_heads(model, contexts: list[Context], episodes: list[Episode], mode: 
     ctx_actions = None
     if C > 1:
         ctx_actions = model.check_action(torch.as_tensor(np.stack([ctx.actions for ctx in contexts])), (E, C - 1))
-    im.reset(torch.arange(E), torch.stack([t[:C] for t in tokens]), ctx_actions, [0] * E)
+    im.reset(None, tokens=torch.stack([t[:C] for t in tokens]), actions=ctx_actions, seeds=[0] * E)
     ret, succ = np.zeros(E), np.zeros(E, bool)
     alive = np.ones(E, bool)
     for j in range(T):
@@ -64,7 +64,7 @@ def replay_heads(model, contexts: list[Context], episodes: list[Episode], mode: 
             break
         act = model.check_action(torch.as_tensor(np.stack([episodes[i].action[j] for i in rows])), (len(rows),))
         nxt = torch.stack([tokens[i][min(C + j, len(tokens[i]) - 1)] for i in rows])  # the last one is never read
-        out = im.step(act, torch.as_tensor(rows), frame=nxt)
+        out = im.step(act, rows, frame=nxt)
         ret[rows] += out.reward.cpu().numpy()
         if out.success is not None:
             succ[rows] |= out.success.cpu().numpy()

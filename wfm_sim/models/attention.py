@@ -2,16 +2,18 @@
 
 The cache is preallocated once (``max_len`` positions) and each batch row keeps its own
 length, so rows of a vector env can sit at different points of their episodes. A chunk of
-``q`` new tokens is written at ``lengths[row] + arange(q)``; ``commit=False`` writes without
-advancing the lengths, so the next call overwrites those slots (used by parallel decoding,
-which refines one frame several times before keeping it).
+``q`` new tokens is written at ``lengths[row] + arange(q)``; the owner of the cache (a
+:class:`~wfm_sim.models.rollout.Rollout`) advances the lengths only for chunks it keeps, so a
+chunk it does not keep is overwritten by the next one (parallel decoding refines one frame
+several times before keeping it).
 
-Dimension legend: ``b`` batch rows, ``q`` new tokens, ``k`` key positions, ``h`` heads,
-``g`` kv heads (GQA), ``e`` head dim, ``d`` width, ``s`` text tokens.
+Dimension legend: :mod:`wfm_sim.dims` (``r`` rows, ``q`` new tokens, ``k`` key positions,
+``m`` heads, ``g`` kv heads, ``e`` head dim, ``d`` width, ``p`` prompt tokens).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
@@ -21,14 +23,19 @@ from wfm_sim.models.layers import RMSNorm, Rope3D
 
 
 class KVCache:
-    """Static key/value cache for every layer: ``(layers, b, max_len, g, e)`` plus ``lengths (b,)``."""
+    """Static key/value cache for every layer: ``(layers, b, max_len, g, e)``.
+
+    ``lengths`` ``(b,)`` counts each row's filled positions and lives on the host (numpy): the
+    caller always knows where a chunk goes and how far keys reach, so no forward ever waits on
+    the device to find out.
+    """
 
     def __init__(self, layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int,
                  device: torch.device, dtype: torch.dtype):
         shape = (layers, batch, max_len, kv_heads, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.lengths = np.zeros(batch, dtype=np.int64)
         self.max_len = max_len
 
     @property
@@ -44,38 +51,36 @@ class ChunkContext:
 
     Args:
         cache: the cache, or None for a plain full-sequence forward.
-        rows: ``(b,)`` cache rows this chunk belongs to, or None for all rows in order.
-        inner_mask: ``(b, q, q)`` bool, True where new token i may attend new token j.
-        commit: advance the rows' lengths after the forward.
+        rows: ``(r,)`` int64 device tensor of the cache rows this chunk belongs to, or None for
+            all rows in order.
+        inner_mask: ``(r, q, q)`` bool, True where new token i may attend new token j.
+        pos: ``(r, q)`` int64 cache slots of the new tokens (``lengths[rows] + arange(q)``).
+        kv_len: keys to attend, ``max(lengths[rows]) + q`` (a host int: the caller knows it).
+        causal: a cache-free token-causal forward (no mask at all).
     """
 
     def __init__(self, cache: KVCache | None, rows: torch.Tensor | None, inner_mask: torch.Tensor | None,
-                 commit: bool, causal: bool = False):
-        self.cache, self.rows, self.commit = cache, rows, commit
+                 pos: torch.Tensor | None = None, kv_len: int = 0, causal: bool = False):
+        self.cache, self.rows = cache, rows
         self.inner_mask, self.is_causal = inner_mask, causal
         if cache is None:
             if causal != (inner_mask is None):
                 raise ValueError("pass either an inner mask or causal=True for a cache-free forward")
             self.mask = None if causal else inner_mask.unsqueeze(1)
             return
-        if inner_mask is None:
-            raise ValueError("a cached forward needs an inner mask")
+        if inner_mask is None or pos is None:
+            raise ValueError("a cached forward needs an inner mask and the chunk's cache slots")
         b, q, _ = inner_mask.shape
-        lengths = cache.lengths if rows is None else cache.lengths[rows]
-        if int(lengths.max()) + q > cache.max_len:
-            raise RuntimeError(
-                f"KV cache overflow: {int(lengths.max())} + {q} tokens > max_len {cache.max_len}"
-            )
-        self.start = lengths  # (b,)
-        self.kv_len = int(lengths.max()) + q
-        self.write_pos = lengths[:, None] + torch.arange(q, device=lengths.device)  # (b, q)
-        rel = torch.arange(self.kv_len, device=lengths.device)[None, :] - lengths[:, None]  # (b, k)
-        new_vis = torch.gather(inner_mask, 2, rel.clamp(0, q - 1)[:, None, :].expand(b, q, self.kv_len))
+        if kv_len > cache.max_len:
+            raise RuntimeError(f"KV cache overflow: {kv_len} positions > max_len {cache.max_len}")
+        self.kv_len, self.write_pos = kv_len, pos
+        rel = torch.arange(kv_len, device=pos.device)[None, :] - pos[:, :1]  # (r, k)
+        new_vis = torch.gather(inner_mask, 2, rel.clamp(0, q - 1)[:, None, :].expand(b, q, kv_len))
         in_chunk = ((rel >= 0) & (rel < q))[:, None, :]
-        self.mask = ((rel < 0)[:, None, :] | (in_chunk & new_vis)).unsqueeze(1)  # (b, 1, q, k)
+        self.mask = ((rel < 0)[:, None, :] | (in_chunk & new_vis)).unsqueeze(1)  # (r, 1, q, k)
 
     def kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this chunk's ``(b, q, g, e)`` keys/values and return all visible ones."""
+        """Store this chunk's ``(r, q, g, e)`` keys/values and return all visible ones."""
         if self.cache is None:
             return k, v
         c = self.cache
@@ -85,14 +90,6 @@ class ChunkContext:
         if self.rows is None:
             return c.k[layer][:, : self.kv_len], c.v[layer][:, : self.kv_len]
         return c.k[layer][self.rows, : self.kv_len], c.v[layer][self.rows, : self.kv_len]
-
-    def finish(self) -> None:
-        if self.cache is not None and self.commit:
-            q = self.inner_mask.shape[1]
-            if self.rows is None:
-                self.cache.lengths += q
-            else:
-                self.cache.lengths[self.rows] += q
 
 
 class SelfAttention(nn.Module):
@@ -112,17 +109,17 @@ class SelfAttention(nn.Module):
                 layer: int) -> torch.Tensor:
         e, h, g = self.head_dim, self.heads, self.kv_heads
         q, k, v = self.qkv(x).split((h * e, g * e, g * e), dim=-1)
-        q = Rope3D.rotate(self.q_norm(rearrange(q, "b q (h e) -> b h q e", e=e)), *rope)
+        q = Rope3D.rotate(self.q_norm(rearrange(q, "b q (m e) -> b m q e", e=e)), *rope)
         k = Rope3D.rotate(self.k_norm(rearrange(k, "b q (g e) -> b g q e", e=e)), *rope)
         v = rearrange(v, "b q (g e) -> b q g e", e=e)
-        k_all, v_all = ctx.kv(layer, rearrange(k, "b g q e -> b q g e"), v)  # (b, k, g, e)
-        k_all = repeat(k_all, "b k g e -> b (g r) k e", r=h // g).to(q.dtype)
-        v_all = repeat(v_all, "b k g e -> b (g r) k e", r=h // g).to(q.dtype)
+        k_all, v_all = ctx.kv(layer, rearrange(k, "b g q e -> b q g e"), v)  # (b, k, g, e); j = m / g
+        k_all = repeat(k_all, "b k g e -> b (g j) k e", j=h // g).to(q.dtype)
+        v_all = repeat(v_all, "b k g e -> b (g j) k e", j=h // g).to(q.dtype)
         out = F.scaled_dot_product_attention(
             q, k_all, v_all, attn_mask=ctx.mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=ctx.is_causal,
         )
-        return self.proj(rearrange(out, "b h q e -> b q (h e)"))
+        return self.proj(rearrange(out, "b m q e -> b q (m e)"))
 
 
 class CrossAttention(nn.Module):
@@ -137,10 +134,10 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
-        """``x (b, q, d)``, ``text (b, s, text_dim)``, ``text_mask (b, s)`` bool True = real token."""
-        q = self.q_norm(rearrange(self.q(x), "b q (h e) -> b h q e", h=self.heads))
-        k, v = rearrange(self.kv(text.to(x.dtype)), "b s (two h e) -> two b h s e", two=2, h=self.heads)
+        """``x (b, q, d)``, ``text (b, p, text_dim)``, ``text_mask (b, p)`` bool True = real token."""
+        q = self.q_norm(rearrange(self.q(x), "b q (m e) -> b m q e", m=self.heads))
+        k, v = rearrange(self.kv(text.to(x.dtype)), "b p (two m e) -> two b m p e", two=2, m=self.heads)
         k = self.k_norm(k)
         mask = None if text_mask is None else text_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(rearrange(out, "b h q e -> b q (h e)"))
+        return self.proj(rearrange(out, "b m q e -> b q (m e)"))

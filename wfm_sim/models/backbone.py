@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -236,21 +237,31 @@ class Backbone(nn.Module):
         return x + self.time_emb(lay.time[pos]) + self.kind_emb(kind)
 
     def forward_chunk(self, ids, actions, pos, mode: str, cache: KVCache | None = None,
-                      rows: torch.Tensor | None = None, commit: bool = True,
+                      rows=None, commit: bool = True,
                       text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Run a chunk of positions through the trunk; returns final-normed hidden ``(b, q, d)``.
+        """Run a chunk of positions through the trunk; returns final-normed hidden ``(r, q, d)``.
 
-        Without a cache this is the full-sequence forward (``pos`` must then start at 0).
+        Without a cache this is the full-sequence forward (``pos`` must then start at 0). With
+        one, ``pos`` must be each row's next cache slots (``cache.lengths[rows] + arange(q)``);
+        ``rows`` (host int array, or None for all rows) picks the cache rows, and ``commit``
+        advances their lengths (on the host: nothing here waits on the device).
         """
         x = self.embed(ids, actions, pos)
         # A full token-causal sequence needs no explicit mask: SDPA's is_causal path is faster.
         causal = cache is None and mode == "sequential"
         inner = None if causal else self.layout.mask(pos, mode)
-        ctx = ChunkContext(cache, rows, inner, commit, causal=causal)
+        if cache is None:
+            ctx = ChunkContext(None, None, inner, causal=causal)
+        else:
+            q = ids.shape[1]
+            host = np.arange(cache.batch) if rows is None else np.asarray(rows, dtype=np.int64)
+            dev_rows = None if rows is None else torch.as_tensor(host, device=ids.device)
+            ctx = ChunkContext(cache, dev_rows, inner, pos, int(cache.lengths[host].max()) + q)
         rope = self.rope.angles(self.layout.rope_pos[pos])
         for i, blk in enumerate(self.blocks):
             x = blk(x, rope, ctx, i, text, text_mask)
-        ctx.finish()
+        if cache is not None and commit:
+            cache.lengths[host] += q
         return self.norm(x)
 
     def heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -33,6 +33,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from wfm_sim.models.limits import check_limits
+from wfm_sim.models.rng import RowNoise
 from wfm_sim.records import LossAndLogs
 
 
@@ -289,7 +290,7 @@ class DiffusionDecoder(nn.Module):
         f = rearrange(f.float(), "(b t) c H W -> b c t H W", t=t)
         return c_skip * x.float() + c_out * f, u
 
-    def _prev_and_base(self, device, token_decode, prev, levels, generator):
+    def _prev_and_base(self, device, token_decode, prev, levels, noisy: bool, generator):
         """Noise-augmented previous frame and the residual base (broadcasting over frames)."""
         c = self.cfg
         prev_in = None
@@ -297,7 +298,7 @@ class DiffusionDecoder(nn.Module):
             if prev is None:
                 raise ValueError("this diffusion decoder needs prev: the (b, 3, H, W) previous frame")
             prev_in = prev.float()
-            if bool((levels > 0).any()):
+            if noisy:  # the config says whether any level is > 0: no device sync
                 noise = self._randn(prev_in.shape, device, generator)
                 prev_in = prev_in + levels[:, None, None, None] * noise
         if c.residual == "prev":
@@ -308,6 +309,8 @@ class DiffusionDecoder(nn.Module):
 
     @staticmethod
     def _randn(shape, device, generator):
+        if isinstance(generator, RowNoise):  # counter-based per-row keys: rows independent of batching
+            return generator.randn(tuple(shape[1:]), device)
         if isinstance(generator, (list, tuple)):  # one generator per row: rows independent of batching
             return torch.stack([torch.randn(shape[1:], device=device, generator=g) for g in generator])
         return torch.randn(shape, device=device, generator=generator)
@@ -329,7 +332,7 @@ class DiffusionDecoder(nn.Module):
         if token_decode is not None and token_decode.shape != frames.shape:
             raise ValueError(f"token_decode {tuple(token_decode.shape)} must match frames {tuple(frames.shape)}")
         levels = torch.rand(b, device=dev, generator=generator) * c.prev_noise_max
-        prev_in, base = self._prev_and_base(dev, token_decode, prev, levels, generator)
+        prev_in, base = self._prev_and_base(dev, token_decode, prev, levels, c.prev_noise_max > 0, generator)
         x0 = frames.float() - base
         sigma = (c.p_mean + c.p_std * torch.randn(b, device=dev, generator=generator)).exp()
         noise = torch.randn(x0.shape, device=dev, generator=generator)
@@ -347,7 +350,8 @@ class DiffusionDecoder(nn.Module):
 
         Returns ``(b, 3, H, W)`` for a ``(b, 3, H, W)`` token decode, else ``(b, 3, t, H, W)`` with
         ``t`` the token decode's frames (or ``frames`` for a decoder not conditioned on it).
-        ``generator`` is one ``torch.Generator``, a list with one per row, or None.
+        ``generator`` is one ``torch.Generator``, a list with one per row, per-row counter-based
+        keys (:class:`~wfm_sim.models.rng.RowNoise`), or None.
         """
         c = self.cfg
         steps = c.steps if steps is None else steps
@@ -357,15 +361,17 @@ class DiffusionDecoder(nn.Module):
         t = self._frames(token_decode.shape[2] if token_decode is not None else (frames or 1))
         b, dev = tokens.shape[0], tokens.device
         levels = torch.full((b,), c.prev_noise, device=dev)
-        prev_in, base = self._prev_and_base(dev, token_decode, prev, levels, generator)
+        prev_in, base = self._prev_and_base(dev, token_decode, prev, levels, c.prev_noise > 0, generator)
         cond = self.cond(tokens, token_decode, prev_in, t)
-        sigmas = karras_sigmas(steps, c.sigma_min, c.sigma_max, c.rho).to(dev)
+        sigmas = karras_sigmas(steps, c.sigma_min, c.sigma_max, c.rho)
+        last = sigmas.tolist()  # host copy of a host tensor: the branch below never waits on the device
+        sigmas = sigmas.to(dev)
         x = self._randn((b, 3, t, c.image_size, c.image_size), dev, generator) * sigmas[0]
         for i in range(steps):
             s, s_next = sigmas[i], sigmas[i + 1]
             d = (x - self.denoise(x, s.expand(b), cond, levels)[0]) / s
             x_next = x + (s_next - s) * d
-            if sampler == "heun" and s_next > 0:
+            if sampler == "heun" and last[i + 1] > 0:
                 d2 = (x_next - self.denoise(x_next, s_next.expand(b), cond, levels)[0]) / s_next
                 x_next = x + (s_next - s) * (d + d2) / 2
             x = x_next

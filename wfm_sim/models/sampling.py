@@ -1,10 +1,9 @@
-"""Token sampling with temperature, top-k and top-p, driven by one ``torch.Generator`` per row.
+"""Token sampling with temperature, top-k and top-p, by inverse CDF of given uniforms.
 
-Each batch row draws its uniforms from its own generator and samples by inverse CDF, so a row's
-sample never depends on which other rows share the batch: a vector env's sub-env i gives the
-same tokens as a single env seeded the same way.
+The caller draws the uniforms (one row's from that row's counter-based stream,
+:mod:`wfm_sim.models.rng`), so a row's sample never depends on which other rows share the batch.
 
-Dimension legend: ``b`` rows, ``n`` tokens, ``V`` vocabulary.
+Dimension legend (:mod:`wfm_sim.dims`): ``b`` rows, ``n`` tokens, ``c`` vocabulary (codes).
 """
 
 from __future__ import annotations
@@ -34,13 +33,8 @@ class SamplingConfig:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
 
 
-def uniforms(generators: list[torch.Generator], n: int, device: torch.device) -> torch.Tensor:
-    """``(b, n)`` fp32 uniforms, row i from ``generators[i]``."""
-    return torch.stack([torch.rand(n, generator=g, device=g.device) for g in generators]).to(device)
-
-
 def filtered_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Softmax of ``(..., V)`` logits after temperature, top-k and top-p filtering (fp32)."""
+    """Softmax of ``(..., c)`` logits after temperature, top-k and top-p filtering (fp32)."""
     logits = logits.float() / max(cfg.temperature, 1e-6)
     if cfg.top_k and cfg.top_k < logits.shape[-1]:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
@@ -56,12 +50,12 @@ def filtered_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return probs
 
 
-def sample(logits: torch.Tensor, cfg: SamplingConfig, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+def sample(logits: torch.Tensor, cfg: SamplingConfig, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per position.
 
     Args:
-        logits: ``(b, n, V)``.
-        generators: one per row.
+        logits: ``(b, n, c)``.
+        u: ``(b, n)`` fp32 uniforms in [0, 1) (unused, and may be None, when greedy).
 
     Returns:
         ids ``(b, n)`` int64 and the probability each drawn token had ``(b, n)`` fp32.
@@ -71,7 +65,7 @@ def sample(logits: torch.Tensor, cfg: SamplingConfig, generators: list[torch.Gen
         ids = probs.argmax(-1)
         return ids, probs.gather(-1, ids[..., None])[..., 0]
     probs = filtered_probs(logits, cfg)
-    u = uniforms(generators, logits.shape[1], logits.device).clamp_min(1e-7)  # (b, n); 0 could pick a p=0 token
+    u = u.to(logits.device).clamp_min(1e-7)  # (b, n); 0 could pick a p=0 token
     cdf = probs.cumsum(-1)
     ids = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1).contiguous()).squeeze(-1)
     ids = ids.clamp(max=logits.shape[-1] - 1)
@@ -79,6 +73,6 @@ def sample(logits: torch.Tensor, cfg: SamplingConfig, generators: list[torch.Gen
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Mean entropy (nats) over the token axis: ``(b, n, V) -> (b,)``."""
+    """Mean entropy (nats) over the token axis: ``(b, n, c) -> (b,)``."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1).mean(-1)

@@ -21,7 +21,8 @@ from wfm_sim import checkpoint as ckpt
 from wfm_sim.device import autocast, autocast_dtype, resolve_device
 from wfm_sim.models.backbone import Backbone, BackboneConfig
 from wfm_sim.models.diffusion import DecoderConfig, DiffusionDecoder
-from wfm_sim.models.imagination import Imagination
+from wfm_sim.models.rng import RowNoise
+from wfm_sim.models.rollout import Rollout
 from wfm_sim.models.sampling import SamplingConfig
 from wfm_sim.models.tokenizer import TokenizerConfig, VideoTokenizer
 
@@ -190,36 +191,44 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, decoder: str = "token", steps: int | None = None,
-               prev: torch.Tensor | None = None, generators: list[torch.Generator] | None = None) -> torch.Tensor:
-        """Decode the LAST latent frame of a token history to pixels.
+               prev: torch.Tensor | None = None, noise: RowNoise | None = None) -> torch.Tensor:
+        """Decode the LAST latent frame of a token history to pixels, after checking the ids.
 
         Args:
-            tokens: ``(b, t', v, g, g)`` history; tokenizers with a temporal receptive field use it.
+            tokens: ``(b, l, v, h, w)`` history; tokenizers with a temporal receptive field use it.
             decoder: "token" (the tokenizer's decoder, fast) or "diffusion" (EDM decoder).
             steps: diffusion sampler steps (default: the decoder config's).
             prev: ``(b, v, H, W, 3)`` uint8 previous frame, for a decoder conditioned on it.
-            generators: one per batch row for the diffusion noise.
+            noise: per-row counter-based keys for the diffusion noise (:class:`RowNoise`);
+                None draws from torch's global generator.
 
         Returns:
-            ``(b, k, v, H, W, 3)`` uint8 frames of that latent frame (k = 1 for frame 0 or k=1 models).
+            ``(b, f, v, H, W, 3)`` uint8 frames of that latent frame (f = 1 for frame 0 or f=1 models).
         """
         self.check_tokens(tokens)
+        return self.decode_ids(tokens, decoder, steps, prev, noise)
+
+    @torch.no_grad()
+    def decode_ids(self, tokens: torch.Tensor, decoder: str = "token", steps: int | None = None,
+                   prev: torch.Tensor | None = None, noise: RowNoise | None = None) -> torch.Tensor:
+        """:meth:`decode` without checking the ids (they come from this model's own sampler):
+        nothing here waits on the device."""
+        if decoder not in ("token", "diffusion"):
+            raise ValueError(f"decoder must be 'token' or 'diffusion', got {decoder!r}")
         b, tl, v = tokens.shape[:3]
         if self.cfg.tokenizer.temporal_kernel == 1 and self.cfg.tokenizer.temporal_downsample == 1:
             tokens = tokens[:, -1:]  # per-frame tokenizer: the last frame alone decides
-        flat = rearrange(tokens.to(self.device), "b t v h w -> (b v) t h w")
+        flat = rearrange(tokens.to(self.device), "b l v h w -> (b v) l h w")
         with self.autocast():
             video = self.tokenizer.decode(flat).float()  # ((b v), 3, t, H, W)
-        k = 1 if flat.shape[1] == 1 else self.cfg.tokenizer.temporal_downsample
-        video = video[:, :, -k:]
+        f = 1 if flat.shape[1] == 1 else self.cfg.tokenizer.temporal_downsample
+        video = video[:, :, -f:]
         if decoder == "diffusion":
-            video = self._diffuse(flat[:, -1], video, prev, steps, generators, v)
-        elif decoder != "token":
-            raise ValueError(f"decoder must be 'token' or 'diffusion', got {decoder!r}")
+            video = self._diffuse(flat[:, -1], video, prev, steps, noise, v)
         frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return rearrange(frames, "(b v) c t h w -> b t v h w c", b=b)
+        return rearrange(frames, "(b v) c t H W -> b t v H W c", b=b)
 
-    def _diffuse(self, last_tokens, token_video, prev, steps, generators, v):
+    def _diffuse(self, last_tokens, token_video, prev, steps, noise, v):
         """EDM decode of the last latent frame's ``t`` frames jointly, from the previous frame."""
         if self.decoder is None:
             raise ValueError("this model has no diffusion decoder; use decoder='token'")
@@ -228,19 +237,23 @@ class WorldModel(nn.Module):
             if prev is None:
                 raise ValueError("this diffusion decoder needs prev: the (b, v, H, W, 3) uint8 previous frame")
             prev_f = to_video(prev.to(self.device)[:, None])[:, :, 0]
-        gens = None if generators is None else [g for g in generators for _ in range(v)]
+        keys = None if noise is None else noise.per_view(v)
         with self.autocast():
-            out = self.decoder.sample(last_tokens, token_video, prev_f, steps, gens, frames=token_video.shape[2])
+            out = self.decoder.sample(last_tokens, token_video, prev_f, steps, keys, frames=token_video.shape[2])
         return out.float()
 
     # ------------------------------------------------------------ imagination
     def imagine(self, batch: int, mode: str = "sequential", sampling: SamplingConfig = SamplingConfig(),
-                parallel_steps: int = 8, text: torch.Tensor | None = None,
-                text_mask: torch.Tensor | None = None) -> Imagination:
-        """A batched rollout state (KV cache, histories, per-row generators). See :class:`Imagination`."""
-        if text is not None and not self.cfg.backbone.text_dim:
-            raise ValueError("this model has no text conditioning (backbone.text_dim == 0)")
-        return Imagination(self.backbone, batch, mode, sampling, parallel_steps, text, text_mask)
+                parallel_steps: int = 8, decoder: str = "token", decode: bool = False,
+                prompt_tokens: int = 0) -> Rollout:
+        """A batched imagined rollout of this model (token-only unless ``decode``). See :class:`Rollout`."""
+        return Rollout(self, batch, mode, sampling, parallel_steps, decoder, decode=decode, prompt_tokens=prompt_tokens)
+
+    @property
+    def action_shape(self) -> tuple[int, ...]:
+        """One env step's action as the backbone takes it: ``(f,)`` discrete or ``(f, a)`` box."""
+        k = self.cfg.backbone.action_group
+        return (k,) if self.cfg.action.kind == "discrete" else (k, self.cfg.action.dim)
 
     def check_action(self, action: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
         """Validate and shape actions to ``lead + (k, a)`` (box) or ``lead + (k,)`` (discrete)."""

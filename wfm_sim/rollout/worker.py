@@ -88,7 +88,7 @@ class RolloutWorker:
         """Model facts, and the bytes its parameters and KV cache take (for replica sizing)."""
         m = self.env.model
         params = sum(p.numel() * p.element_size() for p in m.parameters())
-        return {"device": str(m.device), "param_bytes": params, "kv_cache_bytes": self.env._core.im.cache.nbytes(),
+        return {"device": str(m.device), "param_bytes": params, "kv_cache_bytes": self.env.rollout.cache.nbytes(),
                 "envs": self.env.num_envs}
 
     def spec(self) -> dict:
