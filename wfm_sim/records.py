@@ -17,8 +17,20 @@ class LossAndLogs:
 
     loss: torch.Tensor
     """Scalar to minimise."""
-    logs: dict[str, float] = field(default_factory=dict)
-    """Scalars for the progress bar and the JSONL log."""
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Detached scalar tensors for the progress bar and the JSONL log. They stay on the device:
+    the training loop reads them at its log interval (:func:`host_logs`), so a step never
+    waits on the device to log."""
+
+
+def host_logs(logs: dict) -> dict[str, float]:
+    """Logs as plain floats, tensors brought over in one device-to-host copy."""
+    keys = [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in logs.items() if not isinstance(v, torch.Tensor)}
+    if keys:
+        vals = torch.stack([logs[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
+        out.update(zip(keys, vals))
+    return {k: out[k] for k in logs}
 
 
 @dataclass

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from wfm_sim.models import rng
 from wfm_sim.models.attention import ChunkContext, CrossAttention, KVCache, SelfAttention
 from wfm_sim.models.layers import RMSNorm, Rope3D, SwiGLU
 from wfm_sim.models.limits import check_limits
@@ -308,7 +309,7 @@ class Backbone(nn.Module):
 
     # -------------------------------------------------------------- training
     def forward(self, tokens, actions, reward, terminated, success=None, valid=None,
-                text=None, text_mask=None, generator: torch.Generator | None = None) -> LossAndLogs:
+                text=None, text_mask=None, generator: torch.Tensor | torch.Generator | None = None) -> LossAndLogs:
         """Training loss on token windows.
 
         Args:
@@ -340,24 +341,26 @@ class Backbone(nn.Module):
                 inp[:, fs] = torch.where(masked, c.mask_id, r_ids[:, fs])
                 h = self.forward_chunk(inp, acts[rows], pos[rows], mode, text=r_txt, text_mask=r_tm)
                 logits = self.head_mask(h[:, fs]).float()
-                loss = F.cross_entropy(logits[masked], r_ids[:, fs][masked])
-            logs[f"ce_{mode}"] = loss.item()
+                ce = F.cross_entropy(logits.flatten(0, 1), r_ids[:, fs].flatten(), reduction="none")
+                w = masked.flatten().float()  # the masked positions' mean: no data-dependent shapes
+                loss = (ce * w).sum() / w.sum()
+            logs[f"ce_{mode}"] = loss.detach()
             losses.append(loss * (r_ids.shape[0] / b))
             hidden.append(h[:, a_slots])
-        head_loss, head_logs = self._head_loss(torch.cat(hidden[::-1]), reward, terminated, success, valid)
+        head_loss, head_logs = self.head_loss(torch.cat(hidden[::-1]), reward, terminated, success, valid)
         logs.update(head_logs)
         return LossAndLogs(loss=sum(losses) + head_loss, logs=logs)
 
     def _random_mask(self, b: int, t: int, device, generator) -> torch.Tensor:
         """MaskGIT training mask: each frame masks a cos-schedule fraction (>= 1 token)."""
         n = self.cfg.frame_tokens
-        u = torch.rand(b, t, 1, device=device, generator=generator)
+        u = rng.draw(generator, 0, (b, t, 1), device)
         k = (torch.cos(u * math.pi / 2) * n).ceil().clamp(1, n)
-        score = torch.rand(b, t, n, device=device, generator=generator)
+        score = rng.draw(generator, 1, (b, t, n), device)
         rank = score.argsort(-1).argsort(-1)
         return (rank < k).reshape(b, t * n)
 
-    def _head_loss(self, h, reward, terminated, success, valid):
+    def head_loss(self, h, reward, terminated, success, valid):
         out = self.heads(h)
         valid = torch.ones_like(terminated, dtype=torch.bool) if valid is None else valid
         vf = valid.float()
@@ -369,10 +372,10 @@ class Backbone(nn.Module):
             target = reward.float() / self.cfg.reward_scale
             r_loss = (F.mse_loss(out["reward_normed"], target, reduction="none") * vf).sum() / denom
         d_loss = (F.binary_cross_entropy_with_logits(out["terminated_logit"], terminated.float(), reduction="none") * vf).sum() / denom
-        logs = {"reward_loss": r_loss.item(), "terminated_loss": d_loss.item()}
+        logs = {"reward_loss": r_loss.detach(), "terminated_loss": d_loss.detach()}
         loss = r_loss + d_loss
         if self.cfg.success_head and success is not None:
             s_loss = (F.binary_cross_entropy_with_logits(out["success_logit"], success.float(), reduction="none") * vf).sum() / denom
-            logs["success_loss"] = s_loss.item()
+            logs["success_loss"] = s_loss.detach()
             loss = loss + s_loss
         return loss, logs

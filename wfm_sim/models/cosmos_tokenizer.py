@@ -406,11 +406,11 @@ class CosmosVideoTokenizer(nn.Module):
         """``(b, 6, t', h, w)`` codes -> ``(b, 3, 1+k*(t'-1), h*s, w*s)`` frames (unclamped)."""
         return self.decoder(self.post_quant_conv(codes.to(self.quant_conv.conv3d.weight.dtype)))
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(b, t', h, w)`` int64 ids -> frames clamped to [-1, 1]."""
+    def decode(self, tokens: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """``(b, l, h, w)`` int64 ids -> frames clamped to [-1, 1] (``check=False``: trusted ids)."""
         if tokens.ndim != 4:
-            raise ValueError(f"tokens must be (b, t', h, w) int64, got {tuple(tokens.shape)}")
-        return self.decode_codes(self.fsq.indices_to_codes(tokens)).clamp(-1, 1)
+            raise ValueError(f"tokens must be (b, l, h, w) int64, got {tuple(tokens.shape)}")
+        return self.decode_codes(self.fsq.indices_to_codes(tokens, check)).clamp(-1, 1)
 
 
 __all__ = ["VARIANTS", "CosmosTokenizerConfig", "CosmosVideoTokenizer", "haar3d", "inverse_haar3d", "patch_video",

@@ -33,6 +33,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from wfm_sim.models.limits import check_limits
+from wfm_sim.models import rng
 from wfm_sim.models.rng import RowNoise
 from wfm_sim.records import LossAndLogs
 
@@ -299,7 +300,7 @@ class DiffusionDecoder(nn.Module):
                 raise ValueError("this diffusion decoder needs prev: the (b, 3, H, W) previous frame")
             prev_in = prev.float()
             if noisy:  # the config says whether any level is > 0: no device sync
-                noise = self._randn(prev_in.shape, device, generator)
+                noise = self._randn(prev_in.shape, device, generator, stream=3)
                 prev_in = prev_in + levels[:, None, None, None] * noise
         if c.residual == "prev":
             return prev_in, prev_in[:, :, None]
@@ -308,7 +309,9 @@ class DiffusionDecoder(nn.Module):
         return prev_in, 0.0
 
     @staticmethod
-    def _randn(shape, device, generator):
+    def _randn(shape, device, generator, stream: int):
+        if isinstance(generator, torch.Tensor):  # a counter key (training): one stream per draw
+            return rng.draw(generator, stream, tuple(shape), device, normal_=True)
         if isinstance(generator, RowNoise):  # counter-based per-row keys: rows independent of batching
             return generator.randn(tuple(shape[1:]), device)
         if isinstance(generator, (list, tuple)):  # one generator per row: rows independent of batching
@@ -331,17 +334,17 @@ class DiffusionDecoder(nn.Module):
         b, t, dev = frames.shape[0], self._frames(frames.shape[2]), frames.device
         if token_decode is not None and token_decode.shape != frames.shape:
             raise ValueError(f"token_decode {tuple(token_decode.shape)} must match frames {tuple(frames.shape)}")
-        levels = torch.rand(b, device=dev, generator=generator) * c.prev_noise_max
+        levels = rng.draw(generator, 0, (b,), dev) * c.prev_noise_max
         prev_in, base = self._prev_and_base(dev, token_decode, prev, levels, c.prev_noise_max > 0, generator)
         x0 = frames.float() - base
-        sigma = (c.p_mean + c.p_std * torch.randn(b, device=dev, generator=generator)).exp()
-        noise = torch.randn(x0.shape, device=dev, generator=generator)
+        sigma = (c.p_mean + c.p_std * rng.draw(generator, 1, (b,), dev, normal_=True)).exp()
+        noise = rng.draw(generator, 2, tuple(x0.shape), dev, normal_=True)
         cond = self.cond(tokens, token_decode, prev_in, t)
         denoised, u = self.denoise(x0 + sigma[:, None, None, None, None] * noise, sigma, cond, levels)
         weight = (sigma**2 + c.sigma_data**2) / (sigma * c.sigma_data) ** 2
         mse = ((denoised - x0) ** 2).mean(dim=(1, 2, 3, 4))
         loss = (weight / u.exp() * mse + u).mean()
-        return LossAndLogs(loss=loss, logs={"edm_mse": mse.mean().item(), "weighted_mse": (weight * mse).mean().item()})
+        return LossAndLogs(loss=loss, logs={"edm_mse": mse.mean().detach(), "weighted_mse": (weight * mse).mean().detach()})
 
     @torch.no_grad()
     def sample(self, tokens, token_decode=None, prev=None, steps: int | None = None,
@@ -364,9 +367,9 @@ class DiffusionDecoder(nn.Module):
         prev_in, base = self._prev_and_base(dev, token_decode, prev, levels, c.prev_noise > 0, generator)
         cond = self.cond(tokens, token_decode, prev_in, t)
         sigmas = karras_sigmas(steps, c.sigma_min, c.sigma_max, c.rho)
-        last = sigmas.tolist()  # host copy of a host tensor: the branch below never waits on the device
+        last = sigmas.numpy()  # a host tensor: the branch below never reads the device
         sigmas = sigmas.to(dev)
-        x = self._randn((b, 3, t, c.image_size, c.image_size), dev, generator) * sigmas[0]
+        x = self._randn((b, 3, t, c.image_size, c.image_size), dev, generator, stream=4) * sigmas[0]
         for i in range(steps):
             s, s_next = sigmas[i], sigmas[i + 1]
             d = (x - self.denoise(x, s.expand(b), cond, levels)[0]) / s

@@ -81,11 +81,15 @@ class FSQ(nn.Module):
 
     @torch.autocast("cuda", enabled=False)
     @torch.autocast("cpu", enabled=False)
-    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
-        """``(b, ...)`` int64 indices -> ``(b, d, ...)`` fp32 normalised codes."""
+    def indices_to_codes(self, indices: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """``(b, ...)`` int64 indices -> ``(b, d, ...)`` fp32 normalised codes.
+
+        ``check=False`` skips the range check, which reads the ids on the host: for ids this
+        model's own quantiser or sampler produced.
+        """
         if indices.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"token indices must be int32/int64, got {indices.dtype}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
+        if check and indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
             raise ValueError(
                 f"token ids must lie in [0, {self.codebook_size}), got range "
                 f"[{int(indices.min())}, {int(indices.max())}]"

@@ -127,3 +127,35 @@ class RowNoise:
         out = normal(self.seeds, self.steps, self.stream, shape, self.lanes)
         self.stream += 1
         return out if device is None else out.to(device)
+
+
+def key(seed: int, step: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A ``(2,)`` int64 key ``[seed, step]`` for whole-tensor draws (:func:`rand`, :func:`randn`).
+
+    A key is a plain tensor, so a compiled training step takes it as an input like any other:
+    the same key gives the same draws, eager or compiled, on any device.
+    """
+    return torch.tensor([seed, step], dtype=torch.long, device=device)
+
+
+def rand(k: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Uniforms in [0, 1) of ``shape`` from key ``k`` on ``stream``."""
+    n = 1
+    for s in shape:
+        n *= s
+    return uniform(k[:1], k[1:], stream, n).reshape(shape)
+
+
+def randn(k: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard normals of ``shape`` from key ``k`` on ``stream``."""
+    return normal(k[:1], k[1:], stream, tuple(shape)).reshape(shape)
+
+
+def draw(generator, stream: int, shape: tuple[int, ...], device, normal_: bool = False) -> torch.Tensor:
+    """Uniforms (or normals) of ``shape`` from a counter key (a tensor: :func:`key`), a
+    ``torch.Generator`` or None (torch's global generator)."""
+    if isinstance(generator, torch.Tensor):
+        out = randn(generator, stream, shape) if normal_ else rand(generator, stream, shape)
+        return out.to(device)
+    fn = torch.randn if normal_ else torch.rand
+    return fn(shape, device=device, generator=generator)

@@ -220,7 +220,7 @@ class WorldModel(nn.Module):
             tokens = tokens[:, -1:]  # per-frame tokenizer: the last frame alone decides
         flat = rearrange(tokens.to(self.device), "b l v h w -> (b v) l h w")
         with self.autocast():
-            video = self.tokenizer.decode(flat).float()  # ((b v), 3, t, H, W)
+            video = self.tokenizer.decode(flat, check=False).float()  # ((b v), 3, t, H, W)
         f = 1 if flat.shape[1] == 1 else self.cfg.tokenizer.temporal_downsample
         video = video[:, :, -f:]
         if decoder == "diffusion":

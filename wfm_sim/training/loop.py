@@ -26,8 +26,10 @@ from tqdm.auto import tqdm
 from wfm_sim.datasets.split import ensure_split
 from wfm_sim.datasets.store import EpisodeReader, StoreError
 from wfm_sim.device import resolve_device
+from wfm_sim.models import rng
 from wfm_sim.models.presets import preset, with_tokenizer
 from wfm_sim.models.world_model import ActionSpec, WorldModel
+from wfm_sim.records import LossAndLogs, host_logs
 from wfm_sim.training.state import load_train_state, save_train_state
 from wfm_sim.training.tasks import HEADS, TASKS, frozen_except, lr_at
 
@@ -224,11 +226,12 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     if allreduce is not None:
         allreduce.broadcast(module)
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    opt = make_optimizer(params, cfg)
     state_dir = out / "train_state" / cfg.component
     step, elapsed0 = 0, 0.0
     if cfg.resume and (state_dir / "state.json").is_file():
         step, extra = load_train_state(state_dir, module, opt)
+        fused(opt)  # a state saved by another optimizer build keeps its moments, runs fused
         elapsed0 = float(extra.get("elapsed_s", 0.0))
     train_ds = task.dataset("train")
     sampler = StepSampler(len(train_ds), cfg.batch_size, cfg.seed, step, cfg.steps, rank, world)
@@ -243,38 +246,36 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     t0, seen = time.perf_counter(), 0
     stop = _StopFlag()
     saved_step = step if _has_state(cfg) else None
+    health = Health(device)
     for batch in loader:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
-        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * world + rank)
-        with model.autocast():
-            res = run_step(batch.to(device), gen)
-        loss = res.loss.item()  # the step's one host sync: logged, and checked before any update
-        opt.zero_grad(set_to_none=True)
-        res.loss.backward()
-        if allreduce is not None:
-            allreduce.average_gradients(params)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-            bar.close()
-            stop.restore()
-            raise NonFiniteLossError(f"step {step + 1}: loss {loss}, gradient norm {grad_norm}; training stopped "
-                                     f"before updating, and {out} keeps its last checkpoint (step {saved_step})")
-        opt.step()
+        gen = rng.key(cfg.seed * 1_000_003 + step * world + rank, 0, device)  # this step's masks and noise
+        res, grad_norm = train_step(run_step, batch.to(device), gen, opt, params, cfg.grad_clip, model.autocast,
+                                    allreduce)
         step += 1
+        health.record(step, res.loss, grad_norm)
         seen += batch.reward.shape[0] * world
+        evaluating = rank == 0 and (step % cfg.eval_every == 0 or step == cfg.steps)
+        saving = rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps or stop.requested)
+        if not (step % 10 == 0 or step == cfg.steps or evaluating or saving or stop.requested):
+            continue  # nothing to read on the host: the next step starts without waiting
+        # The log interval: the one point where the host reads the device.
+        scalars = host_logs({"loss": res.loss, "grad_norm": grad_norm, **res.logs})
+        health.check(out, saved_step, bar, stop)
         rate = seen / (time.perf_counter() - t0)
-        last = {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": opt.param_groups[0]["lr"],
-                "samples_per_s": rate, "elapsed_s": elapsed0 + time.perf_counter() - t0, "time": time.time(), **res.logs}
+        last = {"step": step, "loss": scalars.pop("loss"), "grad_norm": scalars.pop("grad_norm"),
+                "lr": opt.param_groups[0]["lr"], "samples_per_s": rate,
+                "elapsed_s": elapsed0 + time.perf_counter() - t0, "time": time.time(), **scalars}
         if rank == 0:
-            bar.update(1)
+            bar.update(step - bar.n)
             bar.set_postfix(loss=f"{last['loss']:.4f}", sps=f"{rate:.1f}")
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if evaluating:
                 last.update(evaluate(task, val_batches, device))
-            if step % 10 == 0 or step == cfg.steps or "val/loss" in last:
+            if step % 10 == 0 or step == cfg.steps or evaluating:
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"component": cfg.component, **last}) + "\n")
-            if step % cfg.save_every == 0 or step == cfg.steps or stop.requested:
+            if saving:
                 _save(model, module, opt, step, state_dir, out, cfg, last["elapsed_s"])
                 saved_step = step
         if stop.requested:
@@ -283,6 +284,63 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     stop.restore()
     bar.close()
     return last
+
+
+def make_optimizer(params: list, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW, fused: one kernel for all parameters, and it can skip a step on the device."""
+    return fused(torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95), fused=True))
+
+
+def fused(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    for group in opt.param_groups:  # load_state_dict restores a saved group's flags: reassert them
+        group["fused"], group["foreach"] = True, False
+    return opt
+
+
+def train_step(run_step, batch, gen, opt, params, grad_clip: float, autocast, allreduce=None
+               ) -> tuple[LossAndLogs, torch.Tensor]:
+    """One optimizer step that never waits on the device.
+
+    A non-finite loss or gradient norm is not checked here: the fused optimizer skips the
+    update on the device (``found_inf``, as mixed-precision loss scaling does) and
+    :class:`Health` reports it at the next log interval. Returns the loss and logs, and the
+    gradient norm before clipping.
+    """
+    with autocast():
+        res = run_step(batch, gen)
+    opt.zero_grad(set_to_none=True)
+    res.loss.backward()
+    if allreduce is not None:
+        allreduce.average_gradients(params)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    finite = torch.isfinite(res.loss.detach()) & torch.isfinite(grad_norm)
+    opt.found_inf = (~finite).float()
+    opt.step()
+    return res, grad_norm
+
+
+class Health:
+    """The first non-finite step, tracked on the device and read at the log interval."""
+
+    def __init__(self, device):
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+        self.loss = torch.zeros((), device=device)
+        self.norm = torch.zeros((), device=device)
+
+    def record(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        loss, grad_norm = loss.detach().float(), grad_norm.detach().float()
+        new = (self.first < 0) & ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        self.first = torch.where(new, step, self.first)
+        self.loss = torch.where(new, loss, self.loss)
+        self.norm = torch.where(new, grad_norm, self.norm)
+
+    def check(self, out: Path, saved_step, bar, stop) -> None:
+        first, loss, norm = torch.stack((self.first.float(), self.loss, self.norm)).cpu().tolist()
+        if first >= 0:
+            bar.close()
+            stop.restore()
+            raise NonFiniteLossError(f"step {int(first)}: loss {loss}, gradient norm {norm}; its update was "
+                                     f"skipped, training stopped, and {out} keeps its last checkpoint (step {saved_step})")
 
 
 def _wait_for_split(out: Path, data: str, timeout: float = 120.0):
@@ -338,7 +396,7 @@ def evaluate(task, batches: list, device) -> dict:
     task.module.eval()
     sums: dict[str, float] = {}
     for i, b in enumerate(batches):
-        gen = torch.Generator(device=device).manual_seed(10_000 + i)
+        gen = rng.key(10_000 + i, 0, device)
         with task.model.autocast():
             logs = task.evaluate(b.to(device), gen)
         for k, v in logs.items():

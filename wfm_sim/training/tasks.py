@@ -18,8 +18,9 @@ from einops import rearrange
 from wfm_sim.datasets.split import Split
 from wfm_sim.datasets.windows import WindowDataset, collate
 from wfm_sim.evaluation.metrics import psnr_signed as psnr
+from wfm_sim.models import rng
 from wfm_sim.models.world_model import WorldModel, to_video
-from wfm_sim.records import Batch, LossAndLogs
+from wfm_sim.records import Batch, LossAndLogs, host_logs
 
 COMPONENTS = ("tokenizer", "backbone", "decoder")
 """The model's parts, each with its own weights and config section."""
@@ -54,7 +55,7 @@ class Task:
 
     @torch.no_grad()
     def evaluate(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
-        return {k: v for k, v in self.loss(batch, generator).logs.items()}
+        return host_logs(self.loss(batch, generator).logs)
 
 
 class TokenizerTask(Task):
@@ -135,7 +136,7 @@ class BackboneTask(Task):
         emb, mask = self._table
         ids = batch.caption[:, 0].to(emb.device).long()
         if generator is not None and self.model.backbone.training:
-            drop = torch.rand(ids.shape[0], generator=generator) < self.text_dropout
+            drop = rng.draw(generator, 2, (ids.shape[0],), ids.device) < self.text_dropout
             ids = torch.where(drop.to(ids.device), torch.full_like(ids, len(emb) - 1), ids)
         return emb[ids], mask[ids]
 
@@ -147,7 +148,7 @@ class BackboneTask(Task):
 
     @torch.no_grad()
     def evaluate(self, batch, generator):
-        logs = dict(self.loss(batch, generator).logs)
+        logs = host_logs(self.loss(batch, generator).logs)
         tokens, actions, reward, terminated, success = self._inputs(batch)
         text, text_mask = self._text(batch, None)
         heads = self.model.backbone
@@ -222,14 +223,14 @@ class HeadsTask(BackboneTask):
 
     def loss(self, batch, generator):
         h, reward, terminated, success = self._hidden(batch)
-        loss, logs = self.model.backbone._head_loss(h, reward, terminated, success, None)
+        loss, logs = self.model.backbone.head_loss(h, reward, terminated, success, None)
         return LossAndLogs(loss=loss, logs=logs)
 
     @torch.no_grad()
     def evaluate(self, batch, generator):
         h, reward, terminated, success = self._hidden(batch)
-        loss, logs = self.model.backbone._head_loss(h, reward, terminated, success, None)
-        return {**logs, "heads_loss": loss.item(), **head_metrics(self.model.backbone.heads(h), reward, terminated, success)}
+        loss, logs = self.model.backbone.head_loss(h, reward, terminated, success, None)
+        return {**host_logs({**logs, "heads_loss": loss}), **head_metrics(self.model.backbone.heads(h), reward, terminated, success)}
 
 
 class DecoderTask(Task):
@@ -250,10 +251,10 @@ class DecoderTask(Task):
         with torch.no_grad(), m.autocast():
             if m.cfg.tokenizer.temporal_downsample == 1 and m.cfg.tokenizer.temporal_kernel == 1:
                 tokens = m.tokenizer.encode(video[:, :, 1:])[0]  # per-frame: frame 1 alone
-                token_decode = m.tokenizer.decode(tokens).float()
+                token_decode = m.tokenizer.decode(tokens, check=False).float()
             else:  # frame 0 alone, then the group: its tokens and decode see frame 0 (causal)
                 both = m.tokenizer.encode(video)[0]  # ((b v), 2, h, w)
-                tokens, token_decode = both[:, -1:], m.tokenizer.decode(both).float()[:, :, 1:]
+                tokens, token_decode = both[:, -1:], m.tokenizer.decode(both, check=False).float()[:, :, 1:]
         return video[:, :, 1:], tokens[:, 0], token_decode, video[:, :, 0]
 
     def loss(self, batch, generator):
@@ -262,7 +263,7 @@ class DecoderTask(Task):
 
     @torch.no_grad()
     def evaluate(self, batch, generator):
-        logs = dict(self.loss(batch, generator).logs)
+        logs = host_logs(self.loss(batch, generator).logs)
         target, tokens, token_decode, prev = self._inputs(batch)
         logs["psnr_token_decode"] = _clip_psnr(token_decode, target)
         for steps in sorted({1, self.model.decoder.cfg.steps}):
