@@ -28,12 +28,11 @@ def bench(model: WorldModel, b: int, precision: str) -> dict:
     dev = model.device
     tokens = torch.randint(0, c.vocab_size, (b, W - 1, n), device=dev)
     acts = torch.rand(b, W - 2, 1, c.action_dim, device=dev)
-    row = torch.arange(b, device=dev)
     im = model.imagine(b, mode="sequential", sampling=SamplingConfig())
 
     def prefill():
         with model.autocast():
-            im.reset(row, tokens, acts, list(range(b)))
+            im.reset(None, tokens=tokens, actions=acts, seeds=list(range(b)))
 
     t_prefill = timed(prefill)
     prefill_tokens = 1 + (W - 2) * c.block + n - 1
@@ -41,7 +40,7 @@ def bench(model: WorldModel, b: int, precision: str) -> dict:
     def step(mode, steps=8):
         m = model.imagine(b, mode=mode, parallel_steps=steps)
         with model.autocast():
-            m.reset(row, tokens[:, : W - 2], acts[:, : W - 3], list(range(b)))
+            m.reset(None, tokens=tokens[:, : W - 2], actions=acts[:, : W - 3], seeds=list(range(b)))
         return lambda: _step(model, m, b)
 
     t_seq = timed(step("sequential"), repeat=2)

@@ -148,7 +148,7 @@ class ActorCritic(nn.Module, Policy):
         pass  # deterministic acting
 
     @torch.no_grad()
-    def __call__(self, obs) -> np.ndarray:  # type: ignore[override]
+    def __call__(self, obs, info=None) -> np.ndarray:
         dist = self.distribution(self.features(self.frames(obs)))
         u = dist.probs.argmax(-1) if self.cfg.action_kind == "discrete" else dist.mean
         return self.to_env(u).cpu().numpy()

@@ -1,16 +1,18 @@
 """The one policy interface, for real and imagined envs alike.
 
-A :class:`Policy` is batched: ``policy(obs) -> actions`` maps a vector env's observation (an
-array ``(n, ...)``, or a dict of arrays keyed by camera) to ``(n, ...)`` actions.
+A :class:`Policy` is batched: ``policy(obs, info) -> actions`` maps a vector env's observation
+(an array ``(n, ...)``, or a dict of arrays keyed by camera) and its info dict to ``(n, ...)``
+actions. Every policy takes both, and every caller passes both: learned policies ignore
+``info``; scripted ones read the simulator's state from it.
 ``policy.reset(seeds, rows)`` starts episodes: row ``rows[j]`` begins an episode seeded
 ``seeds[j]``, and a stochastic policy draws that episode's randomness from its own generator
 (``np.random.default_rng([seed, 7])``), so an episode's actions do not depend on the batch,
 the worker or the other episodes beside it. The same object drives a real twin, an imagined
 env, a Ray worker and the recorder.
 
-A :class:`ScriptedPolicy` is the other kind: a scripted expert that reads the simulator's
-privileged state, ``policy(obs, info) -> actions`` with ``info["privileged"]``. Only real
-twins have that state; an imagined env does not, and a scripted policy says so.
+A :class:`ScriptedPolicy` reads the simulator's privileged state, ``info["privileged"]``. Only
+real twins have that state; an imagined env does not, and a scripted policy says so (its
+``privileged`` flag lets a caller refuse it up front).
 
 Dimension legend: ``n`` episodes in the batch, ``T`` plan steps, ``A`` action dim.
 """
@@ -36,7 +38,7 @@ def batch_size(obs) -> int:
 
 
 class Policy:
-    """Base class: batched ``obs -> actions`` with per-episode randomness."""
+    """The policy protocol: batched ``(obs, info) -> actions`` with per-episode randomness."""
 
     privileged = False
     """True for scripted policies that read ``info["privileged"]`` (real simulators only)."""
@@ -45,8 +47,12 @@ class Policy:
               episodes: Sequence[int] | None = None) -> None:
         """Start episodes: row ``rows[j]`` (default ``j``) begins episode ``episodes[j]`` seeded ``seeds[j]``."""
 
-    def __call__(self, obs) -> np.ndarray:
+    def __call__(self, obs, info=None) -> np.ndarray:
+        """``(n, ...)`` actions for a batched observation; ``info`` is the env's info dict."""
         raise NotImplementedError
+
+    def check_spaces(self, cameras, image_size: int, action_space) -> None:
+        """Refuse a camera rig or action space this policy cannot act in (default: any fits)."""
 
     @staticmethod
     def _rows(seeds, rows) -> list[int]:
@@ -86,7 +92,7 @@ class RandomPolicy(SeededPolicy):
         super().__init__()
         self.space = space
 
-    def __call__(self, obs) -> np.ndarray:
+    def __call__(self, obs, info=None) -> np.ndarray:
         s, gens = self.space, self.rngs(batch_size(obs))
         if hasattr(s, "n"):
             return np.asarray([int(g.integers(s.n)) for g in gens])
@@ -102,7 +108,7 @@ class ConstantPolicy(Policy):
         if self.action.ndim != 1 or not len(self.action) or not np.isfinite(self.action).all():
             raise ValueError(f"a constant action must be a finite 1-d vector, got {action!r}")
 
-    def __call__(self, obs) -> np.ndarray:
+    def __call__(self, obs, info=None) -> np.ndarray:
         return np.tile(self.action, (batch_size(obs), 1))
 
 
@@ -141,7 +147,7 @@ class PlanPolicy(Policy):
                 raise ValueError(f"the plan holds {len(self.plan)} episodes; episode {e} asked for one")
             self._t[r], self._episode[r] = 0, e
 
-    def __call__(self, obs) -> np.ndarray:
+    def __call__(self, obs, info=None) -> np.ndarray:
         n = batch_size(obs)
         out = []
         for r in range(n):
@@ -168,7 +174,7 @@ class ScriptedPolicy(SeededPolicy):
 
     privileged = True
 
-    def __call__(self, obs, info=None) -> np.ndarray:  # type: ignore[override]
+    def __call__(self, obs, info=None) -> np.ndarray:
         states = None if info is None else info.get("privileged")
         if states is None:
             raise ValueError(f"{type(self).__name__} is a scripted expert: it reads the simulator's state "
@@ -296,7 +302,7 @@ class ConvPolicy(nn.Module, Policy):
         pass  # deterministic
 
     @torch.no_grad()
-    def __call__(self, obs) -> np.ndarray:  # type: ignore[override]
+    def __call__(self, obs, info=None) -> np.ndarray:
         obs = camera_stack(obs)
         want = (self.cfg.cameras, self.cfg.image_size, self.cfg.image_size, 3)
         if tuple(np.shape(obs)[1:]) != want:
@@ -320,3 +326,36 @@ class ConvPolicy(nn.Module, Policy):
         policy = cls(ckpt.from_dict(ConvPolicyConfig, meta["config"]))
         load_state_strict(policy, ckpt.load_tensors(Path(path) / "model.safetensors"), Path(path))
         return policy.eval()
+
+
+class CallablePolicy(Policy):
+    """A user's function as a policy: ``fn(obs)`` or ``fn(obs, info)``, whichever it takes."""
+
+    def __init__(self, fn):
+        import inspect
+
+        self.fn = fn
+        try:
+            params = inspect.signature(fn).parameters.values()
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            self.takes_info = len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+        except (TypeError, ValueError):  # builtins without a signature
+            self.takes_info = False
+        reset = getattr(fn, "reset", None)
+        self._reset = reset if callable(reset) else None
+
+    def reset(self, seeds, rows=None, episodes=None) -> None:
+        if self._reset is not None:
+            self._reset(seeds, rows)
+
+    def __call__(self, obs, info=None) -> np.ndarray:
+        return self.fn(obs, info) if self.takes_info else self.fn(obs)
+
+
+def as_policy(obj) -> Policy:
+    """``obj`` if it is a :class:`Policy`, else a :class:`CallablePolicy` around it."""
+    if isinstance(obj, Policy):
+        return obj
+    if not callable(obj):
+        raise TypeError(f"a policy is a wfm_sim Policy or a callable obs -> actions, got {type(obj).__name__}")
+    return CallablePolicy(obj)

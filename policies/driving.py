@@ -74,7 +74,7 @@ class RoadCentroidDriver(Policy):
     def __init__(self, camera: str = "CAM_FRONT", gas: float = 0.3, gain: float = 2.5):
         self.camera, self.gas, self.gain = camera, gas, gain
 
-    def __call__(self, obs) -> np.ndarray:
+    def __call__(self, obs, info=None) -> np.ndarray:
         """``(n, 3)`` actions for a batch of observations."""
         if isinstance(obs, dict):
             if self.camera not in obs:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from wfm_sim.models.world_model import PRETRAINED_DIR
-from wfm_sim.policies.base import ConstantPolicy, ConvPolicy, PlanPolicy, Policy, RandomPolicy
+from wfm_sim.policies.base import ConstantPolicy, ConvPolicy, PlanPolicy, Policy, RandomPolicy, as_policy
 from wfm_sim.policies.driving import MixedDriver, RoadCentroidDriver, TrackFollower
 
 NAMES = ("random", "road", "driver", "mixed", "mixed-v2", "expert", "expert-clean")
@@ -118,7 +118,7 @@ def _entry_point(spec: str) -> Policy:
     policy = obj() if isinstance(obj, type) or not hasattr(obj, "reset") else obj
     if not callable(policy):
         raise ValueError(f"policy entry point {spec!r} gave {type(policy).__name__}, which is not callable")
-    return policy
+    return as_policy(policy)
 
 
 def _constant(name: str, space) -> ConstantPolicy:

@@ -134,11 +134,11 @@ def test_a_collect_killed_mid_way_keeps_every_finished_episode(tmp_path):
     class Dies(RandomPolicy):
         calls = 0
 
-        def __call__(self, obs):
+        def __call__(self, obs, info=None):
             Dies.calls += 1
             if Dies.calls > 25:  # in the third episode
                 raise KeyboardInterrupt
-            return super().__call__(obs)
+            return super().__call__(obs, info)
 
     name = "gym:CartPole-v1?max_steps=10"
     space = gym.spaces.Discrete(2)

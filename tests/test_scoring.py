@@ -309,7 +309,7 @@ def test_behaviour_cloning_learns_a_frame_to_action_map_and_repeats(tmp_path):
 def test_policy_labels_keep_folder_names_whole(tmp_path):
     """A folder like bc-noise0.5 keeps its whole name (a stem would cut it to bc-noise0 and make
     bc-noise0.5 and bc-noise0.8 collide); plan files lose their suffix; RUN/policy takes RUN's name."""
-    from wfm_sim.cli_eval import policy_label
+    from wfm_sim.commands import policy_label
     (tmp_path / "bc-noise0.5").mkdir()
     (tmp_path / "run7" / "policy").mkdir(parents=True)
     (tmp_path / "left.npy").write_bytes(b"")

@@ -130,7 +130,6 @@ def test_a_real_id_without_its_simulator_gives_an_install_hint(monkeypatch):
 
 def test_the_mixed_driver_leaves_the_road_and_comes_back_reproducibly():
     from wfm_sim.policies import MixedDriver
-    from wfm_sim.rollout.play import act
 
     def drive(seeds, steps=150):
         env, pol = make_real_vec("carracing", len(seeds)), MixedDriver()
@@ -138,7 +137,7 @@ def test_the_mixed_driver_leaves_the_road_and_comes_back_reproducibly():
         pol.reset(seeds)
         off, actions = np.zeros(len(seeds)), []
         for _ in range(steps):
-            a = act(pol, obs, info)
+            a = pol(obs, info)
             actions.append(a)
             obs, _, _, _, info = env.step(a)
             off += [not s.on_road for s in info["privileged"]]
@@ -152,7 +151,6 @@ def test_the_mixed_driver_leaves_the_road_and_comes_back_reproducibly():
 
 def test_mixed_v2_adds_straight_and_late_driving_and_keeps_the_first_schedules():
     from wfm_sim.policies import MixedDriver, make_policy
-    from wfm_sim.rollout.play import act
 
     v1, v2 = MixedDriver(), make_policy("mixed-v2", source="carracing")
     seeds = [3, 5, 6, 8]  # seed 5 steers late from step 25 and drives straight later
@@ -173,8 +171,8 @@ def test_mixed_v2_adds_straight_and_late_driving_and_keeps_the_first_schedules()
     follower.segments.steps[0] = [("follow", 0.0)] * len(sched)
     taken, followed = [], []
     for _ in range(90):
-        taken.append(act(v2, obs, info))
-        followed.append(act(follower, obs, info))
+        taken.append(v2(obs, info))
+        followed.append(follower(obs, info))
         obs, _, _, _, info = env.step(taken[-1])
     env.close()
     taken, followed = np.concatenate(taken), np.concatenate(followed)
@@ -193,7 +191,6 @@ def test_mixed_v2_adds_straight_and_late_driving_and_keeps_the_first_schedules()
 def test_the_mixed_manipulation_policy_interrupts_the_expert_reproducibly():
     from wfm_sim.policies import make_policy
     from wfm_sim.policies.manipulation import MixedManipulation
-    from wfm_sim.rollout.play import act
 
     def push(seeds, steps=50):
         env, pol = make_real_vec("metaworld-push", len(seeds)), make_policy("mixed", source="metaworld-push")
@@ -201,7 +198,7 @@ def test_the_mixed_manipulation_policy_interrupts_the_expert_reproducibly():
         pol.reset(seeds)
         actions = []
         for _ in range(steps):
-            actions.append(act(pol, obs, info))
+            actions.append(pol(obs, info))
             obs, _, _, _, info = env.step(actions[-1])
         return pol, np.stack(actions)
 

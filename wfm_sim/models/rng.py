@@ -30,7 +30,7 @@ ROUNDS = 10
 
 # Draw streams: one per kind of randomness in a step, so no two ever share numbers.
 TOKENS = 0
-"""Token sampling; pass ``i`` of a step uses stream ``TOKENS + i`` (at most 2**16 passes)."""
+"""Token sampling: all of a step's uniforms in one draw."""
 DIFFUSION = 1 << 16
 """The diffusion decoder's noise."""
 

@@ -434,11 +434,15 @@ class Rollout:
             return self._generate_sequential(host, dev, h_last)
         return self._generate_parallel(host, dev)
 
-    def _uniform(self, keys, stream: int, n: int) -> torch.Tensor | None:
-        return None if self.sampling.temperature == 0 else rng.uniform(*keys, rng.TOKENS + stream, n)
+    def _uniforms(self, keys, passes: int, n: int) -> torch.Tensor | None:
+        """``(r, passes, n)`` every uniform a frame's sampling takes, in one draw (None when greedy)."""
+        if self.sampling.temperature == 0:
+            return None
+        return rng.uniform(*keys, rng.TOKENS, passes * n).view(-1, passes, n)
 
     def _generate_sequential(self, host, dev, h_last):
-        r, keys = len(host), self._keys(host)
+        r = len(host)
+        u = self._uniforms(self._keys(host), 1, self.n)
         out = torch.zeros(r, self.n, dtype=torch.long, device=self.device)
         ent = torch.zeros(r, device=self.device)
         h = h_last
@@ -447,12 +451,13 @@ class Rollout:
                 h = self._forward(out[:, i - 1 : i], self._no_action(r, 1), self._positions(host, 1), host, dev,
                                   commit=True)[:, -1]
             logits = self.net.head_next(h).float()[:, None]  # (r, 1, K)
-            out[:, i] = sample(logits, self.sampling, self._uniform(keys, i, 1))[0][:, 0]
+            out[:, i] = sample(logits, self.sampling, None if u is None else u[:, 0, i : i + 1])[0][:, 0]
             ent += entropy(logits) / self.n
         return out, ent
 
     def _generate_parallel(self, host, dev):
-        r, n, keys = len(host), self.n, self._keys(host)
+        r, n = len(host), self.n
+        u = self._uniforms(self._keys(host), self.parallel_steps, n)
         pos = self._positions(host, n)
         ids = torch.full((r, n), self.cfg.mask_id, dtype=torch.long, device=self.device)
         masked = torch.ones(r, n, dtype=torch.bool, device=self.device)
@@ -462,7 +467,7 @@ class Rollout:
             logits = self.net.head_mask(h).float()
             if ent is None:
                 ent = entropy(logits)
-            drawn, conf = sample(logits, self.sampling, self._uniform(keys, s, n))
+            drawn, conf = sample(logits, self.sampling, None if u is None else u[:, s])
             # Cosine schedule (MaskGIT): tokens still masked after this pass.
             remain = int(math.floor(n * math.cos(math.pi / 2 * (s + 1) / self.parallel_steps)))
             conf = torch.where(masked, conf, torch.inf)

@@ -76,8 +76,8 @@ class NoisyPolicy(SeededPolicy):
         self.policy, self.sigma = policy, float(sigma)
         self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
 
-    def __call__(self, obs) -> np.ndarray:
-        a = np.asarray(self.policy(obs), np.float32)
+    def __call__(self, obs, info=None) -> np.ndarray:
+        a = np.asarray(self.policy(obs, info), np.float32)
         noise = np.stack([self.rng(i).normal(0, self.sigma, a.shape[1:]) for i in range(len(a))]).astype(np.float32)
         return np.clip(a + noise, self.low, self.high)
 

@@ -25,16 +25,11 @@ import numpy as np
 
 from wfm_sim.datasets.episode import Episode
 from wfm_sim.envs.spaces import check_actions, model_action_space
-from wfm_sim.policies.base import PlanPolicy
+from wfm_sim.policies.base import PlanPolicy, as_policy
 
 PAD_SEED = 2**31 - 1
 EXTRA_DTYPES = {"success": bool, "caption": np.int8}
 """Per-step extras stored with another dtype than float32."""
-
-
-def act(policy, obs, info) -> np.ndarray:
-    """Ask ``policy`` for actions: ``policy(obs)``, or ``policy(obs, info)`` for scripted experts."""
-    return policy(obs, info) if getattr(policy, "privileged", False) else policy(obs)
 
 
 def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None = None,
@@ -55,6 +50,7 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
         ``action[i]``; ``reward[i]``, ``terminated[i]``, ``truncated[i]`` (and ``success`` when the
         env reports it) followed that action.
     """
+    policy = as_policy(policy)
     n, k = env.num_envs, len(seeds)
     if not 1 <= k <= n:
         raise ValueError(f"play runs 1..{n} episodes on this env (num_envs={n}), got {k} seeds")
@@ -67,10 +63,9 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
     if g > 1 and isinstance(policy, PlanPolicy) and policy.group != g:
         policy = policy.grouped(g)
     frame_space = env.single_action_space if g == 1 else model_action_space(env.cfg, group=1)
-    if hasattr(policy, "check_spaces"):  # a trained policy refuses a rig or action space it was not trained for
-        space = env.single_observation_space
-        frame = next(iter(space.spaces.values())) if hasattr(space, "spaces") else space
-        policy.check_spaces(env_cameras(env), int(frame.shape[-3]), frame_space)
+    space = env.single_observation_space  # a trained policy refuses a rig or action space it was not trained for
+    frame = next(iter(space.spaces.values())) if hasattr(space, "spaces") else space
+    policy.check_spaces(env_cameras(env), int(frame.shape[-3]), frame_space)
     all_seeds = [int(s) for s in seeds] + [PAD_SEED - i for i in range(n - k)]
     ep_ids = None if episodes is None else [int(e) for e in episodes] + [int(episodes[0])] * (n - k)
     obs, info = env.reset(seed=all_seeds, options=options)
@@ -83,7 +78,7 @@ def play(env, policy, seeds: Sequence[int], horizon: int, options: dict | None =
     final: dict[int, object] = {}
     name = f"{type(policy).__name__} actions"
     for t in range(horizon):
-        raw = act(policy, obs if g == 1 else _newest(obs), info)
+        raw = policy(obs if g == 1 else _newest(obs), info)
         if g > 1 and np.shape(raw)[1:] == frame_space.shape:  # one action per step: hold it for the group
             raw = np.repeat(np.asarray(raw)[:, None], g, axis=1)
         action = check_actions(env.single_action_space, raw, (n,), who=name)

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from wfm_sim.config import arg
 from wfm_sim.datasets.split import ensure_split
 from wfm_sim.datasets.store import EpisodeReader, StoreError
 from wfm_sim.device import resolve_device
@@ -38,7 +39,7 @@ from wfm_sim.training.tasks import HEADS, TASKS, frozen_except, lr_at
 class TrainConfig:
     """Flags of ``wfm-sim train``."""
 
-    component: str
+    component: str = arg(hidden=True)
     """'tokenizer', 'backbone' or 'decoder' (train them in this order); or 'heads': refit a trained
     backbone's reward / termination / success heads alone, its trunk frozen."""
     data: str
@@ -46,33 +47,48 @@ class TrainConfig:
     out: str
     """Model folder: created from ``preset`` on first use, updated in place afterwards."""
     preset: str = "small"
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup: int = 100
-    grad_clip: float = 1.0
+    """Model size when creating the folder: tiny, tiny-k4, small, small-mv, rl, rl-k4, base, large."""
+    steps: int = arg(2000, min=1)
+    """Optimizer steps (in total, counting those of a resumed run)."""
+    batch_size: int = arg(16, min=1)
+    """Windows per step."""
+    lr: float = arg(3e-4, min=0, strict=True)
+    """Peak learning rate (linear warm-up, cosine decay to 10%)."""
+    weight_decay: float = arg(0.01, min=0)
+    warmup: int = arg(100, min=0)
+    """Warm-up steps."""
+    grad_clip: float = arg(1.0, min=0, strict=True)
+    """Gradient-norm clip."""
     device: str = "auto"
+    """auto, cpu, cuda, cuda:1 ..."""
     precision: str = "auto"
     """'auto' (bf16 autocast on CUDA and bf16-capable CPUs), 'bf16' or 'fp32'."""
     compile: bool = False
-    """torch.compile the component (worth it on GPU; costs ~20 s of compile on CPU)."""
-    num_workers: int = 1
-    eval_every: int = 250
-    eval_batches: int = 4
-    save_every: int = 250
-    seed: int = 0
+    """torch.compile the component's step (worth it on GPU; costs ~20 s of compile on CPU)."""
+    num_workers: int = arg(1, min=0)
+    """DataLoader workers."""
+    eval_every: int = arg(250, min=1)
+    """Held-out evaluation every this many steps."""
+    eval_batches: int = arg(4, min=1)
+    """Held-out batches per evaluation."""
+    save_every: int = arg(250, min=1)
+    """Checkpoint (model + train state) every this many steps."""
+    seed: int = arg(0, min=0)
     resume: bool = False
-    val_fraction: float = 0.1
+    """Continue from the folder's train state."""
+    val_fraction: float = arg(0.1, min=0)
+    """Share of the store's episodes held out (drawn once, kept in the folder's split.json)."""
     progress: bool = True
     tokenizer_from: str | None = None
     """When creating ``out``: take the tokenizer (weights and config) from this model folder
     (e.g. one trained on other recordings of the same simulator; its cameras must include ours)."""
-    cameras: tuple[str, ...] | None = None
+    cameras: tuple[str, ...] | None = arg(None, names=True)
     """When creating ``out``: the cameras the model sees (a subset of the store's; default all)."""
     text_encoder: str | None = None
     """When creating ``out``: make a text-conditioned model with this T5 encoder ('tiny' or a
     local T5 folder), saved into ``out/text_encoder``; the store must hold scene captions."""
+    ray_workers: int = 0
+    """> 0: data-parallel on Ray Train with this many workers."""
 
     def __post_init__(self):
         if self.component not in TASKS:
