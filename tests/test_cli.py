@@ -49,3 +49,32 @@ def test_rollout_command(tmp_path, tiny_model_dir_with_contexts, capsys):
     assert EpisodeReader(tmp_path / "r.zarr").num_episodes == 3
     assert main(["rollout", "--model", "x", "--policy", "nonsense", "--episodes", "1", "--horizon", "1",
                  "--out", str(tmp_path / "bad.zarr")]) == 2
+
+
+def test_flags_come_from_the_command_configs(capsys):
+    """A component's command takes only its own flags, every --help shows an example, and a flag's
+    default is its config field's default (one source)."""
+    from wfm_sim.cli import build_parser
+    from wfm_sim.cli_args import build_config
+    from wfm_sim.commands import ScoreCommand
+    from wfm_sim.evaluation.scoring import ScoreConfig
+    from wfm_sim.training.loop import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "tokenizer", "--help"])
+    text = capsys.readouterr().out
+    assert "--batch-size" in text and "example:" in text
+    assert "--iterations" not in text and "--num-envs" not in text  # train policy's flags
+    with pytest.raises(SystemExit):
+        main(["train", "tokenizer", "--data", "d", "--out", "o", "--iterations", "3"])
+    assert "unrecognized arguments: --iterations" in capsys.readouterr().err
+    parser = build_parser()
+    ns = parser.parse_args(["train", "tokenizer", "--data", "d", "--out", "o"])
+    assert build_config(TrainConfig, ns, component="tokenizer") == TrainConfig("tokenizer", "d", "o", progress=True)
+    ns = parser.parse_args(["score", "--out", "r", "--no-real", "--starts", "3"])
+    cfg = build_config(ScoreCommand, ns)
+    assert cfg.score == ScoreConfig(starts=3, real=False) and cfg.model == ScoreCommand(out="r").model
+    for argv in (["--help"], ["score", "--help"], ["dataset", "import", "--help"], ["train", "policy", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "example" in capsys.readouterr().out or argv == ["--help"]

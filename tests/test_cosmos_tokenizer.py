@@ -280,3 +280,47 @@ def test_cli_tokenizes_and_reconstructs_a_video(tmp_path, capsys):
     assert (tmp_path / "out" / "input_vs_reconstruction.mp4").stat().st_size > 0
     assert main(["cosmos-tokenize", str(tmp_path / "clip.mp4"), "--video", "x.mp4"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_a_world_model_runs_on_the_cosmos_tokenizer(tmp_path):
+    """The Tokenizer protocol: a WorldModel built on NVIDIA's Cosmos tokenizer (random weights at a
+    small size) saves, loads, and steps through the imagined env like one on wfm_sim's own."""
+    import numpy as np
+
+    from wfm_sim.envs.imagined import ImaginedVectorEnv
+    from wfm_sim.models import WorldModel, preset
+    from wfm_sim.models.geometry import Tokenizer
+    from wfm_sim.models.presets import with_tokenizer
+
+    tok = CosmosTokenizerConfig.variant("DV4x8x8", channels=8, image_size=32)
+    torch.manual_seed(0)
+    model = WorldModel(with_tokenizer(preset("tiny"), tok)).setup("cpu", "fp32").eval()
+    assert isinstance(model.tokenizer, CosmosVideoTokenizer) and isinstance(model.tokenizer, Tokenizer)
+    geo = model.cfg.geometry
+    assert (geo.vocab_size, geo.grid, geo.frames_per_token, geo.image_size) == (64000, 4, 4, 32)
+    loaded = WorldModel.from_pretrained(model.save_pretrained(tmp_path / "m"), device="cpu", precision="fp32")
+    assert loaded.cfg == model.cfg and isinstance(loaded.tokenizer, CosmosVideoTokenizer)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 5, 1, 32, 32, 3), dtype=np.uint8)  # 1 + 4 frames
+    runs = []
+    for _ in range(2):
+        env = ImaginedVectorEnv(2, loaded, obs_frames="all", parallel_steps=2, max_episode_steps=None)
+        obs, _ = env.reset(seed=3, options={"frames": frames, "actions": np.full((2, 4, 3), 0.5, np.float32)})
+        steps = [env.step(np.full((2, 4, 3), 0.5, np.float32)) for _ in range(3)]  # slides the 4-frame window
+        assert obs.shape == (2, 4, 32, 32, 3) and steps[-1][0].shape == (2, 4, 32, 32, 3)
+        runs.append(np.stack([s[0] for s in steps]))
+    assert np.array_equal(runs[0], runs[1])  # seeded: the same rollout again
+
+
+def test_a_tokenizer_of_unknown_kind_is_refused(tmp_path):
+    import json
+
+    from wfm_sim.checkpoint import CheckpointError
+    from wfm_sim.models import WorldModel, preset
+
+    d = WorldModel(preset("tiny")).save_pretrained(tmp_path / "m")
+    meta = json.loads((d / "config.json").read_text())
+    assert meta["config"]["tokenizer"]["kind"] == "wfm"
+    meta["config"]["tokenizer"]["kind"] = "magvit"
+    (d / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"unknown kind 'magvit'; expected one of \['cosmos', 'wfm'\]"):
+        WorldModel.from_pretrained(d)

@@ -179,6 +179,14 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if value is None:
             return None
         args = [a for a in typing.get_args(tp) if a is not type(None)]
+        configs = [a for a in args if dataclasses.is_dataclass(a)]
+        if len(configs) > 1 and isinstance(value, dict):  # several config kinds: the "kind" key says which
+            kinds = {a: next((f.default for f in dataclasses.fields(a) if f.name == "kind"), None) for a in configs}
+            chosen = [a for a in configs if kinds[a] == value.get("kind", kinds[configs[0]])]
+            if not chosen:
+                raise CheckpointError(f"{where}: unknown kind {value.get('kind')!r}; expected one of "
+                                      f"{sorted(str(k) for k in kinds.values())}")
+            return from_dict(chosen[0], value, where)
         return _coerce(args[0], value, where)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)

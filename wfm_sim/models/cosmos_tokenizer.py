@@ -52,8 +52,17 @@ class CosmosTokenizerConfig:
     z_channels: int = 16
     levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)
     legacy_mode: bool = False
+    kind: str = "cosmos"
+    """Which tokenizer this config builds (a world model's config.json names it)."""
+    image_size: int = 256
+    """Square frame side a world model feeds it (any multiple of the spatial compression)."""
 
     def __post_init__(self):
+        if self.kind != "cosmos":
+            raise ValueError(f"CosmosTokenizerConfig.kind must be 'cosmos', got {self.kind!r}")
+        if self.image_size % self.spatial_compression:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of the spatial compression "
+                             f"{self.spatial_compression}")
         if self.patch_size not in (1, 2, 4) or self.temporal_compression < self.patch_size:
             raise ValueError(f"patch_size must be 1, 2 or 4 and <= temporal_compression, got {self.patch_size}")
         for name, n in (("temporal", self.num_temporal_downs), ("spatial", self.num_spatial_downs)):
@@ -92,6 +101,16 @@ class CosmosTokenizerConfig:
     @property
     def vocab_size(self) -> int:
         return math.prod(self.levels)
+
+    @property
+    def grid(self) -> int:
+        """Tokens per side of one latent frame at ``image_size``."""
+        return self.image_size // self.spatial_compression
+
+    @property
+    def per_frame(self) -> bool:
+        """Cosmos tokenizers always see earlier frames (causal 3x1x1 temporal convolutions)."""
+        return False
 
     def latent_frames(self, frames: int) -> int:
         """Latent frames for a clip of ``frames`` frames (must be 1 + k*m)."""

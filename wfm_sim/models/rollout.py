@@ -172,7 +172,7 @@ class Rollout:
         (what a token-observation env renders)."""
         host, _ = self._rows(rows)
         tk = self.model.cfg.tokenizer
-        span = 1 if tk.temporal_kernel == 1 and tk.temporal_downsample == 1 else int(self.count[host].min())
+        span = 1 if tk.per_frame else int(self.count[host].min())
         return self.model.decode_ids(self.history(rows, span), "token")[:, -1]
 
     # ---------------------------------------------------------------- prompts
@@ -418,7 +418,7 @@ class Rollout:
     def _decode_new(self, host: np.ndarray, dev: torch.Tensor | None, frame: torch.Tensor) -> torch.Tensor:
         """Decode the rows' new latent frame to ``(r, f, v, H, W, 3)`` and keep it as their frames."""
         tk = self.model.cfg.tokenizer
-        if tk.temporal_kernel == 1 and tk.temporal_downsample == 1:
+        if tk.per_frame:
             history = self._grid(frame)[:, None]  # a per-frame tokenizer decodes the new frame alone
         else:
             history = self.history(None if dev is None else host, int(self.count[host].min()))

@@ -44,6 +44,9 @@ def hard_pixel_l1(err: torch.Tensor) -> torch.Tensor:
 class TokenizerConfig:
     """Shape and size of the video tokenizer."""
 
+    kind: str = "wfm"
+    """Which tokenizer this config builds: 'wfm' (this one; 'cosmos' is
+    :class:`~wfm_sim.models.cosmos_tokenizer.CosmosTokenizerConfig`)."""
     image_size: int = 64
     """Square frame side in pixels; must be divisible by ``spatial_downsample``."""
     spatial_downsample: int = 8
@@ -69,6 +72,8 @@ class TokenizerConfig:
 
     def __post_init__(self):
         check_limits(self)
+        if self.kind != "wfm":
+            raise ValueError(f"TokenizerConfig.kind must be 'wfm', got {self.kind!r}")
         if self.hard_pixels < 0:
             raise ValueError(f"hard_pixels must be >= 0, got {self.hard_pixels}")
         if self.spatial_downsample not in (2, 4, 8, 16, 32):
@@ -96,6 +101,11 @@ class TokenizerConfig:
     def grid(self) -> int:
         """Tokens per side of one latent frame."""
         return self.image_size // self.spatial_downsample
+
+    @property
+    def per_frame(self) -> bool:
+        """Each frame is coded alone (no temporal compression, no temporal receptive field)."""
+        return self.temporal_downsample == 1 and self.temporal_kernel == 1
 
     @property
     def vocab_size(self) -> int:

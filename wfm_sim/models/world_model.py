@@ -20,7 +20,9 @@ from torch import nn
 from wfm_sim import checkpoint as ckpt
 from wfm_sim.device import autocast, autocast_dtype, resolve_device
 from wfm_sim.models.backbone import Backbone, BackboneConfig
+from wfm_sim.models.cosmos_tokenizer import CosmosTokenizerConfig, CosmosVideoTokenizer
 from wfm_sim.models.diffusion import DecoderConfig, DiffusionDecoder
+from wfm_sim.models.geometry import Geometry, Tokenizer
 from wfm_sim.models.rng import RowNoise
 from wfm_sim.models.rollout import Rollout
 from wfm_sim.models.sampling import SamplingConfig
@@ -62,7 +64,8 @@ class ActionSpec:
 class WorldModelConfig:
     """Everything needed to rebuild a world model, saved as config.json."""
 
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer: TokenizerConfig | CosmosTokenizerConfig = field(default_factory=TokenizerConfig)
+    """wfm_sim's own tokenizer, or NVIDIA's Cosmos tokenizer (released weights load into it)."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     decoder: DecoderConfig | None = field(default_factory=DecoderConfig)
     cameras: tuple[str, ...] = ("CAM_FRONT",)
@@ -103,6 +106,11 @@ class WorldModelConfig:
             raise ValueError("inconsistent WorldModelConfig: " + "; ".join(problems))
 
     @property
+    def geometry(self) -> Geometry:
+        """The dimensions every part shares, derived from the tokenizer, the cameras and the action space."""
+        return Geometry.of(self.tokenizer, self.cameras, self.action)
+
+    @property
     def frames_per_step(self) -> int:
         """Video frames (and actions) per latent frame: the tokenizer's temporal compression k."""
         return self.tokenizer.temporal_downsample
@@ -137,7 +145,7 @@ class WorldModel(nn.Module):
         if torch.get_default_device().type != "meta":
             check_fits_in_memory(cfg)
         self.cfg = cfg
-        self.tokenizer = VideoTokenizer(cfg.tokenizer)
+        self.tokenizer: Tokenizer = build_tokenizer(cfg.tokenizer)
         self.backbone = Backbone(cfg.backbone)
         self.decoder = DiffusionDecoder(cfg.decoder) if cfg.decoder is not None else None
         self.text_encoder = None  # attached at run time, never saved with the model
@@ -216,7 +224,7 @@ class WorldModel(nn.Module):
         if decoder not in ("token", "diffusion"):
             raise ValueError(f"decoder must be 'token' or 'diffusion', got {decoder!r}")
         b, tl, v = tokens.shape[:3]
-        if self.cfg.tokenizer.temporal_kernel == 1 and self.cfg.tokenizer.temporal_downsample == 1:
+        if self.cfg.tokenizer.per_frame:
             tokens = tokens[:, -1:]  # per-frame tokenizer: the last frame alone decides
         flat = rearrange(tokens.to(self.device), "b l v h w -> (b v) l h w")
         with self.autocast():
@@ -317,10 +325,17 @@ class WorldModel(nn.Module):
         return model.eval().setup(device, precision)
 
 
+def build_tokenizer(cfg: TokenizerConfig | CosmosTokenizerConfig) -> Tokenizer:
+    """The tokenizer a config names (its ``kind``)."""
+    if cfg.kind == "cosmos":
+        return CosmosVideoTokenizer(cfg)
+    return VideoTokenizer(cfg)
+
+
 def estimate_size(cfg: WorldModelConfig) -> dict[str, int]:
     """Parameters per component, counted on the meta device (nothing is allocated)."""
     with torch.device("meta"):
-        parts = {"tokenizer": VideoTokenizer(cfg.tokenizer), "backbone": Backbone(cfg.backbone)}
+        parts = {"tokenizer": build_tokenizer(cfg.tokenizer), "backbone": Backbone(cfg.backbone)}
         if cfg.decoder is not None:
             parts["decoder"] = DiffusionDecoder(cfg.decoder)
     out = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}

@@ -92,7 +92,7 @@ class BackboneTask(Task):
 
     def dataset(self, split: str) -> WindowDataset:
         tk = self.model.cfg.tokenizer
-        if self.cache_folder is None or tk.temporal_downsample != 1 or tk.temporal_kernel != 1:
+        if self.cache_folder is None or not tk.per_frame:
             return super().dataset(split)
         from wfm_sim.training.token_cache import TokenWindowDataset, store_tokens
 
@@ -249,7 +249,7 @@ class DecoderTask(Task):
         m = self.model
         video = to_video(batch.obs)  # ((b v), 3, 1 + k, H, W)
         with torch.no_grad(), m.autocast():
-            if m.cfg.tokenizer.temporal_downsample == 1 and m.cfg.tokenizer.temporal_kernel == 1:
+            if m.cfg.tokenizer.per_frame:
                 tokens = m.tokenizer.encode(video[:, :, 1:])[0]  # per-frame: frame 1 alone
                 token_decode = m.tokenizer.decode(tokens, check=False).float()
             else:  # frame 0 alone, then the group: its tokens and decode see frame 0 (causal)
