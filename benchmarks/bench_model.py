@@ -24,10 +24,11 @@ def flops_per_token(model: WorldModel) -> float:
 
 def bench(model: WorldModel, b: int, precision: str) -> dict:
     c = model.cfg.backbone
-    W, n = c.max_frames, c.frame_tokens
+    d = model.backbone.dims
+    W, n = c.max_frames, d.frame_tokens
     dev = model.device
     tokens = torch.randint(0, c.vocab_size, (b, W - 1, n), device=dev)
-    acts = torch.rand(b, W - 2, 1, c.action_dim, device=dev)
+    acts = torch.rand(b, W - 2, 1, d.action_dim, device=dev)
     im = model.imagine(b, mode="sequential", sampling=SamplingConfig())
 
     def prefill():
@@ -35,7 +36,7 @@ def bench(model: WorldModel, b: int, precision: str) -> dict:
             im.reset(None, tokens=tokens, actions=acts, seeds=list(range(b)))
 
     t_prefill = timed(prefill)
-    prefill_tokens = 1 + (W - 2) * c.block + n - 1
+    prefill_tokens = 1 + (W - 2) * d.block + n - 1
 
     def step(mode, steps=8):
         m = model.imagine(b, mode=mode, parallel_steps=steps)
@@ -47,7 +48,7 @@ def bench(model: WorldModel, b: int, precision: str) -> dict:
     t_par = timed(step("parallel"), repeat=2)
 
     # Without a cache: every new token re-runs the whole sequence (measured over 8 tokens).
-    ids, pos_acts = model.backbone.sequence(tokens[:, : W - 2].view(b, W - 2, 1, 1, n), torch.rand(b, W - 2, 1, c.action_dim, device=dev))
+    ids, pos_acts = model.backbone.sequence(tokens[:, : W - 2].view(b, W - 2, 1, 1, n), torch.rand(b, W - 2, 1, d.action_dim, device=dev))
     L0 = ids.shape[1]
 
     def nocache():
@@ -70,7 +71,7 @@ def bench(model: WorldModel, b: int, precision: str) -> dict:
 
 
 def _step(model, im, b):
-    a = torch.rand(b, 1, model.cfg.backbone.action_dim, device=model.device)
+    a = torch.rand(b, 1, model.backbone.dims.action_dim, device=model.device)
     with model.autocast():
         im.step(a)
     im.count -= 1  # a step commits one block: rewind so every timed step sees the same window

@@ -53,9 +53,10 @@ def memory_rows() -> list[dict]:
             m = WorldModel(cfg)
         params = sum(p.numel() for p in m.parameters())
         bb = cfg.backbone
-        kv = bb.depth * bb.max_len * bb.kv_heads * (bb.dim // bb.heads) * 2 * 2  # bf16 k and v
+        dims = m.backbone.dims
+        kv = bb.depth * dims.max_len * bb.kv_heads * (bb.dim // bb.heads) * 2 * 2  # bf16 k and v
         rows.append({"preset": name, "cameras": cams, "params_M": params / 1e6, "weights_GiB_bf16": params * 2 / 2**30,
-                     "kv_cache_MiB_per_env": kv / 2**20, "tokens_per_step": bb.frame_tokens,
+                     "kv_cache_MiB_per_env": kv / 2**20, "tokens_per_step": dims.frame_tokens,
                      **{f"measured_MiB_{e}_envs": measured_mib(name, cams, e) if name.startswith("small") else float("nan")
                         for e in (16, 64)}})
     return rows

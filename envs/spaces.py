@@ -55,7 +55,7 @@ def model_action_space(cfg, group: int | None = None) -> spaces.Space:
     (an env step), or by ``group`` (``group=1``: the action of one frame)."""
     a = cfg.action
     spec = {"type": "discrete", "n": a.n} if a.kind == "discrete" else {"type": "box", "low": a.low, "high": a.high}
-    return action_space(spec, cfg.backbone.action_group if group is None else group)
+    return action_space(spec, cfg.frames_per_step if group is None else group)
 
 
 def check_actions(space: spaces.Space, actions, lead: tuple[int, ...] = (), who: str = "actions") -> np.ndarray:

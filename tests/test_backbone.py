@@ -3,24 +3,27 @@
 import pytest
 import torch
 
-from wfm_sim.models.backbone import Backbone, BackboneConfig
+from wfm_sim.models.backbone import Backbone, BackboneConfig, Dims
+from wfm_sim.models.geometry import Geometry
 from wfm_sim.models.rng import uniform
 from wfm_sim.models.sampling import SamplingConfig, filtered_probs, sample
 
-CFG = BackboneConfig(vocab_size=64, grid=2, num_views=2, max_frames=4, dim=32, depth=2, heads=4, kv_heads=2,
-                     action_dim=3, success_head=True)
+CFG = BackboneConfig(max_frames=4, dim=32, depth=2, heads=4, kv_heads=2, success_head=True)
+GEO = Geometry(vocab_size=64, grid=2, frames_per_token=1, image_size=8, views=2, per_frame=True, action_dim=3,
+               num_actions=0)
+D = Dims(CFG, GEO)
 
 
 @pytest.fixture
 def net():
     torch.manual_seed(0)
-    return Backbone(CFG).eval()
+    return Backbone(CFG, GEO).eval()
 
 
 def _data(b=2, t=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, CFG.vocab_size, (b, t, CFG.num_views, CFG.grid, CFG.grid), generator=g)
-    actions = torch.rand(b, t, 1, CFG.action_dim, generator=g)
+    tokens = torch.randint(0, D.vocab_size, (b, t, D.num_views, D.grid, D.grid), generator=g)
+    actions = torch.rand(b, t, 1, D.action_dim, generator=g)
     return tokens, actions
 
 
@@ -34,9 +37,9 @@ def _hidden(net, tokens, actions, mode):
 def test_frame_t_plus_1_does_not_change_frames_up_to_t(net, mode):
     tokens, actions = _data()
     changed = tokens.clone()
-    changed[:, 2] = (changed[:, 2] + 7) % CFG.vocab_size
+    changed[:, 2] = (changed[:, 2] + 7) % D.vocab_size
     h0, h1 = _hidden(net, tokens, actions, mode), _hidden(net, changed, actions, mode)
-    end_t1 = 1 + 2 * CFG.block  # everything up to and including action 1
+    end_t1 = 1 + 2 * D.block  # everything up to and including action 1
     assert torch.equal(h0[:, :end_t1], h1[:, :end_t1])
     assert not torch.allclose(h0[:, end_t1:], h1[:, end_t1:])
 
@@ -47,7 +50,7 @@ def test_action_t_reaches_frame_t_plus_1_only(net, mode):
     changed = actions.clone()
     changed[:, 1] += 0.5
     h0, h1 = _hidden(net, tokens, actions, mode), _hidden(net, tokens, changed, mode)
-    a1 = 1 + CFG.block + CFG.frame_tokens  # position of action 1
+    a1 = 1 + D.block + D.frame_tokens  # position of action 1
     assert torch.equal(h0[:, :a1], h1[:, :a1]), "frame 1 must not see the action that follows it"
     assert not torch.allclose(h0[:, a1:], h1[:, a1:])
 
@@ -55,8 +58,8 @@ def test_action_t_reaches_frame_t_plus_1_only(net, mode):
 def test_parallel_mode_frame_tokens_see_each_other(net):
     tokens, actions = _data()
     changed = tokens.clone()
-    changed[:, 1, -1, -1, -1] = (changed[:, 1, -1, -1, -1] + 1) % CFG.vocab_size
-    first_of_f1 = 1 + CFG.block
+    changed[:, 1, -1, -1, -1] = (changed[:, 1, -1, -1, -1] + 1) % D.vocab_size
+    first_of_f1 = 1 + D.block
     h0 = _hidden(net, tokens, actions, "parallel")
     h1 = _hidden(net, changed, actions, "parallel")
     assert not torch.allclose(h0[:, first_of_f1], h1[:, first_of_f1])
@@ -93,10 +96,10 @@ def test_parallel_mode_blockwise_cache_equals_full(net):
     net.forward_chunk(ids[:, :1], acts[:, :1], torch.zeros(1, 1, dtype=torch.long), "parallel", cache)
     start = 1
     while start < ids.shape[1]:
-        end = start + CFG.block
+        end = start + D.block
         pos = torch.arange(start, end)[None]
         # An uncommitted pass first (what parallel decoding does), then the committed one.
-        net.forward_chunk(torch.full_like(ids[:, start:end], CFG.mask_id), acts[:, start:end], pos, "parallel", cache, commit=False)
+        net.forward_chunk(torch.full_like(ids[:, start:end], D.mask_id), acts[:, start:end], pos, "parallel", cache, commit=False)
         h = net.forward_chunk(ids[:, start:end], acts[:, start:end], pos, "parallel", cache)
         torch.testing.assert_close(h, full[:, start:end], atol=1e-4, rtol=0)
         start = end

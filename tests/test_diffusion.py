@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from wfm_sim.models.diffusion import DecoderConfig, DiffusionDecoder, edm_scalings, karras_sigmas
+from wfm_sim.models.geometry import Geometry
 
-CFG = DecoderConfig(image_size=16, vocab_size=64, grid=4, base_channels=8, channel_mult=(1, 2), token_embed_dim=4,
-                    prev_noise=0.0)
+CFG = DecoderConfig(base_channels=8, channel_mult=(1, 2), token_embed_dim=4, prev_noise=0.0)
+GEO = Geometry(vocab_size=64, grid=4, frames_per_token=1, image_size=16, views=1, per_frame=True, action_dim=3,
+               num_actions=0)
 
 
 def test_edm_scalings_match_the_paper():
@@ -34,7 +36,7 @@ def test_karras_schedule():
 
 def test_one_euler_step_is_one_denoiser_call():
     torch.manual_seed(0)
-    dec = DiffusionDecoder(CFG).eval()
+    dec = DiffusionDecoder(CFG, GEO).eval()
     tokens = torch.randint(0, 64, (2, 4, 4))
     frames = torch.rand(2, 3, 16, 16) * 2 - 1
     out = dec.sample(tokens, frames, frames, steps=1, generator=torch.Generator().manual_seed(1))
@@ -47,7 +49,7 @@ def test_one_euler_step_is_one_denoiser_call():
 
 def test_per_row_generators_make_rows_independent():
     torch.manual_seed(0)
-    dec = DiffusionDecoder(CFG).eval()
+    dec = DiffusionDecoder(CFG, GEO).eval()
     tokens = torch.randint(0, 64, (3, 4, 4))
     frames = torch.rand(3, 3, 16, 16) * 2 - 1
     gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
@@ -72,7 +74,7 @@ def _fit(dec, tokens, frames, token_decode, prev, iters):
 
 def test_decoder_learns_a_fixed_batch():
     torch.manual_seed(0)
-    dec = DiffusionDecoder(CFG)
+    dec = DiffusionDecoder(CFG, GEO)
     tokens = torch.randint(0, 64, (8, 4, 4))
     frames = torch.rand(8, 3, 16, 16) * 2 - 1
     losses = _fit(dec, tokens, frames, frames * 0.5, frames.roll(1, 0), 60)
@@ -82,7 +84,7 @@ def test_decoder_learns_a_fixed_batch():
 def test_residual_decoder_keeps_a_static_frame():
     """Trained where frame, previous frame and token decode agree, it returns the frame nearly exactly."""
     torch.manual_seed(0)
-    dec = DiffusionDecoder(CFG)
+    dec = DiffusionDecoder(CFG, GEO)
     tokens = torch.randint(0, 64, (8, 4, 4))
     frames = torch.rand(8, 3, 16, 16) * 2 - 1
     _fit(dec, tokens, frames, frames, frames, 150)
@@ -92,7 +94,7 @@ def test_residual_decoder_keeps_a_static_frame():
 
 
 def test_previous_frame_noise_augmentation_is_used_in_training():
-    dec = DiffusionDecoder(CFG)
+    dec = DiffusionDecoder(CFG, GEO)
     tokens = torch.randint(0, 64, (4, 4, 4))
     frames = torch.rand(4, 3, 16, 16) * 2 - 1
     seen = []
@@ -107,7 +109,7 @@ def test_previous_frame_noise_augmentation_is_used_in_training():
 
 
 def test_missing_conditioning_is_named():
-    dec = DiffusionDecoder(CFG)
+    dec = DiffusionDecoder(CFG, GEO)
     with pytest.raises(ValueError, match="prev"):
         dec.cond(torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 3, 16, 16), None)
     with pytest.raises(ValueError, match=r"\(b, 4, 4\)"):

@@ -72,15 +72,17 @@ def test_the_env_refuses_non_finite_model_outputs(tiny_model_dir_with_contexts):
         env.step(np.zeros((2, 3), np.float32))
 
 
-@pytest.mark.parametrize("field,value", [("dim", 10**9), ("depth", 10**7), ("heads", 0), ("vocab_size", 10**12)])
-def test_absurd_configs_fail_before_allocating(field, value):
+@pytest.mark.parametrize("part,field,value,name", [("backbone", "dim", 10**9, "dim"), ("backbone", "depth", 10**7, "depth"),
+                                                   ("backbone", "heads", 0, "heads"),
+                                                   ("tokenizer", "levels", (10**4,) * 3, "vocab_size")])
+def test_absurd_configs_fail_before_allocating(part, field, value, name):
     import time
     from dataclasses import replace
 
     cfg = preset("tiny")
     t0 = time.perf_counter()
-    with pytest.raises(ValueError, match=f"BackboneConfig.{field}"):
-        replace(cfg.backbone, **{field: value})
+    with pytest.raises(ValueError, match=f"{type(getattr(cfg, part)).__name__}.{name}"):
+        replace(getattr(cfg, part), **{field: value})
     assert time.perf_counter() - t0 < 1.0
 
 

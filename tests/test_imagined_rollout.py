@@ -105,12 +105,12 @@ def test_greedy_sequential_rollout_equals_cache_free_decoding(tiny_model):
         keep = W - 1  # the window: the newest W-1 frames and the W-1 actions after them
         ctx_t, ctx_a = torch.stack(tokens[-keep:]), torch.stack(hist_a[-keep:])
         new = []
-        for i in range(net.cfg.frame_tokens):
+        for i in range(net.dims.frame_tokens):
             t = torch.cat((ctx_t, torch.cat((torch.tensor(new, dtype=torch.long),
-                                             torch.zeros(net.cfg.frame_tokens - i, dtype=torch.long)))[None]))
+                                             torch.zeros(net.dims.frame_tokens - i, dtype=torch.long)))[None]))
             a = torch.cat((ctx_a, torch.zeros(1, 1, 3)))
             ids, pa = net.sequence(t[None].view(1, len(t), 1, 1, -1), a[None])
-            start = 1 + (len(t) - 1) * net.cfg.block  # first slot of the new frame
+            start = 1 + (len(t) - 1) * net.dims.block  # first slot of the new frame
             h = net.forward_chunk(ids[:, : start + i], pa[:, : start + i], torch.arange(start + i)[None], "sequential")
             new.append(int(net.head_next(h[:, -1]).argmax(-1)))
         assert out.tokens.flatten().tolist() == new, j

@@ -201,7 +201,7 @@ def test_tokenizer_from_a_model_with_another_token_grid(tmp_path, square_store):
     assert donor.cfg.tokenizer.grid == 2 != preset("tiny").tokenizer.grid
     train(_cfg(square_store, tmp_path / "b", "backbone", steps=1, tokenizer_from=str(tmp_path / "donor")))
     b = WorldModel.from_pretrained(tmp_path / "b", device="cpu")
-    assert b.cfg.backbone.grid == b.cfg.decoder.grid == 2
+    assert b.cfg.geometry.grid == b.backbone.dims.grid == b.decoder.geo.grid == 2
     mine, theirs = b.tokenizer.state_dict(), donor.tokenizer.state_dict()
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
@@ -258,7 +258,7 @@ def test_a_model_of_a_camera_subset_reuses_a_multi_camera_tokenizer(tmp_path):
                tokenizer_from=str(tmp_path / "both")))
     front = WorldModel.from_pretrained(tmp_path / "front", device="cpu")
     both = WorldModel.from_pretrained(tmp_path / "both", device="cpu")
-    assert front.cfg.cameras == ("CAM_FRONT",) and front.cfg.backbone.num_views == 1
+    assert front.cfg.cameras == ("CAM_FRONT",) and front.cfg.geometry.views == 1
     assert all(torch.equal(a, b) for a, b in zip(front.tokenizer.state_dict().values(), both.tokenizer.state_dict().values()))
     assert front.trained == ("backbone", "tokenizer")
     with pytest.raises(StoreError, match=r"has no camera\(s\) \['CAM_LEFT'\]"):

@@ -112,7 +112,7 @@ def test_parallel_decoding_needs_few_passes(tiny_model):
         im.forward_passes = 0
         im.step(torch.rand(1, 1, 3))
     assert par.forward_passes == 1 + 3
-    assert seq.forward_passes == tiny_model.cfg.backbone.frame_tokens
+    assert seq.forward_passes == tiny_model.backbone.dims.frame_tokens
 
 
 def test_step_before_reset_raises(tiny_model):
@@ -210,12 +210,26 @@ def test_unavailable_device_raises_instead_of_falling_back(tiny_cfg):
         WorldModel(tiny_cfg).setup("cuda")
 
 
-def test_config_mismatch_is_reported():
+def test_dimensions_are_derived_once_and_old_files_are_checked(tmp_path):
+    """The backbone and decoder read the geometry (no copies to disagree); a format-1 config.json
+    that repeats it loads when its copies agree and is refused when they do not."""
     from dataclasses import replace
 
-    cfg = preset("tiny")
-    with pytest.raises(ValueError, match="num_views"):
-        replace(cfg, cameras=("A", "B"))
+    cfg = replace(preset("tiny"), cameras=("A", "B"))
+    assert cfg.geometry.views == 2 and WorldModel(cfg).backbone.view_emb.num_embeddings == 2
+    d = WorldModel(preset("tiny")).save_pretrained(tmp_path / "m")
+    meta = json.loads((d / "config.json").read_text())
+    geo = preset("tiny").geometry
+    meta["format_version"] = 1
+    meta["config"]["backbone"].update(vocab_size=geo.vocab_size, grid=geo.grid, num_views=1, action_dim=3,
+                                      num_actions=0, action_group=1)
+    meta["config"]["decoder"].update(vocab_size=geo.vocab_size, grid=geo.grid, image_size=geo.image_size, frames=1)
+    (d / "config.json").write_text(json.dumps(meta))
+    assert WorldModel.read_config(d) == preset("tiny")
+    meta["config"]["backbone"]["grid"] = geo.grid + 1
+    (d / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"backbone.grid = 5 disagrees with the model's geometry \(grid = 4\)"):
+        WorldModel.from_pretrained(d)
 
 
 def test_imagination_is_the_rollout_type(tiny_model):

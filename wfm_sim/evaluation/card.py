@@ -53,7 +53,7 @@ def model_card(model: WorldModel, name: str, data: dict, training: dict, report:
              f"- tokenizer: {n(model.tokenizer):.2f}M params, {c.tokenizer.grid}x{c.tokenizer.grid} tokens per view, "
              f"FSQ {list(c.tokenizer.levels)} ({c.tokenizer.vocab_size} codes)",
              f"- backbone: {n(model.backbone):.2f}M params, width {c.backbone.dim}, depth {c.backbone.depth}, "
-             f"context {c.backbone.max_frames} frames x {c.backbone.block} positions",
+             f"context {c.backbone.max_frames} frames x {c.geometry.tokens_per_frame + 1} positions",
              f"- diffusion decoder: {n(model.decoder):.2f}M params, residual over the {c.decoder.residual.replace('_', ' ')}, "
              f"previous frame as a noise-augmented hint, {c.decoder.steps} Euler step(s) by default"
              if model.decoder is not None else "- no diffusion decoder",

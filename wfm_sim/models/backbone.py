@@ -37,6 +37,7 @@ from torch import nn
 
 from wfm_sim.models import rng
 from wfm_sim.models.attention import ChunkContext, CrossAttention, KVCache, SelfAttention
+from wfm_sim.models.geometry import Geometry
 from wfm_sim.models.layers import RMSNorm, Rope3D, SwiGLU
 from wfm_sim.models.limits import check_limits
 from wfm_sim.records import LossAndLogs
@@ -49,12 +50,6 @@ MODES = ("sequential", "parallel")
 class BackboneConfig:
     """Size and conditioning of the causal transformer."""
 
-    vocab_size: int = 1000
-    """Token vocabulary (the tokenizer's FSQ codebook size)."""
-    grid: int = 8
-    """Tokens per side of one view's latent frame."""
-    num_views: int = 1
-    """Camera views per time step (e.g. 4-6 for driving)."""
     max_frames: int = 8
     """Latent frames in the context window."""
     dim: int = 256
@@ -63,12 +58,6 @@ class BackboneConfig:
     kv_heads: int = 4
     """Key/value heads (grouped-query attention); must divide ``heads``."""
     mlp_ratio: float = 8 / 3
-    action_dim: int = 3
-    """Continuous action features per frame (ignored for discrete actions)."""
-    num_actions: int = 0
-    """> 0 for a discrete action space with this many choices."""
-    action_group: int = 1
-    """Actions per latent frame (the tokenizer's temporal_downsample)."""
     text_dim: int = 0
     """Text-encoder width for cross-attention (T5); 0 disables text conditioning."""
     reward_classes: int = 0
@@ -92,37 +81,32 @@ class BackboneConfig:
             raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
         if not 0.0 <= self.parallel_fraction <= 1.0:
             raise ValueError(f"parallel_fraction must lie in [0, 1], got {self.parallel_fraction}")
-        if self.num_actions == 0 and self.action_dim < 1:
-            raise ValueError("continuous actions need action_dim >= 1 (or set num_actions for discrete)")
-        if min(self.grid, self.num_views, self.max_frames, self.action_group) < 1:
-            raise ValueError("grid, num_views, max_frames and action_group must be >= 1")
+        if self.max_frames < 2:
+            raise ValueError(f"max_frames must be >= 2 (a context frame and one to predict), got {self.max_frames}")
 
-    @property
-    def frame_tokens(self) -> int:
-        """Tokens per time step, all views."""
-        return self.num_views * self.grid * self.grid
 
-    @property
-    def block(self) -> int:
+class Dims:
+    """The sequence layout of a backbone: its config's window over the model's :class:`Geometry`."""
+
+    def __init__(self, cfg: BackboneConfig, geo: Geometry):
+        self.geo, self.max_frames = geo, cfg.max_frames
+        self.vocab_size, self.grid, self.num_views = geo.vocab_size, geo.grid, geo.views
+        self.action_group, self.action_dim, self.num_actions = geo.frames_per_token, geo.action_dim, geo.num_actions
+        self.frame_tokens = geo.tokens_per_frame
+        """``n``: tokens per time step, all views."""
+        self.block = self.frame_tokens + 1
         """Sequence positions per time step: frame tokens plus one action token."""
-        return self.frame_tokens + 1
-
-    @property
-    def max_len(self) -> int:
-        return 1 + self.max_frames * self.block
-
-    @property
-    def mask_id(self) -> int:
-        return self.vocab_size
+        self.max_len = 1 + cfg.max_frames * self.block
+        self.mask_id = geo.vocab_size
 
 
 class Layout(nn.Module):
     """Per-position tables of the sequence layout (kind, time, view, spatial slot, block rank)."""
 
-    def __init__(self, cfg: BackboneConfig):
+    def __init__(self, dims: Dims):
         super().__init__()
-        g, n, L = cfg.grid, cfg.frame_tokens, cfg.block
-        pos = torch.arange(cfg.max_len)
+        g, n, L = dims.grid, dims.frame_tokens, dims.block
+        pos = torch.arange(dims.max_len)
         inner = (pos - 1) % L  # slot inside the block
         time = torch.where(pos == 0, 0, (pos - 1) // L)
         kind = torch.where(pos == 0, KIND_BOS, torch.where(inner == n, KIND_ACTION, KIND_FRAME))
@@ -170,18 +154,18 @@ class Block(nn.Module):
 class ActionEmbed(nn.Module):
     """Action(s) of one latent frame -> one token embedding: MLP (Box) or embedding (Discrete)."""
 
-    def __init__(self, cfg: BackboneConfig):
+    def __init__(self, cfg: BackboneConfig, dims: Dims):
         super().__init__()
-        self.cfg = cfg
-        if cfg.num_actions:
-            self.table = nn.Embedding(cfg.num_actions * cfg.action_group, cfg.dim)
+        self.dims = dims
+        if dims.num_actions:
+            self.table = nn.Embedding(dims.num_actions * dims.action_group, cfg.dim)
         else:
-            a = cfg.action_dim * cfg.action_group
+            a = dims.action_dim * dims.action_group
             self.mlp = nn.Sequential(nn.Linear(a, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
 
     def forward(self, action: torch.Tensor) -> torch.Tensor:
         """``(b, n, k, a)`` float or ``(b, n, k)`` int64 -> ``(b, n, d)``."""
-        c = self.cfg
+        c = self.dims
         if c.num_actions:
             offset = torch.arange(c.action_group, device=action.device) * c.num_actions
             return self.table(action.long() + offset).sum(-2)
@@ -191,23 +175,23 @@ class ActionEmbed(nn.Module):
 class Backbone(nn.Module):
     """The causal transformer. See the module docstring for the layout and the two modes."""
 
-    def __init__(self, cfg: BackboneConfig):
+    def __init__(self, cfg: BackboneConfig, geo: Geometry):
         super().__init__()
-        self.cfg = cfg
-        d = cfg.dim
-        self.layout = Layout(cfg)
-        self.tok_emb = nn.Embedding(cfg.vocab_size + 1, d)  # + [MASK]
-        self.act_emb = ActionEmbed(cfg)
+        self.cfg, self.dims = cfg, Dims(cfg, geo)
+        d, dims = cfg.dim, self.dims
+        self.layout = Layout(dims)
+        self.tok_emb = nn.Embedding(dims.vocab_size + 1, d)  # + [MASK]
+        self.act_emb = ActionEmbed(cfg, dims)
         self.bos = nn.Parameter(torch.zeros(d))
         self.time_emb = nn.Embedding(cfg.max_frames, d)
-        self.spatial_emb = nn.Embedding(cfg.grid * cfg.grid, d)
-        self.view_emb = nn.Embedding(cfg.num_views, d)
+        self.spatial_emb = nn.Embedding(dims.grid * dims.grid, d)
+        self.view_emb = nn.Embedding(dims.num_views, d)
         self.kind_emb = nn.Embedding(3, d)
         self.rope = Rope3D(d // cfg.heads, cfg.rope_theta)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = RMSNorm(d)
-        self.head_next = nn.Linear(d, cfg.vocab_size, bias=False)  # sequential: token p+1
-        self.head_mask = nn.Linear(d, cfg.vocab_size, bias=False)  # parallel: the masked token p
+        self.head_next = nn.Linear(d, dims.vocab_size, bias=False)  # sequential: token p+1
+        self.head_mask = nn.Linear(d, dims.vocab_size, bias=False)  # parallel: the masked token p
         self.head_reward = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, max(1, cfg.reward_classes)))
         self.head_done = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 2 if cfg.success_head else 1))
         self.apply(self._init)
@@ -232,7 +216,7 @@ class Backbone(nn.Module):
         """
         lay = self.layout
         kind = lay.kind[pos]
-        x = self.tok_emb(ids.clamp(0, self.cfg.vocab_size)) + self.spatial_emb(lay.spatial[pos]) + self.view_emb(lay.view[pos])
+        x = self.tok_emb(ids.clamp(0, self.dims.vocab_size)) + self.spatial_emb(lay.spatial[pos]) + self.view_emb(lay.view[pos])
         x = torch.where((kind == KIND_FRAME)[..., None], x, self.act_emb(actions).to(x.dtype))
         x = torch.where((kind == KIND_BOS)[..., None], self.bos.to(x.dtype), x)
         return x + self.time_emb(lay.time[pos]) + self.kind_emb(kind)
@@ -283,7 +267,7 @@ class Backbone(nn.Module):
     def new_cache(self, batch: int) -> KVCache:
         p = next(self.parameters())
         c = self.cfg
-        return KVCache(c.depth, batch, c.max_len, c.kv_heads, c.dim // c.heads, p.device, p.dtype)
+        return KVCache(c.depth, batch, self.dims.max_len, c.kv_heads, c.dim // c.heads, p.device, p.dtype)
 
     # ------------------------------------------------------------ sequences
     def sequence(self, tokens: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,17 +279,17 @@ class Backbone(nn.Module):
         ids = torch.cat((ids.new_zeros(b, 1), ids), dim=1)
         n = ids.shape[1]
         acts = actions.new_zeros((b, n) + tuple(actions.shape[2:]))
-        slots = 1 + torch.arange(t, device=tokens.device) * self.cfg.block + self.cfg.frame_tokens
+        slots = 1 + torch.arange(t, device=tokens.device) * self.dims.block + self.dims.frame_tokens
         acts[:, slots] = actions
         return ids, acts
 
     def action_slots(self, t: int, device) -> torch.Tensor:
-        return 1 + torch.arange(t, device=device) * self.cfg.block + self.cfg.frame_tokens
+        return 1 + torch.arange(t, device=device) * self.dims.block + self.dims.frame_tokens
 
     def frame_slots(self, t: int, device) -> torch.Tensor:
         """``(t, V*g*g)`` positions of every frame token."""
-        base = 1 + torch.arange(t, device=device)[:, None] * self.cfg.block
-        return base + torch.arange(self.cfg.frame_tokens, device=device)[None, :]
+        base = 1 + torch.arange(t, device=device)[:, None] * self.dims.block
+        return base + torch.arange(self.dims.frame_tokens, device=device)[None, :]
 
     # -------------------------------------------------------------- training
     def forward(self, tokens, actions, reward, terminated, success=None, valid=None,
@@ -338,7 +322,7 @@ class Backbone(nn.Module):
             else:
                 masked = self._random_mask(r_ids.shape[0], t, ids.device, generator)  # (b', t*n)
                 inp = r_ids.clone()
-                inp[:, fs] = torch.where(masked, c.mask_id, r_ids[:, fs])
+                inp[:, fs] = torch.where(masked, self.dims.mask_id, r_ids[:, fs])
                 h = self.forward_chunk(inp, acts[rows], pos[rows], mode, text=r_txt, text_mask=r_tm)
                 logits = self.head_mask(h[:, fs]).float()
                 ce = F.cross_entropy(logits.flatten(0, 1), r_ids[:, fs].flatten(), reduction="none")
@@ -353,7 +337,7 @@ class Backbone(nn.Module):
 
     def _random_mask(self, b: int, t: int, device, generator) -> torch.Tensor:
         """MaskGIT training mask: each frame masks a cos-schedule fraction (>= 1 token)."""
-        n = self.cfg.frame_tokens
+        n = self.dims.frame_tokens
         u = rng.draw(generator, 0, (b, t, 1), device)
         k = (torch.cos(u * math.pi / 2) * n).ceil().clamp(1, n)
         score = rng.draw(generator, 1, (b, t, n), device)

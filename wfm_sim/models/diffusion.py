@@ -34,6 +34,7 @@ from torch import nn
 
 from wfm_sim.models.limits import check_limits
 from wfm_sim.models import rng
+from wfm_sim.models.geometry import Geometry
 from wfm_sim.models.rng import RowNoise
 from wfm_sim.records import LossAndLogs
 
@@ -42,14 +43,8 @@ from wfm_sim.records import LossAndLogs
 class DecoderConfig:
     """The EDM diffusion decoder."""
 
-    image_size: int = 64
-    vocab_size: int = 1000
-    grid: int = 8
-    """Token grid side (image_size / tokenizer spatial_downsample)."""
-    frames: int = 1
-    """Pixel frames per latent frame, decoded jointly (the tokenizer's temporal_downsample)."""
     temporal_kernel: int = 3
-    """Causal temporal convolution across a group's frames (used when frames > 1)."""
+    """Causal temporal convolution across a latent frame's frames (tokenizers grouping frames)."""
     token_embed_dim: int = 32
     base_channels: int = 64
     channel_mult: tuple[int, ...] = (1, 2, 2)
@@ -85,14 +80,12 @@ class DecoderConfig:
         check_limits(self)
         if self.sampler not in ("euler", "heun"):
             raise ValueError(f"sampler must be 'euler' or 'heun', got {self.sampler!r}")
-        if self.image_size % (2 ** (len(self.channel_mult) - 1)):
-            raise ValueError("image_size must be divisible by 2**(len(channel_mult)-1)")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError("need 0 < sigma_min < sigma_max")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.frames < 1 or self.temporal_kernel < 1:
-            raise ValueError(f"frames and temporal_kernel must be >= 1, got {self.frames}, {self.temporal_kernel}")
+        if self.temporal_kernel < 1:
+            raise ValueError(f"temporal_kernel must be >= 1, got {self.temporal_kernel}")
         if self.residual not in ("token_decode", "prev", "none"):
             raise ValueError(f"residual must be 'token_decode', 'prev' or 'none', got {self.residual!r}")
         if self.residual == "prev" and not self.cond_prev_frame:
@@ -172,10 +165,10 @@ class CausalTemporalMix(nn.Module):
 
 
 class UNet(nn.Module):
-    """Per-frame U-Net; with ``cfg.frames > 1`` each residual block is followed by a causal
+    """Per-frame U-Net; with ``frames > 1`` each residual block is followed by a causal
     temporal mix over the frames of a clip."""
 
-    def __init__(self, cin: int, cfg: DecoderConfig, emb: int):
+    def __init__(self, cin: int, cfg: DecoderConfig, emb: int, frames: int):
         super().__init__()
         widths = [cfg.base_channels * m for m in cfg.channel_mult]
         self.conv_in = nn.Conv2d(cin, widths[0], 3, padding=1)
@@ -198,7 +191,7 @@ class UNet(nn.Module):
                 self.up.append(nn.Upsample(scale_factor=2.0, mode="nearest"))
         self.out = nn.Sequential(nn.GroupNorm(min(32, c // 4), c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1))
         self.temporal = None
-        if cfg.frames > 1:  # one mix after every residual block, in forward order
+        if frames > 1:  # one mix after every residual block, in forward order
             blocks = [m for m in self.down if isinstance(m, ResBlock)] + [self.mid] + [m for m in self.up if isinstance(m, ResBlock)]
             self.temporal = nn.ModuleList(CausalTemporalMix(m.conv2.out_channels, cfg.temporal_kernel) for m in blocks)
 
@@ -225,36 +218,41 @@ class DiffusionDecoder(nn.Module):
     """EDM denoiser over frames (or a latent frame's group of frames) conditioned on tokens.
 
     See the module docstring. Frames are ``(b, 3, H, W)`` per-frame, or ``(b, 3, t, H, W)`` for
-    the ``t <= cfg.frames`` frames of one latent frame.
+    the ``t <= f`` frames of one latent frame; the token grid, vocabulary, frame size and ``f``
+    come from the model's :class:`~wfm_sim.models.geometry.Geometry`.
     """
 
-    def __init__(self, cfg: DecoderConfig):
+    def __init__(self, cfg: DecoderConfig, geo: Geometry):
         super().__init__()
-        self.cfg = cfg
-        self.token_emb = nn.Embedding(cfg.vocab_size, cfg.token_embed_dim)
+        if geo.image_size % (2 ** (len(cfg.channel_mult) - 1)):
+            raise ValueError(f"the decoder's {len(cfg.channel_mult)} levels need a frame side divisible by "
+                             f"{2 ** (len(cfg.channel_mult) - 1)}, got {geo.image_size}")
+        self.cfg, self.geo = cfg, geo
+        self.token_emb = nn.Embedding(geo.vocab_size, cfg.token_embed_dim)
         cin = 3 + cfg.token_embed_dim + 3 * cfg.cond_token_decode + 3 * cfg.cond_prev_frame
         emb = 4 * cfg.base_channels
         self.noise_emb = nn.Sequential(FourierEmbed(emb), nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.unet = UNet(cin, cfg, emb)
+        self.unet = UNet(cin, cfg, emb, geo.frames_per_token)
         self.uncertainty = nn.Linear(emb, 1)  # u(sigma), EDM2's learned loss weighting
         self.aug_emb = nn.Sequential(FourierEmbed(emb), nn.Linear(emb, emb)) if cfg.cond_prev_frame else None
-        self.frame_emb = nn.Embedding(cfg.frames, emb) if cfg.frames > 1 else None  # index within the group
+        f = geo.frames_per_token
+        self.frame_emb = nn.Embedding(f, emb) if f > 1 else None  # index within the group
         if self.frame_emb is not None:
             nn.init.zeros_(self.frame_emb.weight)
 
     def _frames(self, t: int) -> int:
-        if not 1 <= t <= self.cfg.frames:
-            raise ValueError(f"this decoder decodes 1..{self.cfg.frames} frames per latent frame, got {t}")
+        if not 1 <= t <= self.geo.frames_per_token:
+            raise ValueError(f"this decoder decodes 1..{self.geo.frames_per_token} frames per latent frame, got {t}")
         return t
 
     def cond(self, tokens: torch.Tensor, token_decode: torch.Tensor | None, prev: torch.Tensor | None,
              t: int = 1) -> torch.Tensor:
         """Conditioning planes ``(b t, c, H, W)`` from ``(b, h, w)`` tokens, the ``(b, 3, t, H, W)``
         token decode and the ``(b, 3, H, W)`` previous frame (both optional by config)."""
-        c = self.cfg
-        if tokens.shape[-2:] != (c.grid, c.grid) or tokens.ndim != 3:
-            raise ValueError(f"decoder tokens must be (b, {c.grid}, {c.grid}), got {tuple(tokens.shape)}")
-        e = F.interpolate(self.token_emb(tokens).permute(0, 3, 1, 2), size=(c.image_size, c.image_size), mode="nearest")
+        c, g, s = self.cfg, self.geo.grid, self.geo.image_size
+        if tokens.shape[-2:] != (g, g) or tokens.ndim != 3:
+            raise ValueError(f"decoder tokens must be (b, {g}, {g}), got {tuple(tokens.shape)}")
+        e = F.interpolate(self.token_emb(tokens).permute(0, 3, 1, 2), size=(s, s), mode="nearest")
         planes = [repeat(e, "b e H W -> (b t) e H W", t=t)]
         if c.cond_token_decode:
             if token_decode is None:
@@ -369,7 +367,8 @@ class DiffusionDecoder(nn.Module):
         sigmas = karras_sigmas(steps, c.sigma_min, c.sigma_max, c.rho)
         last = sigmas.numpy()  # a host tensor: the branch below never reads the device
         sigmas = sigmas.to(dev)
-        x = self._randn((b, 3, t, c.image_size, c.image_size), dev, generator, stream=4) * sigmas[0]
+        side = self.geo.image_size
+        x = self._randn((b, 3, t, side, side), dev, generator, stream=4) * sigmas[0]
         for i in range(steps):
             s, s_next = sigmas[i], sigmas[i + 1]
             d = (x - self.denoise(x, s.expand(b), cond, levels)[0]) / s

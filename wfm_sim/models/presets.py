@@ -49,10 +49,10 @@ _BACKBONES = {
 }
 
 _DECODERS = {
-    "tiny": DecoderConfig(image_size=16, base_channels=8, channel_mult=(1, 2), token_embed_dim=4, steps=2),
-    "small": DecoderConfig(image_size=64, base_channels=32, channel_mult=(1, 2, 2), token_embed_dim=16),
-    "small-mv": DecoderConfig(image_size=64, base_channels=32, channel_mult=(1, 2, 2), token_embed_dim=16),
-    "base": DecoderConfig(image_size=640, base_channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2,
+    "tiny": DecoderConfig(base_channels=8, channel_mult=(1, 2), token_embed_dim=4, steps=2),
+    "small": DecoderConfig(base_channels=32, channel_mult=(1, 2, 2), token_embed_dim=16),
+    "small-mv": DecoderConfig(base_channels=32, channel_mult=(1, 2, 2), token_embed_dim=16),
+    "base": DecoderConfig(base_channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2,
                           token_embed_dim=32, cond_prev_frame=False, steps=4),
 }
 _DECODERS["large"] = _DECODERS["base"]
@@ -72,28 +72,14 @@ def preset(name: str, /, cameras: tuple[str, ...] = ("CAM_FRONT",), action: Acti
     if name not in _BACKBONES:
         raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
     tok = _TOKENIZERS[name]
-    backbone = replace(
-        _BACKBONES[name], num_views=len(cameras), text_dim=text_dim, success_head=success_head,
-        action_dim=action.dim if action.kind == "box" else 1,
-        num_actions=action.n if action.kind == "discrete" else 0,
-    )
-    backbone, decoder = _fit(backbone, _DECODERS[name], tok)
+    backbone = replace(_BACKBONES[name], text_dim=text_dim, success_head=success_head)
     fields.setdefault("context_frames", min(2, backbone.max_frames - 1))
-    return WorldModelConfig(tokenizer=tok, backbone=backbone, decoder=decoder, cameras=tuple(cameras),
+    return WorldModelConfig(tokenizer=tok, backbone=backbone, decoder=_DECODERS[name], cameras=tuple(cameras),
                             action=action, **fields)
 
 
-def with_tokenizer(cfg: WorldModelConfig, tok: TokenizerConfig) -> WorldModelConfig:
-    """``cfg`` with the tokenizer ``tok`` (e.g. another model's), its backbone and decoder reshaped
-    to that tokenizer's vocabulary, token grid, frame size and temporal compression."""
-    backbone, decoder = _fit(cfg.backbone, cfg.decoder, tok)
-    return replace(cfg, tokenizer=tok, backbone=backbone, decoder=decoder)
-
-
-def _fit(backbone: BackboneConfig, decoder: DecoderConfig | None, tok: TokenizerConfig):
-    """``backbone`` and ``decoder`` reshaped to read and draw the tokens of ``tok``."""
-    backbone = replace(backbone, vocab_size=tok.vocab_size, grid=tok.grid, action_group=tok.temporal_downsample)
-    if decoder is not None:
-        decoder = replace(decoder, vocab_size=tok.vocab_size, grid=tok.grid, image_size=tok.image_size,
-                          frames=tok.temporal_downsample)
-    return backbone, decoder
+def with_tokenizer(cfg: WorldModelConfig, tok) -> WorldModelConfig:
+    """``cfg`` with the tokenizer ``tok`` (e.g. another model's, or a Cosmos tokenizer): the
+    backbone and decoder take their vocabulary, token grid, frame size and temporal compression
+    from it (the model's geometry)."""
+    return replace(cfg, tokenizer=tok)

@@ -115,7 +115,7 @@ class Rollout:
         text_dim = model.cfg.backbone.text_dim
         if prompt_tokens and not text_dim:
             raise ValueError("this model has no text conditioning (backbone.text_dim == 0): it takes no prompt")
-        self.model, self.net, self.cfg = model, model.backbone, model.backbone.cfg
+        self.model, self.net, self.cfg = model, model.backbone, model.backbone.dims
         self.batch, self.mode, self.parallel_steps = int(batch), mode, parallel_steps
         self.sampling = sampling or SamplingConfig()
         self.decoder, self.diffusion_steps, self.decode_pixels = decoder, diffusion_steps, decode

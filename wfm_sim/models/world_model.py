@@ -29,7 +29,12 @@ from wfm_sim.models.sampling import SamplingConfig
 from wfm_sim.models.tokenizer import TokenizerConfig, VideoTokenizer
 
 FORMAT = "wfm_sim.WorldModel"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the backbone and decoder sections no longer repeat the geometry (version 1 files load)."""
+_DERIVED = {"backbone": {"vocab_size": "vocab_size", "grid": "grid", "num_views": "views", "action_dim": "action_dim",
+                         "num_actions": "num_actions", "action_group": "frames_per_token"},
+            "decoder": {"vocab_size": "vocab_size", "grid": "grid", "image_size": "image_size", "frames": "frames_per_token"}}
+"""Keys of format-1 config sections that the geometry now derives: key -> Geometry field."""
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 
 
@@ -81,29 +86,9 @@ class WorldModelConfig:
     """Simulator the model was trained on (e.g. 'CarRacing-v3')."""
 
     def __post_init__(self):
-        t, b, d = self.tokenizer, self.backbone, self.decoder
-        problems = []
-        if b.vocab_size != t.vocab_size:
-            problems.append(f"backbone.vocab_size {b.vocab_size} != tokenizer vocab {t.vocab_size}")
-        if b.grid != t.grid:
-            problems.append(f"backbone.grid {b.grid} != tokenizer grid {t.grid}")
-        if b.num_views != len(self.cameras):
-            problems.append(f"backbone.num_views {b.num_views} != {len(self.cameras)} cameras")
-        if b.action_group != t.temporal_downsample:
-            problems.append(f"backbone.action_group {b.action_group} != tokenizer temporal_downsample {t.temporal_downsample}")
-        if self.action.kind == "box" and (b.num_actions or b.action_dim != self.action.dim):
-            problems.append(f"box action of dim {self.action.dim} needs backbone.action_dim={self.action.dim}, num_actions=0")
-        if self.action.kind == "discrete" and b.num_actions != self.action.n:
-            problems.append(f"discrete action with n={self.action.n} needs backbone.num_actions={self.action.n}")
-        if d is not None and (d.vocab_size != t.vocab_size or d.grid != t.grid or d.image_size != t.image_size):
-            problems.append("decoder vocab_size/grid/image_size must match the tokenizer")
-        if d is not None and d.frames != t.temporal_downsample:
-            problems.append(f"decoder.frames {d.frames} != tokenizer temporal_downsample {t.temporal_downsample} "
-                            "(the diffusion decoder decodes one latent frame's frames jointly)")
-        if not 1 <= self.context_frames < b.max_frames:
-            problems.append(f"context_frames must lie in [1, {b.max_frames - 1}], got {self.context_frames}")
-        if problems:
-            raise ValueError("inconsistent WorldModelConfig: " + "; ".join(problems))
+        if not 1 <= self.context_frames < self.backbone.max_frames:
+            raise ValueError(f"inconsistent WorldModelConfig: context_frames must lie in "
+                             f"[1, {self.backbone.max_frames - 1}], got {self.context_frames}")
 
     @property
     def geometry(self) -> Geometry:
@@ -146,8 +131,9 @@ class WorldModel(nn.Module):
             check_fits_in_memory(cfg)
         self.cfg = cfg
         self.tokenizer: Tokenizer = build_tokenizer(cfg.tokenizer)
-        self.backbone = Backbone(cfg.backbone)
-        self.decoder = DiffusionDecoder(cfg.decoder) if cfg.decoder is not None else None
+        geo = cfg.geometry
+        self.backbone = Backbone(cfg.backbone, geo)
+        self.decoder = DiffusionDecoder(cfg.decoder, geo) if cfg.decoder is not None else None
         self.text_encoder = None  # attached at run time, never saved with the model
         self.amp_dtype: torch.dtype | None = None
         self.trained: tuple[str, ...] | None = None
@@ -260,12 +246,12 @@ class WorldModel(nn.Module):
     @property
     def action_shape(self) -> tuple[int, ...]:
         """One env step's action as the backbone takes it: ``(f,)`` discrete or ``(f, a)`` box."""
-        k = self.cfg.backbone.action_group
+        k = self.cfg.frames_per_step
         return (k,) if self.cfg.action.kind == "discrete" else (k, self.cfg.action.dim)
 
     def check_action(self, action: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
         """Validate and shape actions to ``lead + (k, a)`` (box) or ``lead + (k,)`` (discrete)."""
-        spec, k = self.cfg.action, self.cfg.backbone.action_group
+        spec, k = self.cfg.action, self.cfg.frames_per_step
         if spec.kind == "discrete":
             want = lead + (k,)
             a = action.reshape(want) if action.numel() == math.prod(want) else None
@@ -306,7 +292,11 @@ class WorldModel(nn.Module):
         meta = ckpt.read_json(path / "config.json", FORMAT)
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ckpt.CheckpointError(f"{path} was written by a newer wfm_sim (format_version {meta['format_version']})")
-        return ckpt.from_dict(WorldModelConfig, meta.get("config"), "config")
+        raw = meta.get("config")
+        legacy = _pop_derived(raw) if isinstance(raw, dict) else {}
+        cfg = ckpt.from_dict(WorldModelConfig, raw, "config")
+        _check_derived(cfg, legacy, path)
+        return cfg
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device | None = "auto",
@@ -325,6 +315,27 @@ class WorldModel(nn.Module):
         return model.eval().setup(device, precision)
 
 
+def _pop_derived(raw: dict) -> dict:
+    """Remove (and return) a format-1 config's copies of the geometry."""
+    out = {}
+    for section, keys in _DERIVED.items():
+        part = raw.get(section)
+        if isinstance(part, dict):
+            out.update({(section, k): part.pop(k) for k in list(part) if k in keys})
+    return out
+
+
+def _check_derived(cfg: WorldModelConfig, legacy: dict, where: Path) -> None:
+    geo = cfg.geometry
+    for (section, key), value in legacy.items():
+        if section == "decoder" and cfg.decoder is None or (key == "action_dim" and geo.num_actions):
+            continue
+        want = getattr(geo, _DERIVED[section][key])
+        if value != want:
+            raise ckpt.CheckpointError(f"{where}/config.json: {section}.{key} = {value} disagrees with the model's "
+                                       f"geometry ({_DERIVED[section][key]} = {want}); the file is inconsistent")
+
+
 def build_tokenizer(cfg: TokenizerConfig | CosmosTokenizerConfig) -> Tokenizer:
     """The tokenizer a config names (its ``kind``)."""
     if cfg.kind == "cosmos":
@@ -335,9 +346,10 @@ def build_tokenizer(cfg: TokenizerConfig | CosmosTokenizerConfig) -> Tokenizer:
 def estimate_size(cfg: WorldModelConfig) -> dict[str, int]:
     """Parameters per component, counted on the meta device (nothing is allocated)."""
     with torch.device("meta"):
-        parts = {"tokenizer": build_tokenizer(cfg.tokenizer), "backbone": Backbone(cfg.backbone)}
+        geo = cfg.geometry
+        parts = {"tokenizer": build_tokenizer(cfg.tokenizer), "backbone": Backbone(cfg.backbone, geo)}
         if cfg.decoder is not None:
-            parts["decoder"] = DiffusionDecoder(cfg.decoder)
+            parts["decoder"] = DiffusionDecoder(cfg.decoder, geo)
     out = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
     out["total"] = sum(out.values())
     return out
