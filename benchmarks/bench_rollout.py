@@ -11,9 +11,11 @@ import tempfile
 import time
 
 import torch
-
 from common import emit, machine
 
+from wfm_sim.models import WorldModel, preset
+from wfm_sim.rollout import RolloutPool, RolloutRequest
+from wfm_sim.synthetic.generate import GenerateConfig, generate
 
 MEASURE = """
 import os, sys, numpy as np, torch
@@ -44,8 +46,6 @@ def measured_mib(name: str, cams: int, envs: int) -> float:
 def memory_rows() -> list[dict]:
     """Parameters, bf16 weight bytes and KV-cache bytes per imagined env for each preset; for the
     CPU presets also the measured resident memory of a replica with 16 and 64 envs after one step (fp32)."""
-    from wfm_sim.models import WorldModel, preset
-
     rows = []
     for name, cams in (("small", 1), ("small-mv", 4), ("base", 6), ("large", 6)):
         cfg = preset(name, cameras=tuple(f"CAM_{i}" for i in range(cams)))
@@ -65,8 +65,6 @@ def memory_rows() -> list[dict]:
 def generate_rows(args) -> list[dict]:
     """Camera frames/s of ``generate`` (policy ``road``, the model's shipped contexts) per worker count,
     end to end: Ray actor start-up and model loading included, as a user's run pays them."""
-    from wfm_sim.rollout.generate import GenerateConfig, generate
-
     rows = []
     for workers in (1, 2):
         envs = args.envs_per_worker
@@ -91,8 +89,6 @@ def main() -> None:
     ap.add_argument("--gen-horizon", type=int, default=48, help="steps per generated episode")
     args = ap.parse_args()
     import ray
-
-    from wfm_sim.rollout import RolloutPool, RolloutRequest
 
     info = machine()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)

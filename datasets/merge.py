@@ -7,6 +7,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from wfm_sim.datasets.store import EpisodeReader, EpisodeWriter, StoreError
+from wfm_sim.envs.sources import get_source
 
 # What must agree for two stores to be one dataset.
 SCHEMA_KEYS = ("cameras", "image_size", "action_space", "source_env", "fps", "keys")
@@ -33,8 +34,6 @@ def _check_selection(readers: list[EpisodeReader], cameras: list[str], source: s
         if missing:
             raise StoreError(f"{r.path} has no camera {missing}; it holds {list(r.cameras)}")
     if source is not None:
-        from wfm_sim.envs.sources import get_source
-
         src_cams = list(get_source(source).cameras)
         if src_cams != list(cameras):
             raise StoreError(f"source {source!r} records cameras {src_cams}, not the selected {list(cameras)}; "

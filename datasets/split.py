@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wfm_sim.checkpoint import atomic_write_json
 from wfm_sim.datasets.store import EpisodeReader, StoreError
 
 SPLIT_FILE = "split.json"
@@ -87,8 +88,6 @@ def _read(folder: Path) -> dict:
 
 def save_split(folder: str | Path, split: Split) -> Path:
     """Record ``split`` in ``folder/split.json`` (atomically), beside the splits of other stores."""
-    from wfm_sim.checkpoint import atomic_write_json
-
     folder = Path(folder)
     meta = _read(folder)
     meta["stores"][split.store_id] = asdict(split)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from wfm_sim import checkpoint as ckpt
+from wfm_sim.datasets.store import EpisodeReader, StoreError
 
 CONTEXTS_FILE = "contexts.safetensors"
 
@@ -76,8 +77,6 @@ class ContextBank:
     @classmethod
     def from_store(cls, path: str | Path, cameras: tuple[str, ...], context: int, per_episode: int = 4,
                    max_contexts: int = 512, episodes: list[int] | None = None) -> "ContextBank":
-        from wfm_sim.datasets.store import EpisodeReader, StoreError
-
         r = EpisodeReader(path)
         missing = [c for c in cameras if c not in r.cameras]
         if missing:

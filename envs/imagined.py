@@ -18,6 +18,7 @@ from wfm_sim.envs.inputs import batch_context
 from wfm_sim.envs.spaces import check_actions, model_action_space, pixel_space, token_space
 from wfm_sim.models.rollout import Rollout
 from wfm_sim.models.sampling import SamplingConfig
+from wfm_sim.models.text import TextEncoder
 from wfm_sim.models.world_model import WorldModel, resolve_pretrained
 from wfm_sim.viz import mosaic
 
@@ -127,8 +128,6 @@ class ImaginedVectorEnv(VectorEnv):
             raise ValueError(f"context frames are {self.contexts.frames.shape[3]}px, the model takes "
                              f"{c.tokenizer.image_size}px: start from a store recorded at the model's frame size")
         if text_encoder is None and c.backbone.text_dim and folder is not None:
-            from wfm_sim.models.text import TextEncoder
-
             text_encoder = TextEncoder.of_model(folder)  # the encoder the model was trained with
         self.text_encoder = text_encoder
         if text_encoder is not None and c.backbone.text_dim != text_encoder.dim:

@@ -26,6 +26,7 @@ from torch import nn
 from torch.distributions import Categorical, Normal
 
 from wfm_sim import checkpoint as ckpt
+from wfm_sim.models.world_model import load_state_strict
 from wfm_sim.policies.base import Policy
 
 FORMAT = "wfm_sim.ActorCritic"
@@ -175,8 +176,6 @@ class ActorCritic(nn.Module, Policy):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "ActorCritic":
-        from wfm_sim.models.world_model import load_state_strict
-
         meta = ckpt.read_json(Path(path) / "config.json", FORMAT)
         policy = cls(ckpt.from_dict(ActorCriticConfig, meta["config"]))
         load_state_strict(policy, ckpt.load_tensors(Path(path) / "model.safetensors"), Path(path))

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from wfm_sim import checkpoint as ckpt
+from wfm_sim.models.world_model import load_state_strict
 
 
 def batch_size(obs) -> int:
@@ -320,8 +321,6 @@ class ConvPolicy(nn.Module, Policy):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ConvPolicy":
-        from wfm_sim.models.world_model import load_state_strict
-
         meta = ckpt.read_json(Path(path) / "config.json", "wfm_sim.ConvPolicy")
         policy = cls(ckpt.from_dict(ConvPolicyConfig, meta["config"]))
         load_state_strict(policy, ckpt.load_tensors(Path(path) / "model.safetensors"), Path(path))

@@ -19,7 +19,10 @@ from tqdm.auto import tqdm
 
 from wfm_sim import checkpoint as ckpt
 from wfm_sim.datasets.store import EpisodeReader, StoreError
+from wfm_sim.envs.real import make_real_vec
+from wfm_sim.envs.sources import get_source
 from wfm_sim.policies.base import ConvPolicy, ConvPolicyConfig, Policy, camera_stack
+from wfm_sim.rollout.play import play
 
 
 @dataclass(frozen=True)
@@ -151,10 +154,6 @@ def train_dagger(store: str | Path, out: str | Path, source: str, expert, cfg: B
     the learner is taught how to recover from where it actually goes. ``bc.json`` (written last)
     records each round's real return and success of the policy that played it.
     """
-    from wfm_sim.envs.real import make_real_vec
-    from wfm_sim.envs.sources import get_source
-    from wfm_sim.rollout.play import play
-
     if rounds < 0 or episodes_per_round < 1 or steps_per_round < 1:
         raise ValueError(f"DAgger needs rounds >= 0, episodes_per_round >= 1 and steps_per_round >= 1; got "
                          f"{rounds}, {episodes_per_round}, {steps_per_round}")

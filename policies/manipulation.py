@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from wfm_sim.envs.sources import require
 from wfm_sim.policies.base import ScriptedPolicy, SegmentSchedule
 
 
@@ -17,8 +18,6 @@ class MetaWorldExpert(ScriptedPolicy):
     """
 
     def __init__(self, task: str = "push-v3", max_noise: float = 0.6, noise: float | None = None):
-        from wfm_sim.envs.sources import require
-
         require("metaworld")
         from metaworld.policies import ENV_POLICY_MAP
 

@@ -30,9 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from wfm_sim.envs.sources import metaworld_task
 from wfm_sim.models.world_model import PRETRAINED_DIR
+from wfm_sim.policies.actor_critic import FORMAT, ActorCritic
 from wfm_sim.policies.base import ConstantPolicy, ConvPolicy, PlanPolicy, Policy, RandomPolicy, as_policy
 from wfm_sim.policies.driving import MixedDriver, RoadCentroidDriver, TrackFollower
+from wfm_sim.policies.manipulation import MetaWorldExpert, MixedManipulation
 
 NAMES = ("random", "road", "driver", "mixed", "mixed-v2", "expert", "expert-clean")
 SCRIPTED = ("driver", "mixed", "mixed-v2", "expert", "expert-clean")
@@ -68,9 +71,6 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
         return TrackFollower(noise=0.15)
     if name == "mixed":
         if source is not None and source.startswith("metaworld-"):
-            from wfm_sim.envs.sources import metaworld_task
-            from wfm_sim.policies.manipulation import MixedManipulation
-
             return MixedManipulation(metaworld_task(source))
         if source is not None and not source.startswith("carracing"):
             raise ValueError(f"'mixed' is scripted for CarRacing and Meta-World; source {source!r} is neither")
@@ -82,8 +82,6 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
     if name in ("expert", "expert-clean"):  # clean: no exploration noise (labels for behaviour cloning)
         if source is None or not source.startswith("metaworld-"):
             raise ValueError(f"{name!r} is Meta-World's scripted expert; source {source!r} is not a Meta-World task")
-        from wfm_sim.envs.sources import metaworld_task
-        from wfm_sim.policies.manipulation import MetaWorldExpert
 
         return MetaWorldExpert(metaworld_task(source), noise=0.0 if name == "expert-clean" else None)
     if name.startswith("const:"):
@@ -98,7 +96,6 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is a folder but not a saved policy (no config.json)")
-        from wfm_sim.policies.actor_critic import FORMAT, ActorCritic
 
         if f'"{FORMAT}"' in (path / "config.json").read_text(errors="replace"):
             return ActorCritic.from_pretrained(path)

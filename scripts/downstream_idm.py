@@ -7,7 +7,7 @@
 2. ``wfm-sim generate`` imagines synthetic episodes from starts in the few real episodes, driven by
    real action sequences cut from those same episodes (so synthetic actions follow the real
    action distribution), with full provenance.
-3. An inverse-dynamics model (``wfm_sim.evaluation.downstream``) is trained per arm with the same
+3. An inverse-dynamics model (``wfm_sim.synthetic.downstream``) is trained per arm with the same
    steps, batch, learning rate and seeds: real alone, real + synthetic, synthetic alone; R^2 per
    action dimension on the held-out real transitions.
 """
@@ -22,9 +22,9 @@ import numpy as np
 
 from wfm_sim.datasets import EpisodeReader, filter_store
 from wfm_sim.datasets.split import load_split
-from wfm_sim.evaluation.downstream import IDMConfig, load_transitions, run_arms, table
 from wfm_sim.models.world_model import resolve_pretrained
-from wfm_sim.rollout.generate import GenerateConfig, generate
+from wfm_sim.synthetic.downstream import IDMConfig, load_transitions, run_arms, table
+from wfm_sim.synthetic.generate import GenerateConfig, generate
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data", default="data/driving_mix.zarr", help="the real store the shipped driving model was trained on")

@@ -16,10 +16,11 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from wfm_sim.card import model_card, training_summary
 from wfm_sim.datasets.split import load_split
 from wfm_sim.datasets.store import EpisodeReader
+from wfm_sim.envs.captions import CAR_CAPTIONS
 from wfm_sim.envs.contexts import ContextBank
-from wfm_sim.evaluation.card import model_card, training_summary
 from wfm_sim.evaluation.fidelity import EvalConfig, evaluate
 from wfm_sim.evaluation.report import summary_table, write_report
 from wfm_sim.models import SamplingConfig, WorldModel
@@ -89,8 +90,6 @@ def main() -> None:
     cmds.append(f"python scripts/ship_model.py {run} {args.name} --data {args.data} --steps {args.steps}")
     card = model_card(shipped, args.name, data, train, report, cmds)
     if (out / TEXT_FOLDER).is_dir():
-        from wfm_sim.envs.captions import CAR_CAPTIONS
-
         card += ("\n## Text conditioning\n\nTrained on scene captions recorded from simulator state "
                  "(`wfm-sim collect ... --captions`); its frozen T5 text encoder ships in `text_encoder/` and the "
                  "imagined env loads it. Prompts it was trained with: " + ", ".join(f'"{c}"' for c in CAR_CAPTIONS) +

@@ -3,7 +3,7 @@
 import pytest
 
 from wfm_sim.datasets import EpisodeReader, StoreError
-from wfm_sim.evaluation.downstream import IDMConfig, evaluate_idm, load_transitions, run_arms, train_idm
+from wfm_sim.synthetic.downstream import IDMConfig, evaluate_idm, load_transitions, run_arms, train_idm
 from wfm_sim.testing import square_world_store
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from wfm_sim.datasets import EpisodeReader, StoreError
-from wfm_sim.rollout.generate import GenerateConfig, generate, regenerate
+from wfm_sim.synthetic.generate import GenerateConfig, generate, regenerate
+from wfm_sim.testing import square_world_store
 
 
 def _cfg(model, store, **kw):
@@ -47,7 +48,6 @@ def test_generate_refuses_mixing_settings_and_bad_starts(tiny_model_dir_with_con
     generate(_cfg(tiny_model_dir_with_contexts, square_store, episodes=1), out, progress=False)
     with pytest.raises(StoreError, match=r"other settings \(temperature\)"):
         generate(_cfg(tiny_model_dir_with_contexts, square_store, episodes=1, temperature=0.5), out, progress=False)
-    from wfm_sim.testing import square_world_store
 
     other = square_world_store(tmp_path / "big.zarr", episodes=2, size=32)
     with pytest.raises(ValueError, match="32px"):

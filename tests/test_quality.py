@@ -8,8 +8,8 @@ import pytest
 
 from wfm_sim.cli import main
 from wfm_sim.datasets import EpisodeReader, EpisodeWriter, StoreError, filter_store
-from wfm_sim.evaluation.quality import Seam, score_dataset, seam_error, seams, wasserstein_1d
 from wfm_sim.rollout import record
+from wfm_sim.synthetic.quality import Seam, score_dataset, seam_error, seams, wasserstein_1d
 
 pytest.importorskip("Box2D")
 CAMS = ("CAM_FRONT", "CAM_BACK", "CAM_LEFT", "CAM_RIGHT")

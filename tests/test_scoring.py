@@ -6,7 +6,26 @@ import numpy as np
 import pytest
 import torch
 
+from wfm_sim.commands import policy_label
+from wfm_sim.datasets import EpisodeReader, EpisodeWriter, StoreError
+from wfm_sim.envs import Context, ImaginedVectorEnv
+from wfm_sim.envs.real import RealEnv, make_real_vec
+from wfm_sim.envs.spaces import action_space
 from wfm_sim.evaluation.agreement import agreement, mmrv, pearson, ranks, spearman
+from wfm_sim.evaluation.policy_sets import expert_for, expert_plans
+from wfm_sim.evaluation.replay import replay_heads
+from wfm_sim.evaluation.score_report import ranking_table, write_score_report
+from wfm_sim.evaluation.scoring import ScoreConfig, score_policies
+from wfm_sim.evaluation.starts import dataset_starts, seed_starts
+from wfm_sim.models import WorldModel, preset
+from wfm_sim.policies import ConstantPolicy, PlanPolicy, RandomPolicy, RoadCentroidDriver, TrackFollower, make_policy
+from wfm_sim.policies.base import ConstantPolicy, ConvPolicy, ConvPolicyConfig, SpatialSoftmax
+from wfm_sim.policies.bc import BCConfig, ExpertLabels, random_shift, train_bc, train_dagger
+from wfm_sim.rl.planning import PlanConfig, cem_plan, plan_and_execute, rank_plans
+from wfm_sim.rollout import record
+from wfm_sim.rollout.play import play
+from wfm_sim.rollout.record import record
+from wfm_sim.testing import steer_reward_model
 
 pytest.importorskip("Box2D")
 
@@ -32,8 +51,6 @@ def top_model():
     """A tiny model of the one-camera CarRacing rig (CAM_TOP, 16 px): the twin of source 'carracing'."""
     import torch
 
-    from wfm_sim.models import WorldModel, preset
-
     torch.manual_seed(0)
     model = WorldModel(preset("tiny", cameras=("CAM_TOP",), name="tiny-car")).setup("cpu", "fp32").eval()
     torch.nn.init.constant_(model.backbone.head_done[-1].bias, -8.0)  # episodes run to the horizon
@@ -41,11 +58,6 @@ def top_model():
 
 
 def test_score_plays_both_worlds_from_the_same_start_state(top_model, tmp_path):
-    from wfm_sim.evaluation.score_report import write_score_report
-    from wfm_sim.evaluation.scoring import ScoreConfig, score_policies
-    from wfm_sim.policies import PlanPolicy, RandomPolicy, RoadCentroidDriver
-    from wfm_sim.envs.spaces import action_space
-
     space = action_space({"type": "box", "low": [-1, 0, 0], "high": [1, 1, 1]})
     plan = np.tile(np.array([0.0, 0.6, 0.0], np.float32), (4, 1))
     cfg = ScoreConfig(starts=3, samples=2, horizon=4, batch=4, real_batch=2, videos=1, start_seed=1234)
@@ -83,13 +95,6 @@ def test_score_plays_both_worlds_from_the_same_start_state(top_model, tmp_path):
 
 
 def test_recorded_episodes_start_both_worlds_where_they_were_recorded(top_model, tmp_path):
-    from wfm_sim.datasets import EpisodeReader, EpisodeWriter
-    from wfm_sim.evaluation.score_report import ranking_table
-    from wfm_sim.evaluation.scoring import ScoreConfig, score_policies
-    from wfm_sim.evaluation.starts import dataset_starts
-    from wfm_sim.policies import PlanPolicy
-    from wfm_sim.rollout.record import record
-
     store = tmp_path / "r.zarr"
     record("carracing", store, episodes=3, max_steps=7, seed=40, policy="random", size=16, progress=False)
     reader, T = EpisodeReader(store), 4
@@ -142,12 +147,6 @@ def test_replayed_heads_equal_a_fresh_teacher_forced_pass(top_model, mode):
 
     import torch
 
-    from wfm_sim.envs.real import make_real_vec
-    from wfm_sim.evaluation.replay import replay_heads
-    from wfm_sim.evaluation.starts import seed_starts
-    from wfm_sim.policies import PlanPolicy
-    from wfm_sim.rollout.play import play
-
     m, T = copy.deepcopy(top_model), 3
     starts = seed_starts("carracing", [5, 6], 16, 1)
     contexts, warm = starts.contexts, starts.warmups[0]
@@ -183,10 +182,6 @@ def test_replayed_heads_equal_a_fresh_teacher_forced_pass(top_model, mode):
 
 
 def test_ray_workers_score_like_one_process_and_scripted_experts_are_real_only(top_model, tmp_path):
-    from wfm_sim.evaluation.score_report import ranking_table
-    from wfm_sim.evaluation.scoring import ScoreConfig, score_policies
-    from wfm_sim.policies import PlanPolicy, TrackFollower
-
     folder = top_model.save_pretrained(tmp_path / "tiny-car")
     plans = np.random.default_rng(0).uniform([-1, 0, 0], [1, 1, 1], (3, 3, 3)).astype(np.float32)  # one per start
     policies = {"plans": PlanPolicy(plans), "driver": TrackFollower()}
@@ -205,9 +200,6 @@ def test_ray_workers_score_like_one_process_and_scripted_experts_are_real_only(t
 
 
 def test_bad_scoring_input_is_refused_before_anything_runs(top_model, tiny_model):
-    from wfm_sim.evaluation.scoring import ScoreConfig, score_policies
-    from wfm_sim.policies import PlanPolicy
-
     cfg = ScoreConfig(starts=2, samples=1, horizon=5)
     with pytest.raises(ValueError, match="plan 'short' has 3 steps, fewer than the horizon 5"):
         score_policies(top_model, "carracing", {"short": PlanPolicy(np.zeros((3, 3), np.float32))}, cfg)
@@ -221,8 +213,6 @@ def test_bad_scoring_input_is_refused_before_anything_runs(top_model, tiny_model
 
 
 def test_a_killed_scoring_run_leaves_no_report_json(tmp_path):
-    from wfm_sim.evaluation.score_report import write_score_report
-
     out = tmp_path / "r"
     out.mkdir()
     (out / "report.json").write_text("{}")  # a finished report of an earlier run
@@ -235,11 +225,6 @@ def test_a_killed_scoring_run_leaves_no_report_json(tmp_path):
 
 
 def test_plans_are_ranked_and_cem_finds_the_best_in_imagination():
-    from wfm_sim.envs import Context, ImaginedVectorEnv
-    from wfm_sim.evaluation.planning import PlanConfig, cem_plan, rank_plans
-    from wfm_sim.models import preset
-    from wfm_sim.testing import steer_reward_model
-
     model = steer_reward_model(preset("tiny")).setup("cpu", "fp32")  # reward rises with steer: optimum +1
     env = ImaginedVectorEnv(8, model, obs_mode="tokens", parallel_steps=1, max_episode_steps=4)
     ctx = Context({"CAM_FRONT": np.zeros((2, 16, 16, 3), np.uint8)}, np.zeros((1, 3), np.float32))
@@ -253,11 +238,6 @@ def test_plans_are_ranked_and_cem_finds_the_best_in_imagination():
 
 
 def test_a_plan_chosen_in_imagination_is_played_in_the_real_twin_from_the_same_start(top_model):
-    from wfm_sim.envs.real import RealEnv
-    from wfm_sim.evaluation.planning import PlanConfig, plan_and_execute
-    from wfm_sim.evaluation.policy_sets import expert_plans
-    from wfm_sim.evaluation.starts import seed_starts
-
     cfg = PlanConfig(horizon=3, population=4, elites=2, iterations=2)
     out = plan_and_execute(top_model, "carracing", [5, 6], cfg, batch=4, progress=False)
     assert [r["seed"] for r in out["starts"]] == [5, 6]
@@ -274,10 +254,6 @@ def test_a_plan_chosen_in_imagination_is_played_in_the_real_twin_from_the_same_s
 
 
 def test_behaviour_cloning_learns_a_frame_to_action_map_and_repeats(tmp_path):
-    from wfm_sim.datasets import EpisodeWriter
-    from wfm_sim.policies import make_policy
-    from wfm_sim.policies.bc import BCConfig, train_bc
-
     rng = np.random.default_rng(0)
     store = tmp_path / "teach.zarr"
     with EpisodeWriter(store, ("CAM_FRONT",), 16, {"type": "box", "shape": [2], "low": [-1, -1], "high": [1, 1]},
@@ -300,7 +276,6 @@ def test_behaviour_cloning_learns_a_frame_to_action_map_and_repeats(tmp_path):
     frame = np.zeros((1, 16, 16, 3), np.uint8)
     frame[:, :, :8], frame[:, :, 8:] = 200, 30
     np.testing.assert_allclose(policy(frame)[0], [200 / 127 - 1, 30 / 127 - 1], atol=0.15)
-    from wfm_sim.datasets import StoreError
 
     with pytest.raises(StoreError, match="holds 6 episodes; asked to clone from 7"):
         train_bc(store, tmp_path / "x", BCConfig(episodes=7, steps=1), progress=False)
@@ -309,7 +284,6 @@ def test_behaviour_cloning_learns_a_frame_to_action_map_and_repeats(tmp_path):
 def test_policy_labels_keep_folder_names_whole(tmp_path):
     """A folder like bc-noise0.5 keeps its whole name (a stem would cut it to bc-noise0 and make
     bc-noise0.5 and bc-noise0.8 collide); plan files lose their suffix; RUN/policy takes RUN's name."""
-    from wfm_sim.commands import policy_label
     (tmp_path / "bc-noise0.5").mkdir()
     (tmp_path / "run7" / "policy").mkdir(parents=True)
     (tmp_path / "left.npy").write_bytes(b"")
@@ -320,11 +294,6 @@ def test_policy_labels_keep_folder_names_whole(tmp_path):
 
 
 def test_a_constant_policy_plays_like_the_constant_plan_and_refuses_bad_actions():
-    from wfm_sim.envs.real import make_real_vec
-    from wfm_sim.envs.spaces import action_space
-    from wfm_sim.policies import ConstantPolicy, PlanPolicy, make_policy
-    from wfm_sim.rollout.play import play
-
     space = action_space({"type": "box", "low": [-1, 0, 0], "high": [1, 1, 1]})
     left = make_policy("const:-1,0.5,0", space)
     assert isinstance(left, ConstantPolicy) and left({"CAM_TOP": np.zeros((3, 16, 16, 3), np.uint8)}).tolist() == [[-1, 0.5, 0]] * 3
@@ -346,8 +315,6 @@ def test_spatial_softmax_finds_the_hot_pixel_and_keypoint_policy_round_trips(tmp
     """The keypoint head reads *where* a feature is: one hot pixel's softmax mean is its (x, y)
     in [-1, 1]. A keypoint ConvPolicy saves and loads exactly; a config without ``head`` (written
     before keypoints existed) loads as the pooling head; a bad head or bound count is refused."""
-    from wfm_sim.policies.base import ConvPolicy, ConvPolicyConfig, SpatialSoftmax
-
     maps = torch.full((1, 2, 8, 8), -1e4)
     maps[0, 0, 2, 7] = 0.0  # row 2, column 7
     maps[0, 1, 0, 0] = 0.0
@@ -376,8 +343,6 @@ def test_spatial_softmax_finds_the_hot_pixel_and_keypoint_policy_round_trips(tmp
 
 
 def test_random_shift_translates_all_cameras_alike():
-    from wfm_sim.policies.bc import random_shift
-
     rng = np.random.default_rng(0)
     frames = torch.from_numpy(rng.integers(0, 256, (5, 2, 12, 12, 3), dtype=np.uint8))
     assert random_shift(frames, 0, rng) is frames
@@ -397,12 +362,6 @@ def test_dagger_labels_the_learners_states_with_the_experts_actions(tmp_path):
     reset, the executed actions are the learner's. train_dagger grows the data by exactly the
     frames of its rounds and records each round's real outcome."""
     pytest.importorskip("metaworld")
-    from wfm_sim.envs.real import make_real_vec
-    from wfm_sim.evaluation.policy_sets import expert_for
-    from wfm_sim.policies.base import ConstantPolicy
-    from wfm_sim.policies.bc import BCConfig, ExpertLabels, train_dagger
-    from wfm_sim.rollout import record
-    from wfm_sim.rollout.play import play
 
     env = make_real_vec("metaworld-push", 2)
     still = ConstantPolicy(np.zeros(4, np.float32))
@@ -431,9 +390,6 @@ def test_expert_clean_is_the_noise_free_scripted_expert():
     """``expert-clean`` records the scripted expert's own actions (behaviour-cloning labels), while
     ``expert`` adds per-episode exploration noise; both refuse a source that is not Meta-World."""
     pytest.importorskip("metaworld")
-    from wfm_sim.envs.real import make_real_vec
-    from wfm_sim.policies import make_policy
-    from wfm_sim.rollout.play import play
 
     env = make_real_vec("metaworld-push", 2)
     clean = [play(env, make_policy("expert-clean", source="metaworld-push"), [3, 4], 6) for _ in range(2)]

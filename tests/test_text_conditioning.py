@@ -5,8 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wfm_sim.envs.captions import CAR_CAPTIONS, car_caption, caption_text, road_turn
-from wfm_sim.envs.sources import CarState
+from wfm_sim.datasets import EpisodeReader, StoreError
+from wfm_sim.envs import ImaginedVectorEnv
+from wfm_sim.envs.captions import CAR_CAPTIONS, caption_text, car_caption, road_turn
+from wfm_sim.envs.real import RealEnv
+from wfm_sim.envs.sources import CarState, get_source
+from wfm_sim.models import WorldModel
+from wfm_sim.models.text import TextEncoder
+from wfm_sim.models.world_model import resolve_pretrained
+from wfm_sim.policies.driving import road_mask
+from wfm_sim.rollout import record
+from wfm_sim.synthetic.generate import GenerateConfig, generate, regenerate
+from wfm_sim.training.loop import TrainConfig, train
 
 
 def _arc_state(turn_left: bool, on_road: bool = True, backwards: bool = False) -> CarState:
@@ -39,8 +49,6 @@ def test_captions_read_the_road_ahead_from_state():
 
 
 def test_a_source_without_a_captioner_refuses_captions():
-    from wfm_sim.envs.sources import get_source
-
     assert get_source("carracing-front?captions").extras == {"caption": ((), "int8")}
     with pytest.raises(ValueError, match="has no captioner"):
         get_source("pusher").with_captions()
@@ -48,17 +56,12 @@ def test_a_source_without_a_captioner_refuses_captions():
 
 @pytest.fixture(scope="module")
 def caption_store(tmp_path_factory):
-    from wfm_sim.rollout import record
-
     path = tmp_path_factory.mktemp("captions") / "cap.zarr"
     record("carracing-front?captions", path, episodes=3, policy="mixed", max_steps=14, size=16, progress=False)
     return path
 
 
 def test_recorded_captions_are_the_state_captions_of_each_step(caption_store):
-    from wfm_sim.datasets import EpisodeReader
-    from wfm_sim.envs.real import RealEnv
-
     r = EpisodeReader(caption_store)
     assert r.extras == ("caption",)
     ep = r.episode(1)
@@ -74,11 +77,6 @@ def test_recorded_captions_are_the_state_captions_of_each_step(caption_store):
 
 
 def test_text_model_trains_on_captions_and_prompts_change_the_rollout(caption_store, tmp_path, square_store):
-    from wfm_sim.datasets import StoreError
-    from wfm_sim.envs import ImaginedVectorEnv
-    from wfm_sim.models import WorldModel
-    from wfm_sim.training.loop import TrainConfig, train
-
     out = tmp_path / "text"
     common = dict(preset="tiny", batch_size=2, eval_every=2, save_every=2, progress=False, num_workers=0)
     with pytest.raises(StoreError, match="no scene captions.*--captions"):
@@ -106,10 +104,6 @@ def test_text_model_trains_on_captions_and_prompts_change_the_rollout(caption_st
 
 
 def test_generate_with_a_prompt_records_it_and_regenerates(caption_store, tmp_path):
-    from wfm_sim.datasets import EpisodeReader
-    from wfm_sim.rollout.generate import GenerateConfig, generate, regenerate
-    from wfm_sim.training.loop import TrainConfig, train
-
     out = tmp_path / "text"
     train(TrainConfig("backbone", str(caption_store), str(out), preset="tiny", text_encoder="tiny", steps=1,
                       batch_size=2, eval_every=100, progress=False, num_workers=0))
@@ -133,12 +127,6 @@ def test_generate_with_a_prompt_records_it_and_regenerates(caption_store, tmp_pa
 def test_shipped_text_model_puts_the_car_on_grass_when_asked():
     """The shipped model's prompt decides the scene when it starts from text alone (the README's
     measure: the road share of the lower half)."""
-    from wfm_sim.envs import ImaginedVectorEnv
-    from wfm_sim.models import WorldModel
-    from wfm_sim.models.text import TextEncoder
-    from wfm_sim.models.world_model import resolve_pretrained
-    from wfm_sim.policies.driving import road_mask
-
     folder = resolve_pretrained("driving_text")
     assert ImaginedVectorEnv(1, "driving_text", device="cpu").text_encoder is not None  # loaded with the model
     model = WorldModel.from_pretrained(folder, device="cpu", precision="fp32")  # no contexts: start from text

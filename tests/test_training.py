@@ -3,14 +3,21 @@
 import json
 
 import numpy as np
-
 import pytest
 import torch
 
-from wfm_sim.datasets import EpisodeWriter, StoreError
+from wfm_sim.card import training_summary
+from wfm_sim.cli import main
+from wfm_sim.datasets import EpisodeReader, EpisodeWriter, StoreError
+from wfm_sim.datasets.split import load_split
+from wfm_sim.datasets.windows import WindowDataset
 from wfm_sim.evaluation.fidelity import EvalConfig, evaluate
 from wfm_sim.models import WorldModel
-from wfm_sim.training.loop import TrainConfig, train
+from wfm_sim.models.presets import preset, with_tokenizer
+from wfm_sim.rollout import record
+from wfm_sim.testing import square_world_store
+from wfm_sim.training.loop import TrainConfig, config_for_data, train
+from wfm_sim.training.token_cache import store_tokens
 
 
 def _cfg(store, out, component, **kw):
@@ -20,8 +27,6 @@ def _cfg(store, out, component, **kw):
 
 
 def test_train_save_load_evaluate_end_to_end(tmp_path):
-    from wfm_sim.rollout import record
-
     store = tmp_path / "car.zarr"
     record("carracing", store, episodes=3, max_steps=8, size=16, progress=False)  # real simulator frames
     out = tmp_path / "model"
@@ -99,7 +104,6 @@ def test_bad_data_errors(tmp_path, square_store):
     with pytest.raises(StoreError, match="no complete episode"):
         train(_cfg(empty, tmp_path / "e", "tokenizer"))
     train(_cfg(square_store, tmp_path / "m", "tokenizer", steps=1))
-    from wfm_sim.testing import square_world_store
 
     other = square_world_store(tmp_path / "two.zarr", episodes=2, steps=4, cameras=("CAM_BACK",))
     with pytest.raises(StoreError, match="CAM_FRONT"):
@@ -181,7 +185,6 @@ def test_tokenizer_from_another_model(tmp_path, square_store):
     a = WorldModel.from_pretrained(tmp_path / "a", device="cpu").tokenizer.state_dict()
     b = WorldModel.from_pretrained(tmp_path / "b", device="cpu").tokenizer.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    from wfm_sim.evaluation.card import training_summary
 
     summary = training_summary(tmp_path / "b")  # the model card names where the tokenizer was trained
     assert summary["tokenizer"]["steps"] == 2 and summary["tokenizer"]["config"]["out"] == str(tmp_path / "a")
@@ -191,9 +194,6 @@ def test_tokenizer_from_another_model(tmp_path, square_store):
 def test_tokenizer_from_a_model_with_another_token_grid(tmp_path, square_store):
     """A donor tokenizer that compresses more than the preset's reshapes the new backbone and decoder."""
     from dataclasses import replace
-
-    from wfm_sim.models.presets import preset, with_tokenizer
-    from wfm_sim.training.loop import config_for_data
 
     cfg = config_for_data("tiny", str(square_store))
     donor = WorldModel(with_tokenizer(cfg, replace(cfg.tokenizer, spatial_downsample=8, channel_mult=(1, 2, 2))))
@@ -207,16 +207,12 @@ def test_tokenizer_from_a_model_with_another_token_grid(tmp_path, square_store):
 
 
 def test_backbone_trains_on_a_multicamera_store(tmp_path):
-    from wfm_sim.testing import square_world_store
-    from wfm_sim.training.token_cache import store_tokens
-
     store = square_world_store(tmp_path / "two.zarr", episodes=4, steps=6, cameras=("CAM_FRONT", "CAM_BACK"))
     train(_cfg(store, tmp_path / "m", "tokenizer", steps=1))
     last = train(_cfg(store, tmp_path / "m", "backbone", steps=2))
     assert last["step"] == 2
     model = WorldModel.from_pretrained(tmp_path / "m", device="cpu", precision="fp32")
     cached = store_tokens(model, str(store), tmp_path / "m" / "train_state" / "backbone", progress=False)
-    from wfm_sim.datasets import EpisodeReader
 
     ep = EpisodeReader(store).episode(0)
     frames = torch.from_numpy(np.stack([ep.obs["CAM_FRONT"][:2], ep.obs["CAM_BACK"][:2]], axis=1))[None]
@@ -224,11 +220,6 @@ def test_backbone_trains_on_a_multicamera_store(tmp_path):
 
 
 def test_the_held_out_split_is_drawn_once_and_read_back_by_evaluate(tmp_path, square_store, capsys):
-    from wfm_sim.cli import main
-    from wfm_sim.datasets.split import load_split
-    from wfm_sim.datasets.windows import WindowDataset
-    from wfm_sim.testing import square_world_store
-
     out = tmp_path / "m"
     train(_cfg(square_store, out, "tokenizer", steps=1, seed=1))
     split = load_split(out, square_store)
@@ -250,8 +241,6 @@ def test_the_held_out_split_is_drawn_once_and_read_back_by_evaluate(tmp_path, sq
 
 
 def test_a_model_of_a_camera_subset_reuses_a_multi_camera_tokenizer(tmp_path):
-    from wfm_sim.testing import square_world_store
-
     store = square_world_store(tmp_path / "two.zarr", episodes=4, cameras=("CAM_FRONT", "CAM_BACK"))
     train(_cfg(store, tmp_path / "both", "tokenizer", steps=2))
     train(_cfg(store, tmp_path / "front", "backbone", steps=2, cameras=("CAM_FRONT",),

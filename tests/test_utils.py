@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from wfm_sim.envs.car_cameras import _clip_near
-from wfm_sim.evaluation.metrics import psnr, ssim
+from wfm_sim.metrics import psnr, ssim
 from wfm_sim.policies import PlanPolicy, RandomPolicy, RoadCentroidDriver
 from wfm_sim.viz import contact_sheet, mosaic, read_mp4, write_mp4
 

@@ -9,6 +9,7 @@ import sys
 
 from wfm_sim import commands as c
 from wfm_sim.cli_args import Parser, command
+from wfm_sim.envs.sources import SOURCES
 from wfm_sim.rl.dyna import DynaConfig
 from wfm_sim.training.loop import TrainConfig
 
@@ -80,8 +81,6 @@ def build_parser() -> Parser:
 
 
 def _sources() -> str:
-    from wfm_sim.envs.sources import SOURCES
-
     lines = "\n".join(f"  {n:16s} {s.description} (default policy: {s.default_policy})" for n, s in SOURCES.items())
     return f"Record episodes from a real simulator.\n\nsources:\n{lines}"
 

@@ -19,12 +19,38 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wfm_sim.checkpoint import atomic_write_json
 from wfm_sim.config import arg
-from wfm_sim.evaluation.fidelity import EvalConfig
-from wfm_sim.evaluation.planning import PlanConfig
-from wfm_sim.evaluation.scoring import ScoreConfig
+from wfm_sim.datasets import EpisodeReader, filter_store, merge_stores, repair_store
+from wfm_sim.datasets.health import inspect_store
+from wfm_sim.datasets.importers import import_lerobot, import_robomimic
+from wfm_sim.datasets.inspect import dataset_sheet
+from wfm_sim.datasets.split import load_split
+from wfm_sim.datasets.store import open_root
+from wfm_sim.demo import run_demo
+from wfm_sim.envs.gym_source import GymSpec
+from wfm_sim.envs.sources import SOURCES, get_source
+from wfm_sim.envs.spaces import model_action_space
+from wfm_sim.evaluation.fidelity import EvalConfig, evaluate
+from wfm_sim.evaluation.policy_sets import graded_set
+from wfm_sim.evaluation.report import summary_table, write_report
+from wfm_sim.evaluation.score_report import ranking_table, write_score_report
+from wfm_sim.evaluation.scoring import ScoreConfig, check_rig, make_starts, score_policies, twin_source
+from wfm_sim.models import WorldModel
+from wfm_sim.models.cosmos_weights import load_cosmos_tokenizer, reconstruct
+from wfm_sim.models.world_model import resolve_pretrained
+from wfm_sim.policies import ConvPolicy, PlanPolicy, make_policy
+from wfm_sim.policies.registry import SCRIPTED
+from wfm_sim.rl import train_policy
+from wfm_sim.rl.dyna import run_dyna
 from wfm_sim.rl.imagination import ImaginationRLConfig
-from wfm_sim.rollout.generate import GenerateConfig
+from wfm_sim.rl.planning import PlanConfig, plan_and_execute
+from wfm_sim.rollout import PolicySpec, RolloutPool, RolloutRequest
+from wfm_sim.rollout.record import record
+from wfm_sim.synthetic.generate import GenerateConfig, generate
+from wfm_sim.synthetic.quality import score_dataset, summary_lines, write_quality
+from wfm_sim.training.loop import train
+from wfm_sim.viz import read_mp4, write_mp4
 
 DECODERS, MODES = ("token", "diffusion"), ("sequential", "parallel")
 
@@ -71,10 +97,6 @@ class CollectCommand:
 
 
 def run_collect(cfg: CollectCommand) -> dict:
-    from wfm_sim.envs.gym_source import GymSpec
-    from wfm_sim.envs.sources import SOURCES, get_source
-    from wfm_sim.rollout.record import record
-
     gym_flags = {"--cameras": cfg.cameras, "--fps": cfg.fps, "--action-repeat": cfg.action_repeat,
                  "--info": cfg.info, "--env-kwargs": cfg.env_kwargs}
     source = cfg.source
@@ -110,9 +132,6 @@ class DatasetInfo:
 
 
 def run_dataset_info(cfg: DatasetInfo) -> str:
-    from wfm_sim.datasets.inspect import dataset_sheet
-    from wfm_sim.datasets.store import EpisodeReader
-
     reader = EpisodeReader(cfg.path)
     text = json.dumps(reader.summary(), indent=2)
     if cfg.sheet:
@@ -135,10 +154,6 @@ class DatasetCheck:
 
 def run_dataset_check(cfg: DatasetCheck) -> int:
     import sys
-
-    from wfm_sim.datasets import repair_store
-    from wfm_sim.datasets.health import inspect_store
-    from wfm_sim.datasets.store import open_root
 
     if cfg.repair or cfg.keep_episodes is not None:
         if not cfg.repair:
@@ -173,8 +188,6 @@ class DatasetMerge:
 
 
 def run_dataset_merge(cfg: DatasetMerge) -> dict:
-    from wfm_sim.datasets import EpisodeReader, merge_stores
-
     added = merge_stores(list(cfg.sources), cfg.out, progress=cfg.progress, cameras=cfg.cameras, source=cfg.source)
     r = EpisodeReader(cfg.out)
     return {"added_episodes": added, "episodes": r.num_episodes, "frames": r.num_steps}
@@ -202,9 +215,6 @@ class DatasetImport:
 
 
 def run_dataset_import(cfg: DatasetImport) -> dict:
-    from wfm_sim.datasets import EpisodeReader
-    from wfm_sim.datasets.importers import import_lerobot, import_robomimic
-
     cams = None if cfg.cameras is None else list(cfg.cameras)
     if cfg.format == "robomimic":
         stats = import_robomimic(cfg.path, cfg.out, cams, cfg.size, cfg.fps, progress=cfg.progress)
@@ -219,8 +229,6 @@ def run_dataset_import(cfg: DatasetImport) -> dict:
 # --------------------------------------------------------------------------- train
 
 def run_train(cfg) -> dict:
-    from wfm_sim.training.loop import train
-
     if cfg.ray_workers:
         from wfm_sim.training.distributed import train_distributed
 
@@ -238,8 +246,6 @@ class TrainPolicyCommand:
 
 
 def run_train_policy(cfg: TrainPolicyCommand) -> str:
-    from wfm_sim.rl import train_policy
-
     last = train_policy(cfg.rl, resume=cfg.resume)
     return (json.dumps(_rounded(last, 4)) + f"\npolicy: {cfg.rl.out}/policy (score it: wfm-sim score --model "
             f"{cfg.rl.model} --policies {cfg.rl.out}/policy random --real)")
@@ -263,16 +269,9 @@ class EvaluateCommand:
 
 
 def run_evaluate(cfg: EvaluateCommand) -> str:
-    from wfm_sim.evaluation.fidelity import evaluate
-    from wfm_sim.evaluation.report import summary_table, write_report
-    from wfm_sim.models import WorldModel
-
     model = WorldModel.from_pretrained(cfg.model, device=cfg.device, precision=cfg.precision)
     split = None
     if cfg.eval.split != "all":
-        from wfm_sim.datasets.split import load_split
-        from wfm_sim.models.world_model import resolve_pretrained
-
         split = load_split(resolve_pretrained(cfg.model), cfg.data)
     report, videos = evaluate(model, cfg.data, cfg.eval, split)
     report["model"] = str(cfg.model)
@@ -304,13 +303,6 @@ class ScoreCommand:
 
 
 def run_score(cfg: ScoreCommand) -> str:
-    from wfm_sim.envs.spaces import model_action_space
-    from wfm_sim.evaluation.policy_sets import graded_set
-    from wfm_sim.evaluation.score_report import ranking_table, write_score_report
-    from wfm_sim.evaluation.scoring import check_rig, make_starts, score_policies, twin_source
-    from wfm_sim.models import WorldModel
-    from wfm_sim.policies import make_policy
-
     model = WorldModel.from_pretrained(cfg.model, device=cfg.device, precision=cfg.precision)
     source, sc = twin_source(model, cfg.model, cfg.source), cfg.score
     policies = {}
@@ -367,11 +359,6 @@ class PlanCommand:
 
 
 def run_plan(cfg: PlanCommand) -> str:
-    from wfm_sim.checkpoint import atomic_write_json
-    from wfm_sim.evaluation.planning import plan_and_execute
-    from wfm_sim.evaluation.scoring import check_rig, twin_source
-    from wfm_sim.models import WorldModel
-
     model = WorldModel.from_pretrained(cfg.model, device=cfg.device, precision=cfg.precision)
     source = twin_source(model, cfg.model, cfg.source)
     check_rig(model, source, cfg.plan.horizon + model.cfg.context_frames - 1)
@@ -404,9 +391,6 @@ class QualityCommand:
 
 
 def run_quality(cfg: QualityCommand) -> str:
-    from wfm_sim.datasets import filter_store
-    from wfm_sim.evaluation.quality import score_dataset, summary_lines, write_quality
-
     if (cfg.min_quality is None) != (cfg.keep is None):
         raise ValueError("--min-quality and --keep go together: the threshold and the store the kept episodes go to")
     result = score_dataset(cfg.store, reference=cfg.reference, progress=cfg.progress)
@@ -439,9 +423,6 @@ class DemoCommand:
 
 
 def run_demo_command(cfg: DemoCommand) -> str:
-    from wfm_sim.demo import run_demo
-    from wfm_sim.models.world_model import resolve_pretrained
-
     resolve_pretrained(cfg.model)
     res = run_demo(cfg.model, steps=cfg.steps, envs=cfg.envs, out=cfg.out, seed=cfg.seed, decoder=cfg.decoder,
                    mode=cfg.mode, device=cfg.device)
@@ -475,10 +456,6 @@ class RolloutCommand:
 
 def _policy_spec(name: str, horizon: int):
     """A rollout PolicySpec for ``--policy``; fails here, before Ray starts, on a bad policy."""
-    from wfm_sim.policies import ConvPolicy, PlanPolicy, make_policy
-    from wfm_sim.policies.registry import SCRIPTED
-    from wfm_sim.rollout import PolicySpec
-
     if name == "random":
         return PolicySpec("random")
     if name in SCRIPTED:
@@ -495,17 +472,11 @@ def _policy_spec(name: str, horizon: int):
 
 
 def run_rollout(cfg: RolloutCommand) -> str:
-    import ray
-
-    from wfm_sim.datasets.store import EpisodeReader
-    from wfm_sim.models.world_model import resolve_pretrained
-    from wfm_sim.rollout import RolloutPool, RolloutRequest
-
     resolve_pretrained(cfg.model)  # fail on a bad model or policy before starting Ray
     spec = _policy_spec(cfg.policy, cfg.horizon)
-    ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False)
     pool = RolloutPool(cfg.model, workers=cfg.workers, envs_per_worker=cfg.envs_per_worker, num_gpus=cfg.gpus_per_worker,
-                       env_kwargs={"decoder": cfg.decoder, "mode": cfg.mode, "max_episode_steps": cfg.horizon})
+                       env_kwargs={"decoder": cfg.decoder, "mode": cfg.mode, "max_episode_steps": cfg.horizon},
+                       address=cfg.address)
     t0 = time.perf_counter()
     n = pool.run_to_store(RolloutRequest(cfg.episodes, cfg.horizon, seed=cfg.seed, policy=spec), cfg.out,
                           progress=cfg.progress)
@@ -528,14 +499,10 @@ class GenerateCommand:
 
 
 def run_generate(cfg: GenerateCommand) -> dict:
-    from wfm_sim.rollout.generate import generate
-
     return _rounded(generate(cfg.generate, cfg.out, progress=cfg.progress))
 
 
 def run_dyna_command(cfg) -> str:
-    from wfm_sim.rl.dyna import run_dyna
-
     return "\n".join(json.dumps(_rounded(line)) for line in run_dyna(cfg))
 
 
@@ -558,9 +525,6 @@ class CosmosTokenizeCommand:
 
 def run_cosmos_tokenize(cfg: CosmosTokenizeCommand) -> dict:
     import numpy as np
-
-    from wfm_sim.models.cosmos_weights import load_cosmos_tokenizer, reconstruct
-    from wfm_sim.viz import read_mp4, write_mp4
 
     model = load_cosmos_tokenizer(cfg.folder, variant=cfg.variant)
     frames = read_mp4(cfg.video)

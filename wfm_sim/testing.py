@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from wfm_sim.datasets.store import EpisodeWriter
+from wfm_sim.models import WorldModel
 
 
 def square_world_store(path: str | Path, episodes: int = 6, steps: int = 12, size: int = 16,
@@ -48,8 +49,6 @@ def steer_reward_model(cfg, seed: int = 0):
     the reward head reads feature 0, and the termination head never fires.
     """
     import torch
-
-    from wfm_sim.models import WorldModel
 
     torch.manual_seed(seed)
     model = WorldModel(cfg)

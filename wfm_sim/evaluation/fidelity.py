@@ -20,12 +20,13 @@ import torch
 
 from wfm_sim.datasets.split import Split
 from wfm_sim.datasets.windows import WindowDataset, collate
-from wfm_sim.evaluation.metrics import psnr, ssim
+from wfm_sim.metrics import psnr, ssim
 from wfm_sim.models.rng import RowNoise
 from wfm_sim.models.rollout import Rollout
 from wfm_sim.models.sampling import SamplingConfig
 from wfm_sim.models.world_model import WorldModel
 from wfm_sim.records import Batch
+from wfm_sim.viz import label_bar, mosaic
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,6 @@ def evaluate(model: WorldModel, data: str, cfg: EvalConfig = EvalConfig(),
 def side_by_side(videos: dict, window: int, cameras: list[str], scale: int = 2) -> list[np.ndarray]:
     """Frames of one window: a row per method (real first, its name in a strip above), cameras
     side by side (named in the top row), upscaled ``scale`` times so the labels stay legible."""
-    from wfm_sim.viz import label_bar, mosaic
-
     rows = []
     H = videos["real"].shape[1]
     for h in range(H):

@@ -15,8 +15,12 @@ from __future__ import annotations
 import numpy as np
 
 from wfm_sim.envs.real import make_real_vec
+from wfm_sim.envs.sources import get_source, metaworld_task
+from wfm_sim.envs.spaces import action_space
+from wfm_sim.evaluation.starts import neutral_action
 from wfm_sim.policies.base import PlanPolicy
 from wfm_sim.policies.driving import TrackFollower
+from wfm_sim.policies.manipulation import MetaWorldExpert
 from wfm_sim.rollout.play import play
 
 
@@ -25,9 +29,6 @@ def expert_for(source: str):
     if source.startswith("carracing"):
         return TrackFollower(noise=0.0)
     if source.startswith("metaworld-"):
-        from wfm_sim.envs.sources import metaworld_task
-        from wfm_sim.policies.manipulation import MetaWorldExpert
-
         return MetaWorldExpert(metaworld_task(source), noise=0.0)
     raise ValueError(f"no scripted expert for source {source!r}")
 
@@ -73,10 +74,6 @@ def graded_plans(expert: np.ndarray, low, high, neutral, seed: int = 0) -> dict[
 
 def graded_set(source: str, starts, cfg, model) -> dict[str, PlanPolicy]:
     """The graded plan set for the start states ``starts`` (:func:`~wfm_sim.evaluation.scoring.make_starts`)."""
-    from wfm_sim.envs.sources import get_source
-    from wfm_sim.envs.spaces import action_space
-    from wfm_sim.evaluation.starts import neutral_action
-
     space = action_space(get_source(source).action_space)
     expert = expert_plans(source, starts, cfg.horizon, model.cfg.tokenizer.image_size, cfg.real_batch)
     return graded_plans(expert, space.low, space.high, neutral_action(space), seed=cfg.seed)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from wfm_sim.envs.contexts import Context
+from wfm_sim.envs.imagined import ImaginedVectorEnv
 from wfm_sim.envs.real import make_real_vec
 from wfm_sim.envs.sources import get_source
 from wfm_sim.evaluation.agreement import agreement, mean_ci, pearson
@@ -33,6 +34,8 @@ from wfm_sim.evaluation.replay import replay_heads
 from wfm_sim.evaluation.starts import Starts, dataset_starts, seed_starts
 from wfm_sim.policies.base import PlanPolicy
 from wfm_sim.rollout.play import play
+from wfm_sim.rollout.pool import RolloutPool, RolloutRequest
+from wfm_sim.rollout.worker import PolicySpec
 
 # Shipped model -> the recording source of its real twin.
 SHIPPED_SOURCES = {"driving": "carracing-4cam", "manipulation": "metaworld-push"}
@@ -233,9 +236,6 @@ def play_imagined(env, policy, contexts: list[Context], cfg: ScoreConfig) -> tup
 def play_imagined_pool(pool, policy, contexts: list[Context], cfg: ScoreConfig):
     """:func:`play_imagined` on a Ray :class:`~wfm_sim.rollout.RolloutPool`: the same seeds,
     starts and per-start plan rows, split over the pool's replicas."""
-    from wfm_sim.rollout.pool import RolloutRequest
-    from wfm_sim.rollout.worker import PolicySpec
-
     S, K = len(contexts), cfg.samples
     starts = [i for i in range(S) for _ in range(K)]
     req = RolloutRequest(S * K, cfg.horizon, seed=cfg.seed * 1_000_003 + 1, policy=PolicySpec("callable", obj=policy),
@@ -266,8 +266,6 @@ def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreC
     recorded from them first)."""
     from tqdm.auto import tqdm
 
-    from wfm_sim.envs.imagined import ImaginedVectorEnv
-
     check_setup(model, source, policies, cfg)
     warmup = model.cfg.context_frames - 1 if cfg.warmup is None else cfg.warmup
     starts = make_starts(model, source, cfg) if starts is None else starts
@@ -284,8 +282,6 @@ def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreC
                          context_frames=warmup + 1) if cfg.real else None
     pool = None
     if cfg.workers > 1:
-        from wfm_sim.rollout.pool import RolloutPool
-
         if model_ref is None:
             raise ValueError("scoring on Ray workers needs model_ref= (a shipped name or folder the replicas load)")
         pool = RolloutPool(model_ref, cfg.workers, imagined.num_envs,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wfm_sim.datasets.store import EpisodeReader, StoreError
 from wfm_sim.envs.contexts import Context
 from wfm_sim.envs.real import RealEnv
 
@@ -106,8 +107,6 @@ def dataset_starts(store: str | Path, source: str, cameras: tuple[str, ...], siz
     first + count - 1`` of a recorded store. With ``check_real``, each start is also reset in the
     real twin at the episode's seed with its recorded warm-up, and the largest pixel difference
     from the stored context is kept (``Starts.context_max_diff``; 0: the twin is exactly there)."""
-    from wfm_sim.datasets.store import EpisodeReader, StoreError
-
     r = EpisodeReader(store)
     recorded = r.attrs.get("source")
     if recorded is not None and recorded != source:

@@ -18,7 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wfm_sim.checkpoint import atomic_write_bytes, atomic_write_json
+from wfm_sim.metrics import psnr
 from wfm_sim.models.cosmos_tokenizer import VARIANTS, CosmosTokenizerConfig, CosmosVideoTokenizer
+from wfm_sim.models.world_model import to_video
 
 STATE_DICT_FILES = ("model.pt", "autoencoder.pt")
 """Files holding the whole autoencoder's state dict; or ``encoder.pt`` + ``decoder.pt``."""
@@ -179,8 +182,6 @@ def save_cosmos_tokenizer(model: CosmosVideoTokenizer, folder: str | Path) -> Pa
     """Write ``model.pt`` + ``config.json`` in the layout :func:`load_cosmos_tokenizer` reads."""
     import io
 
-    from wfm_sim.checkpoint import atomic_write_bytes, atomic_write_json
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -198,9 +199,6 @@ def reconstruct(model: CosmosVideoTokenizer, frames, max_frames: int | None = No
     ``(1+m, h, w)``, the input and reconstructed frames as uint8 and the mean per-frame PSNR
     (the same measure as ``wfm-sim evaluate``).
     """
-    from wfm_sim.evaluation.metrics import psnr
-    from wfm_sim.models.world_model import to_video
-
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (t, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")

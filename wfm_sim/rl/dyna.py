@@ -28,7 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from wfm_sim import checkpoint as ckpt
+from wfm_sim.datasets.store import EpisodeReader
+from wfm_sim.envs.sources import get_source
+from wfm_sim.evaluation.scoring import ScoreConfig, check_rig, score_policies
+from wfm_sim.models import WorldModel
+from wfm_sim.models.world_model import resolve_pretrained
+from wfm_sim.policies.actor_critic import ActorCritic
 from wfm_sim.policies.base import SeededPolicy
+from wfm_sim.rl.imagination import ImaginationRLConfig, ImaginationTrainer
+from wfm_sim.rollout.record import record
+from wfm_sim.training.loop import TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -92,15 +101,6 @@ def _mark(folder: Path, stage: str, info: dict | None = None) -> None:
 
 def run_dyna(cfg: DynaConfig) -> list[dict]:
     """Run (or resume) the loop; returns one log line per finished iteration."""
-    from wfm_sim.evaluation.scoring import ScoreConfig, check_rig, score_policies
-    from wfm_sim.envs.sources import get_source
-    from wfm_sim.models import WorldModel
-    from wfm_sim.models.world_model import resolve_pretrained
-    from wfm_sim.policies.actor_critic import ActorCritic
-    from wfm_sim.rl.imagination import ImaginationRLConfig, ImaginationTrainer
-    from wfm_sim.rollout.record import record
-    from wfm_sim.training.loop import TrainConfig, train
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     run_file = out / "dyna.json"
@@ -203,6 +203,4 @@ def plot_dyna(logs: list[dict], path: Path) -> Path:
 
 
 def _episodes(store: str) -> int:
-    from wfm_sim.datasets.store import EpisodeReader
-
     return EpisodeReader(store).num_episodes

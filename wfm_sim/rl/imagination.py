@@ -31,7 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from wfm_sim import checkpoint as ckpt
+from wfm_sim.envs.imagined import ImaginedVectorEnv
+from wfm_sim.models.world_model import resolve_pretrained
 from wfm_sim.policies.actor_critic import ActorCritic, ActorCriticConfig
+from wfm_sim.training.state import load_train_state, save_train_state
 
 RUN_FORMAT = "wfm_sim.ImaginationRL"
 
@@ -115,9 +118,6 @@ class ImaginationTrainer:
     """PPO on the batched imagined env; see the module docstring."""
 
     def __init__(self, cfg: ImaginationRLConfig, resume: bool = False):
-        from wfm_sim.envs.imagined import ImaginedVectorEnv
-        from wfm_sim.models.world_model import resolve_pretrained
-
         self.cfg, self.out = cfg, Path(cfg.out)
         self._check_run_folder(resume)
         self.env = ImaginedVectorEnv(cfg.num_envs, cfg.model, dataset=cfg.data, decoder=cfg.decoder,
@@ -165,15 +165,11 @@ class ImaginationTrainer:
             ckpt.atomic_write_json(run, {"format": RUN_FORMAT, "config": self.cfg.fingerprint()})
 
     def _save(self) -> None:
-        from wfm_sim.training.state import save_train_state
-
         self.policy.save_pretrained(self.out / "policy")
         save_train_state(self.out / "train_state", self.policy, self.opt, self.iteration,
                          {"generator": self.gen.get_state().tolist()})
 
     def _load(self) -> None:
-        from wfm_sim.training.state import load_train_state
-
         self.iteration, extra = load_train_state(self.out / "train_state", self.policy, self.opt)
         self.gen.set_state(torch.tensor(extra["generator"], dtype=torch.uint8))
         # Metrics past the saved iteration belong to work that is being redone: drop them.

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from wfm_sim.datasets.episode import Episode
+from wfm_sim.datasets.store import EpisodeWriter
 from wfm_sim.rollout.worker import Chunk, PolicySpec, RolloutWorker
 
 
@@ -104,6 +105,8 @@ class RolloutPool:
         max_retries: reruns of a chunk whose worker died, before giving up.
         env_kwargs: more :class:`ImaginedVectorEnv` arguments for every worker.
         start_timeout: seconds to wait for the actors to load their model before giving up.
+        address: the Ray cluster to join when no Ray session is running ('auto' on a cluster;
+            None starts a local one). A session the pool starts, it also ends.
 
     Raises ``ValueError`` for bad arguments and :class:`RolloutError` when the cluster cannot
     place the actors (with the numbers), before anything waits.
@@ -111,13 +114,13 @@ class RolloutPool:
 
     def __init__(self, model: str = "driving", workers: int = 2, envs_per_worker: int = 8, num_gpus: float = 0.0,
                  num_cpus: float = 1.0, max_retries: int = 3, env_kwargs: dict | None = None,
-                 start_timeout: float = 300.0):
+                 start_timeout: float = 300.0, address: str | None = None):
         import ray
 
         _check_pool_args(workers, envs_per_worker, num_gpus, num_cpus, max_retries)
         self._owns_ray = not ray.is_initialized()  # a Ray session this pool started, it also ends
         if self._owns_ray:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
         self.ray = ray
         self.model, self.envs, self.max_retries = str(model), envs_per_worker, max_retries
         self.env_kwargs = dict(env_kwargs or {})
@@ -205,8 +208,6 @@ class RolloutPool:
         completes it. Returns the episodes written now.
         """
         from dataclasses import replace
-
-        from wfm_sim.datasets.store import EpisodeWriter
 
         info = self.ray.get(self.workers[0].spec.remote())
         pid = policy_id(req.policy)

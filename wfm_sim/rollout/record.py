@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from wfm_sim.datasets.store import EpisodeWriter
 from wfm_sim.envs.real import make_real_vec
 from wfm_sim.envs.sources import Source, get_source
+from wfm_sim.policies.registry import make_policy
 from wfm_sim.rollout.play import play
 
 
@@ -47,8 +48,6 @@ def record(source: str | Source, out: str | Path, episodes: int, policy=None, si
     Returns:
         ``{"episodes": recorded now, "skipped": already in the store, "frames", "seconds", "frames_per_s"}``.
     """
-    from wfm_sim.policies.registry import make_policy
-
     src = get_source(source) if isinstance(source, str) else source
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")

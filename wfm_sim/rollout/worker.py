@@ -18,6 +18,12 @@ import numpy as np
 import torch
 
 from wfm_sim.datasets.episode import Episode
+from wfm_sim.envs.imagined import ImaginedVectorEnv
+from wfm_sim.envs.spaces import model_action_space
+from wfm_sim.models.world_model import WorldModel
+from wfm_sim.policies.base import ConvPolicy, ConvPolicyConfig, PlanPolicy, RandomPolicy
+from wfm_sim.policies.registry import make_policy
+from wfm_sim.rollout.play import play
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,7 @@ class RolloutWorker:
     """
 
     def __init__(self, model: str, envs: int = 8, env_kwargs: dict | None = None, device: str = "auto"):
-        from wfm_sim.envs.imagined import ImaginedVectorEnv
-
         torch.set_num_threads(1)
-        from wfm_sim.models.world_model import WorldModel
 
         env_kwargs = dict(env_kwargs or {})
         if WorldModel.read_config(model).frames_per_step > 1:
@@ -101,16 +104,11 @@ class RolloutWorker:
                 "fps": c.fps, "success": c.backbone.success_head}
 
     def _policy(self, spec: PolicySpec):
-        from wfm_sim.policies.base import ConvPolicy, ConvPolicyConfig, PlanPolicy, RandomPolicy
-        from wfm_sim.policies.registry import make_policy
-
         if spec.kind == "random":
             return RandomPolicy(self.env.single_action_space)
         if spec.kind == "plan":
             return PlanPolicy(spec.plan)
         if spec.kind == "named":
-            from wfm_sim.envs.spaces import model_action_space
-
             # a policy acts per frame; play holds its action for a grouped model's k frames
             return make_policy(spec.name, model_action_space(self.env.cfg, group=1), camera=self.env.cameras[0])
         if spec.kind == "callable":
@@ -130,8 +128,6 @@ class RolloutWorker:
 
     def run(self, chunk: Chunk, spec: PolicySpec) -> tuple[int, list[Episode]]:
         """Run the chunk's episodes (at most ``envs`` at once) to their end or the horizon."""
-        from wfm_sim.rollout.play import play
-
         out: list[Episode] = []
         n, policy = self.env.num_envs, self._policy(spec)
         for s in range(0, len(chunk.seeds), n):

@@ -23,13 +23,15 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from wfm_sim import checkpoint as ckpt
 from wfm_sim.config import arg
-from wfm_sim.datasets.split import ensure_split
+from wfm_sim.datasets.split import ensure_split, load_split
 from wfm_sim.datasets.store import EpisodeReader, StoreError
 from wfm_sim.device import resolve_device
 from wfm_sim.models import rng
 from wfm_sim.models.presets import preset, with_tokenizer
-from wfm_sim.models.world_model import ActionSpec, WorldModel
+from wfm_sim.models.text import TEXT_FOLDER, TextEncoder
+from wfm_sim.models.world_model import FORMAT, ActionSpec, WorldModel
 from wfm_sim.records import LossAndLogs, host_logs
 from wfm_sim.training.state import load_train_state, save_train_state
 from wfm_sim.training.tasks import HEADS, TASKS, frozen_except, lr_at
@@ -176,8 +178,6 @@ def open_model(cfg: TrainConfig) -> WorldModel:
     torch.manual_seed(cfg.seed)
     model_cfg = config_for_data(cfg.preset, cfg.data, out.name, cfg.cameras)
     if cfg.text_encoder is not None:
-        from wfm_sim.models.text import TEXT_FOLDER, TextEncoder
-
         if "caption" not in EpisodeReader(cfg.data).extras:
             raise StoreError(f"{cfg.data} holds no scene captions to train a text-conditioned model on; record it "
                              "with `wfm-sim collect ... --captions`")
@@ -204,8 +204,6 @@ def _trained(out: Path) -> tuple[str, ...]:
     """The components a model folder's weights hold trained (none without a model)."""
     if not (out / "config.json").is_file():
         return ()
-    from wfm_sim import checkpoint as ckpt
-    from wfm_sim.models.world_model import FORMAT
 
     trained = ckpt.read_json(out / "config.json", FORMAT).get("trained")
     return ("tokenizer", "backbone", "decoder") if trained is None else tuple(trained)  # no record: older folders, trained
@@ -360,8 +358,6 @@ class Health:
 
 
 def _wait_for_split(out: Path, data: str, timeout: float = 120.0):
-    from wfm_sim.datasets.split import load_split
-
     deadline = time.time() + timeout
     while True:
         try:
@@ -433,9 +429,6 @@ def save_component(model: WorldModel, out: Path, component: str) -> None:
     """Write ``component``'s weights and config section into the model folder, keeping the other
     components as they are on disk: trainers of different components may share one folder."""
     import fcntl
-
-    from wfm_sim import checkpoint as ckpt
-    from wfm_sim.models.world_model import FORMAT
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "w") as lock:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from wfm_sim import checkpoint as ckpt
+from wfm_sim.models.world_model import load_state_strict
 
 FORMAT = "wfm_sim.TrainState"
 
@@ -69,7 +70,6 @@ def load_train_state(folder: Path, module: torch.nn.Module, opt: torch.optim.Opt
     meta = ckpt.read_json(folder / "state.json", FORMAT)
     tensors = ckpt.load_tensors(folder / "state.safetensors")
     module_sd = {k[len("module/"):]: v for k, v in tensors.items() if k.startswith("module/")}
-    from wfm_sim.models.world_model import load_state_strict
 
     load_state_strict(module, module_sd, folder / "state.safetensors")
     opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))

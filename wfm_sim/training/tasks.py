@@ -17,10 +17,13 @@ from einops import rearrange
 
 from wfm_sim.datasets.split import Split
 from wfm_sim.datasets.windows import WindowDataset, collate
-from wfm_sim.evaluation.metrics import psnr_signed as psnr
+from wfm_sim.envs.captions import CAR_CAPTIONS
+from wfm_sim.metrics import psnr_signed as psnr
 from wfm_sim.models import rng
+from wfm_sim.models.text import TextEncoder
 from wfm_sim.models.world_model import WorldModel, to_video
 from wfm_sim.records import Batch, LossAndLogs, host_logs
+from wfm_sim.training.token_cache import TokenWindowDataset, store_tokens
 
 COMPONENTS = ("tokenizer", "backbone", "decoder")
 """The model's parts, each with its own weights and config section."""
@@ -94,7 +97,6 @@ class BackboneTask(Task):
         tk = self.model.cfg.tokenizer
         if self.cache_folder is None or not tk.per_frame:
             return super().dataset(split)
-        from wfm_sim.training.token_cache import TokenWindowDataset, store_tokens
 
         if getattr(self, "_tokens", None) is None:
             self._tokens = store_tokens(self.model, self.data, self.cache_folder, progress=self.progress)
@@ -171,9 +173,6 @@ def head_metrics(out: dict, reward, terminated, success) -> dict[str, float]:
 def caption_table(model: WorldModel, folder) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings ``(n + 1, s, e)`` and masks of every scene caption id, then of no prompt (a
     zero vector with one visible slot, what the imagined env uses when unprompted)."""
-    from wfm_sim.envs.captions import CAR_CAPTIONS
-    from wfm_sim.models.text import TextEncoder
-
     encoder = TextEncoder.of_model(folder) if folder is not None else None
     if encoder is None:
         raise ValueError(f"this model takes text (text_dim={model.cfg.backbone.text_dim}) but its folder has no "

@@ -29,7 +29,17 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from wfm_sim.checkpoint import content_hash
 from wfm_sim.datasets.episode import Episode
+from wfm_sim.datasets.store import EpisodeReader, EpisodeWriter, StoreError
+from wfm_sim.envs.contexts import ContextBank
+from wfm_sim.envs.imagined import PROMPT_SEP, ImaginedVectorEnv
+from wfm_sim.models.sampling import SamplingConfig
+from wfm_sim.models.text import TEXT_FOLDER
+from wfm_sim.models.world_model import resolve_pretrained
+from wfm_sim.policies import PlanPolicy, make_policy
+from wfm_sim.rollout.pool import RolloutPool, RolloutRequest, split_chunks
+from wfm_sim.rollout.worker import PolicySpec, RolloutWorker
 
 EXTRAS = {"entropy": ((), "float32"), "real_frame": ((), "bool"), "start_context": ((), "int32")}
 
@@ -76,8 +86,6 @@ class GenerateConfig:
         return {} if self.prompt is None else {"prompt": self.prompt}
 
     def env_kwargs(self) -> dict:
-        from wfm_sim.models.sampling import SamplingConfig
-
         return {"dataset": self.starts, "decoder": self.decoder, "diffusion_steps": self.diffusion_steps,
                 "mode": self.mode, "parallel_steps": self.parallel_steps, "max_episode_steps": self.horizon,
                 "sampling": SamplingConfig(self.temperature, self.top_k, self.top_p), "precision": self.precision}
@@ -88,8 +96,6 @@ def provenance(cfg: GenerateConfig, model, bank_origins: list[str]) -> dict:
     import torch
 
     import wfm_sim
-    from wfm_sim.checkpoint import content_hash
-    from wfm_sim.models.world_model import resolve_pretrained
 
     folder = resolve_pretrained(cfg.model)
     return {"generator": "wfm_sim.generate", "wfm_sim_version": wfm_sim.__version__, "torch_version": torch.__version__,
@@ -118,7 +124,6 @@ def _finish(ep: Episode, bank_origins: list[str]) -> Episode:
     ent = ep.extras.get("entropy")
     real = np.zeros(n, bool)
     real[0] = True  # frame 0 is the last real context frame
-    from wfm_sim.envs.imagined import PROMPT_SEP
 
     origin = (ep.origin or "").split(PROMPT_SEP)[0]  # a prompted start names its context, then the prompt
     idx = bank_origins.index(origin) if origin in bank_origins else -1
@@ -131,9 +136,6 @@ def _finish(ep: Episode, bank_origins: list[str]) -> Episode:
 
 
 def _policy_spec(cfg: GenerateConfig, space):
-    from wfm_sim.policies import PlanPolicy, make_policy
-    from wfm_sim.rollout.worker import PolicySpec
-
     if cfg.policy == "random":
         return PolicySpec("random")
     policy = make_policy(cfg.policy, space, camera="CAM_FRONT") if cfg.policy != "road" else None
@@ -150,14 +152,9 @@ def _policy_spec(cfg: GenerateConfig, space):
 
 
 def _check_inputs(cfg: GenerateConfig, model) -> None:
-    from wfm_sim.datasets.store import EpisodeReader, StoreError
-
     if cfg.prompt is not None and model.cfg.backbone.text_dim == 0:
         raise ValueError(f"--prompt needs a text-conditioned model; {cfg.model} has no text input (text_dim=0)")
     if cfg.prompt is not None:
-        from wfm_sim.models.text import TEXT_FOLDER
-        from wfm_sim.models.world_model import resolve_pretrained
-
         if not (resolve_pretrained(cfg.model) / TEXT_FOLDER).is_dir():
             raise ValueError(f"--prompt: {cfg.model} takes text but its folder has no text_encoder/ to encode it with")
     if cfg.starts is not None:
@@ -172,27 +169,18 @@ class _Local:
     """One in-process worker with the pool's chunk interface (workers=1: no Ray)."""
 
     def __init__(self, cfg: GenerateConfig):
-        from wfm_sim.rollout.worker import RolloutWorker
-
         self.worker = RolloutWorker(cfg.model, cfg.envs, cfg.env_kwargs(), cfg.device)
 
     def iter_chunks(self, req):
-        from wfm_sim.rollout.pool import split_chunks
-
         for chunk in split_chunks(req, self.worker.env.num_envs):
             yield self.worker.run(chunk, req.policy)[1]
 
 
 def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> dict:
     """Imagine ``cfg.episodes`` episodes into the store ``out`` (created, or completed)."""
-    from wfm_sim.datasets.store import EpisodeReader, EpisodeWriter, StoreError
-    from wfm_sim.envs.imagined import ImaginedVectorEnv
-    from wfm_sim.rollout.pool import RolloutPool, RolloutRequest
-
     probe = ImaginedVectorEnv(1, cfg.model, device=cfg.device, **{**cfg.env_kwargs(), "dataset": None})
     model = probe.model
     _check_inputs(cfg, model)
-    from wfm_sim.envs.contexts import ContextBank
 
     bank = (ContextBank.from_store(cfg.starts, model.cfg.cameras, model.cfg.context_video_frames) if cfg.starts
             else probe.contexts)
@@ -247,11 +235,6 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> dic
 
 def regenerate(store: str | Path, index: int) -> Episode:
     """Imagine episode ``index`` of a generated store again from its provenance (same batch, same row)."""
-    from wfm_sim.datasets.store import EpisodeReader, StoreError
-    from wfm_sim.rollout.pool import RolloutRequest
-    from wfm_sim.models.world_model import resolve_pretrained
-    from wfm_sim.checkpoint import content_hash
-
     r = EpisodeReader(store)
     prov = r.attrs.get("provenance")
     if prov is None:

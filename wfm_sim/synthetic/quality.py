@@ -35,9 +35,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from wfm_sim.checkpoint import atomic_write_json
 from wfm_sim.datasets.store import EpisodeReader, StoreError
 from wfm_sim.envs.car_cameras import RIG_4, RIG_6, CameraRig
 from wfm_sim.policies.driving import road_mask
+from wfm_sim.viz import contact_sheet, mosaic, save_png
 
 YAWS = {**RIG_4, **RIG_6}
 CURVE = 0.15  # |curvature| above which a frame counts as a curve
@@ -302,9 +304,6 @@ def _summary(rows: list[dict]) -> dict:
 
 def write_quality(result: dict, out: str | Path, store: str | Path, best_worst: int = 3) -> dict:
     """Write ``quality.json`` and ``quality_sheet.png`` (the best and the worst episodes) into ``out``."""
-    from wfm_sim.checkpoint import atomic_write_json
-    from wfm_sim.viz import contact_sheet, mosaic, save_png
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = sorted(result["episodes"], key=lambda r: -r["quality"])

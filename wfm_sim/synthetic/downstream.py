@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from wfm_sim.checkpoint import atomic_write_json
 from wfm_sim.datasets.store import EpisodeReader, StoreError
 
 
@@ -142,8 +143,6 @@ def run_arms(arms: dict[str, list[Transitions]], test: Transitions, space: dict,
                         "mse_mean": dict(zip(names, np.array([r["mse"] for r in runs]).mean(0).round(5).tolist()))}
     report = {"config": asdict(cfg), "test_transitions": len(test), "arms": results}
     if out is not None:
-        from wfm_sim.checkpoint import atomic_write_json
-
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out) / "downstream.json", report)
     return report

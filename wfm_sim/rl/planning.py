@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from wfm_sim.envs.contexts import Context
+from wfm_sim.envs.imagined import ImaginedVectorEnv
+from wfm_sim.envs.real import make_real_vec
+from wfm_sim.evaluation.policy_sets import expert_for
 from wfm_sim.evaluation.scoring import play_rows
 from wfm_sim.evaluation.starts import neutral_action, seed_starts
 from wfm_sim.policies.base import PlanPolicy
@@ -86,10 +89,6 @@ def plan_and_execute(model, source: str, seeds: list[int], cfg: PlanConfig = Pla
     """Plan with CEM in imagination from each real start; play the chosen plan, a random candidate
     and the scripted expert in the real twin from the same start. Returns per-start outcomes and means."""
     from tqdm.auto import tqdm
-
-    from wfm_sim.envs.imagined import ImaginedVectorEnv
-    from wfm_sim.envs.real import make_real_vec
-    from wfm_sim.evaluation.policy_sets import expert_for
 
     warmup = model.cfg.context_frames - 1
     size = model.cfg.tokenizer.image_size
