@@ -1,6 +1,6 @@
 """The ``Episode`` record and the store's schema constants (one vocabulary with the env and model).
 
-Dimension legend: ``T`` steps, ``H W`` pixels, ``A`` action features.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ class Episode:
     """One complete episode: row i holds ``obs_i``, ``action_i`` and what followed that action.
 
     Attributes:
-        obs: camera name -> ``(T, H, W, 3)`` uint8 frames.
-        action: ``(T, A)`` float32 (Box) or ``(T,)`` int64 (Discrete).
-        reward: ``(T,)`` float32, received after ``action[i]``.
-        terminated: ``(T,)`` bool, the episode ended after ``action[i]``.
-        truncated: ``(T,)`` bool, cut by a time limit after ``action[i]``.
+        obs: camera name -> ``(s, H, W, 3)`` uint8 frames.
+        action: ``(s, a)`` float32 (Box) or ``(s,)`` int64 (Discrete).
+        reward: ``(s,)`` float32, received after ``action[i]``.
+        terminated: ``(s,)`` bool, the episode ended after ``action[i]``.
+        truncated: ``(s,)`` bool, cut by a time limit after ``action[i]``.
         extras: optional per-step arrays with time on axis 0 (``success``, ``ego_pose``, ``state``).
         seed: the reset seed, when known.
         key: the episode's stable identity in a store (source or generator, model, policy, seed);

@@ -23,7 +23,7 @@ Guarantees (what a crash can and cannot lose):
   not increase) is refused with a repair hint, and no committed episode is ever removed.
 * **Idempotent writes**: writers skip episodes whose key the store already holds.
 
-Dimension legend: ``N`` rows (all episodes concatenated), ``E`` episodes, ``H W`` pixels.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ frames of every camera, the actions between them, and the reward / termination (
 that followed each action. Works with a multi-worker ``DataLoader``: each worker opens the
 store itself on first use.
 
-Dimension legend: ``T`` window frames, ``V`` cameras, ``H W`` pixels, ``A`` action features.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class WindowDataset(Dataset):
         e = s + self.frames
         r = self.reader
         item = {
-            "obs": np.stack([r.read(f"obs/{c}", s, e) for c in self.cameras], axis=1),  # (T, V, H, W, 3)
+            "obs": np.stack([r.read(f"obs/{c}", s, e) for c in self.cameras], axis=1),  # (t, v, H, W, 3)
             "action": r.read("action", s, e),
             "reward": r.read("reward", s, e).astype(np.float32),
             "terminated": r.read("terminated", s, e),

@@ -5,7 +5,7 @@
   simulator the model learned), used when no dataset is given;
 * frames (and actions) the caller passes in ``reset(options={"frames": ..., "actions": ...})``.
 
-Dimension legend: ``M`` contexts, ``C`` context frames, ``V`` cameras, ``H W`` pixels, ``A`` action dim.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ class Context:
     the same start state plays out in both worlds.
 
     Attributes:
-        frames: camera name -> ``(C, H, W, 3)`` uint8, oldest first.
-        actions: ``(C-1, A)`` float32 (Box) or ``(C-1,)`` int64 (Discrete), the actions between them.
+        frames: camera name -> ``(t, H, W, 3)`` uint8, oldest first.
+        actions: ``(t-1, a)`` float32 (Box) or ``(t-1,)`` int64 (Discrete), the actions between them.
         origin: where it came from (``"CarRacing-v3 seed=3 step=1"``), kept in the imagined env's info.
     """
 

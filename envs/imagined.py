@@ -67,7 +67,7 @@ class ImaginedVectorEnv(VectorEnv):
 
     ## Action Space
     From the model config: ``Box(low, high, (A,), float32)`` or ``Discrete(n)``; for k > 1
-    ``Box`` of shape ``(k, A)`` or ``MultiDiscrete([n] * k)``, one action per predicted frame.
+    ``Box`` of shape ``(f, a)`` or ``MultiDiscrete([K] * f)``, one action per predicted frame.
     Out-of-bound, NaN or mis-shaped actions raise.
 
     ## Rewards
@@ -309,7 +309,7 @@ class ImaginedVectorEnv(VectorEnv):
         return self.rollout.frames
 
     def _handover(self, stats: torch.Tensor) -> tuple[np.ndarray, object]:
-        """Bring a step's ``(r, j)`` float32 stats and every observation to the caller in ONE
+        """Bring a step's per-row float32 stats and every observation to the caller in ONE
         device-to-host copy (the step's only sync): both ride in one byte buffer."""
         src = self._obs_tensor()
         if self.torch_obs:

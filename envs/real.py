@@ -5,7 +5,7 @@ observation space (camera rig, frame size), same action space, same fps and acti
 a policy, a plan or an evaluation loop runs in either world unchanged, and an imagined env can
 start exactly where a real one is (:meth:`RealEnv.context`).
 
-Dimension legend: ``C`` context frames, ``V`` cameras, ``H W`` pixels, ``A`` action features.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class RealEnv(gym.Env):
     ``seed`` after a seeded reset; the step-info fields a ``gym:`` source was asked to record.
 
     ## Reset options
-    ``{"warmup": actions}``: ``(n, A)`` actions played right after the reset, before the episode
+    ``{"warmup": actions}``: ``(n, a)`` actions played right after the reset, before the episode
     starts, so that :meth:`context` holds ``n + 1`` frames (policy scoring starts both worlds there).
 
     ## Arguments

@@ -4,8 +4,7 @@ A real-simulator twin (:mod:`wfm_sim.envs.real`) and the imagined env of a model
 that simulator (:mod:`wfm_sim.envs.imagined`) call these same functions, so their spaces are
 equal by construction (and a test checks it), and one policy runs in both unchanged.
 
-Dimension legend: ``V`` cameras, ``H W`` pixels, ``g`` token grid, ``k`` actions per latent
-frame, ``A`` action features.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from gymnasium import spaces
 def pixel_space(cameras: tuple[str, ...], size: int, frames: int | None = None) -> spaces.Space:
     """One camera: ``Box(0, 255, (H, W, 3), uint8)``; several: a ``Dict`` keyed by camera name.
 
-    ``frames`` = k gives ``(k, H, W, 3)`` per camera: every frame of a k-frame env step.
+    ``frames`` = k gives ``(f, H, W, 3)`` per camera: every frame of a k-frame env step.
     """
     shape = (size, size, 3) if frames is None else (frames, size, size, 3)
     if len(cameras) == 1:
@@ -37,7 +36,7 @@ def action_space(spec: dict, group: int = 1) -> spaces.Space:
         spec: ``{"type": "box", "shape": [A], "low": [...], "high": [...]}`` or
             ``{"type": "discrete", "n": K}``.
         group: actions per latent frame (``k`` for tokenizers that group k frames); k > 1 gives
-            ``(k, A)`` boxes and ``MultiDiscrete([K] * k)``.
+            ``(f, a)`` boxes and ``MultiDiscrete([K] * k)``.
     """
     if spec.get("type") == "discrete":
         n = int(spec["n"])

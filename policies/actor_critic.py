@@ -12,7 +12,7 @@ head and a value head, and acts in the env's own action space:
 Its checkpoint (``config.json`` + ``model.safetensors``) records the spaces it was trained for,
 so a policy for another rig or action space is refused by name instead of acting nonsense.
 
-Dimension legend: ``n`` rows, ``V`` cameras, ``H W`` pixels, ``A`` action features, ``d`` width.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class ActorCritic(nn.Module, Policy):
         super().__init__()
         self.cfg = cfg
         w, v = cfg.width, len(cfg.cameras)
-        self.encoder = nn.Sequential(  # (n, 3V, 64, 64) -> (n, 4w * 4 * 4)
+        self.encoder = nn.Sequential(  # (b, 3V, 64, 64) -> (n, 4w * 4 * 4)
             nn.Conv2d(3 * v, w, 4, 2, 1), nn.SiLU(), nn.Conv2d(w, 2 * w, 4, 2, 1), nn.SiLU(),
             nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.SiLU(), nn.Conv2d(4 * w, 4 * w, 4, 2, 1), nn.SiLU(),
             nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(4 * w * 16, cfg.hidden), nn.SiLU(),
@@ -97,7 +97,7 @@ class ActorCritic(nn.Module, Policy):
     # ------------------------------------------------------------------ inputs
     def frames(self, obs) -> torch.Tensor:
         """An env observation (numpy or torch; one camera's array, or a dict by camera) ->
-        ``(n, V, H, W, 3)`` uint8 on this module's device, checked against the trained rig."""
+        ``(b, v, H, W, 3)`` uint8 on this module's device, checked against the trained rig."""
         dev = self.v.weight.device
         if isinstance(obs, dict):
             missing = [c for c in self.cfg.cameras if c not in obs]
@@ -116,8 +116,8 @@ class ActorCritic(nn.Module, Policy):
         return x
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames.float().div(127.5).sub(1)  # (n, V, H, W, 3) in [-1, 1]
-        x = x.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (n, 3V, H, W)
+        x = frames.float().div(127.5).sub(1)  # (b, v, H, W, 3) in [-1, 1]
+        x = x.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (b, 3V, H, W)
         return self.encoder(x)
 
     # ------------------------------------------------------------------ heads

@@ -1,7 +1,7 @@
 """The one policy interface, for real and imagined envs alike.
 
 A :class:`Policy` is batched: ``policy(obs, info) -> actions`` maps a vector env's observation
-(an array ``(n, ...)``, or a dict of arrays keyed by camera) and its info dict to ``(n, ...)``
+(an array ``(b, ...)``, or a dict of arrays keyed by camera) and its info dict to ``(b, ...)``
 actions. Every policy takes both, and every caller passes both: learned policies ignore
 ``info``; scripted ones read the simulator's state from it.
 ``policy.reset(seeds, rows)`` starts episodes: row ``rows[j]`` begins an episode seeded
@@ -14,7 +14,7 @@ A :class:`ScriptedPolicy` reads the simulator's privileged state, ``info["privil
 real twins have that state; an imagined env does not, and a scripted policy says so (its
 ``privileged`` flag lets a caller refuse it up front).
 
-Dimension legend: ``n`` episodes in the batch, ``T`` plan steps, ``A`` action dim.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Policy:
         """Start episodes: row ``rows[j]`` (default ``j``) begins episode ``episodes[j]`` seeded ``seeds[j]``."""
 
     def __call__(self, obs, info=None) -> np.ndarray:
-        """``(n, ...)`` actions for a batched observation; ``info`` is the env's info dict."""
+        """``(b, ...)`` actions for a batched observation; ``info`` is the env's info dict."""
         raise NotImplementedError
 
     def check_spaces(self, cameras, image_size: int, action_space) -> None:
@@ -114,11 +114,11 @@ class ConstantPolicy(Policy):
 
 
 class PlanPolicy(Policy):
-    """A fixed open-loop action sequence: ``(T, A)`` for every episode, or ``(E, T, A)`` with
+    """A fixed open-loop action sequence: ``(s, a)`` for every episode, or ``(i, s, a)`` with
     episode ``e`` of a request playing ``plan[e]``. Each row keeps its own step counter.
 
     ``group=k`` plays the plan on a model that takes k actions per step (grouped time): each
-    call returns the next ``(k, A)`` actions per row, the last action held if the plan ends
+    call returns the next ``(k, a)`` actions per row, the last action held if the plan ends
     inside a group.
     """
 
@@ -247,8 +247,8 @@ class ConvPolicyConfig:
 
 
 def camera_stack(obs, cameras: Sequence[str] | None = None):
-    """A vector env's observation as ``(n, V, H, W, 3)``: a Dict's cameras in ``cameras`` order
-    (default: sorted by name, as gymnasium's Dict space orders them); one camera's ``(n, H, W, 3)``
+    """A vector env's observation as ``(b, v, H, W, 3)``: a Dict's cameras in ``cameras`` order
+    (default: sorted by name, as gymnasium's Dict space orders them); one camera's ``(b, H, W, 3)``
     gains the ``V`` axis; anything else is returned as it is, for the caller to check."""
     if isinstance(obs, dict):
         return np.stack([np.asarray(obs[k]) for k in (cameras or sorted(obs))], axis=1)
@@ -256,7 +256,7 @@ def camera_stack(obs, cameras: Sequence[str] | None = None):
 
 
 class SpatialSoftmax(nn.Module):
-    """``(n, K, H, W)`` feature maps -> ``(n, 2K)``: each map's softmax-weighted mean (x, y) in [-1, 1]."""
+    """``(b, K, H, W)`` feature maps -> ``(b, 2K)``: each map's softmax-weighted mean (x, y) in [-1, 1]."""
 
     def __init__(self, size: int):
         super().__init__()
@@ -265,7 +265,7 @@ class SpatialSoftmax(nn.Module):
                              persistent=False)  # (H*W, 2) as (x, y)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        attn = maps.flatten(2).softmax(-1)  # (n, K, H*W)
+        attn = maps.flatten(2).softmax(-1)  # (b, K, H*W)
         return (attn @ self.grid).flatten(1)
 
 
@@ -294,7 +294,7 @@ class ConvPolicy(nn.Module, Policy):
         self.register_buffer("high", torch.tensor(cfg.high), persistent=False)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(n, V, H, W, 3)`` uint8 -> ``(n, A)`` actions within bounds."""
+        """``(b, v, H, W, 3)`` uint8 -> ``(b, a)`` actions within bounds."""
         x = frames.float().div(127.5).sub(1).permute(0, 1, 4, 2, 3).flatten(1, 2)
         a = torch.tanh(self.net(x))
         return self.low + (a + 1) / 2 * (self.high - self.low)

@@ -4,7 +4,7 @@ Used to build graded policy sets for scoring (how well does imagination rank pol
 quality spreads from random to expert?): the same code with less data, fewer steps or noisier
 targets gives a worse policy, by a known recipe, reproducibly from a seed.
 
-Dimension legend: ``n`` batch, ``V`` cameras, ``H W`` pixels, ``A`` action features.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -62,12 +62,12 @@ def _load(store: str | Path, episodes: int, cameras: tuple[str, ...] | None):
         raise StoreError(f"{store} holds {r.num_episodes} episodes; asked to clone from {episodes}")
     cams = tuple(sorted(cameras or r.cameras))  # the Dict observation's order
     end = r.episode_bounds(episodes - 1)[1]
-    frames = np.stack([r.read(f"obs/{c}", 0, end) for c in cams], axis=1)  # (N, V, H, W, 3)
+    frames = np.stack([r.read(f"obs/{c}", 0, end) for c in cams], axis=1)  # (t, v, H, W, 3)
     return r, cams, frames, r.read("action", 0, end).astype(np.float32)
 
 
 def random_shift(frames: torch.Tensor, pad: int, rng: np.random.Generator) -> torch.Tensor:
-    """``(n, V, H, W, 3)`` frames, each sample moved by up to ``pad`` pixels (all its cameras alike)."""
+    """``(b, v, H, W, 3)`` frames, each sample moved by up to ``pad`` pixels (all its cameras alike)."""
     if pad == 0:
         return frames
     n, v, h, w, c = frames.shape

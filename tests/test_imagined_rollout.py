@@ -155,3 +155,24 @@ def test_no_module_reads_another_modules_private_attributes():
             bad.append(f"{path.relative_to(root)}:{line}: {m.group(0)} (defined in "
                        f"{', '.join(str(o.relative_to(root)) for o in owners[name])})")
     assert not bad, "\n".join(bad)
+
+
+def test_every_module_uses_the_one_dimension_legend():
+    """No module writes a legend of its own, and its shape tuples use the legend's letters."""
+    from pathlib import Path
+
+    from wfm_sim.dims import LEGEND, shape_letters
+
+    root = Path(__file__).resolve().parents[1]
+    own, unknown = [], []
+    for folder in ("wfm_sim", "envs", "policies", "datasets"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text()
+            if "Dimension legend" in text and "Dimension legend: :mod:`wfm_sim.dims`" not in text:
+                own.append(str(path.relative_to(root)))
+            if "wfm_sim.dims" in text:
+                unknown += [f"{path.relative_to(root)}:{line} {tok}" for line, tok in shape_letters(text)
+                            if tok not in LEGEND]
+    assert not own, f"modules with a legend of their own: {own}"
+    assert not unknown, f"shape letters outside wfm_sim.dims: {unknown}"
+    assert len(set(LEGEND.values())) == len(LEGEND)  # no letter means two things, no meaning two letters

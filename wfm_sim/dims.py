@@ -11,6 +11,8 @@ Rows and time
     ``f``  video frames per latent frame (temporal compression: a clip of ``1 + f*m`` frames
            gives ``1 + m`` latent frames; ``f`` actions per step)
     ``s``  steps of a rollout (the horizon)
+    ``j``  policies of a set being scored
+    ``u``  imagined samples per start state
 
 Space
     ``v``  camera views
@@ -35,10 +37,25 @@ Actions
 
 LEGEND = {
     "b": "batch rows", "r": "rows of one call", "i": "episodes", "t": "video frames",
-    "l": "latent frames", "f": "video frames per latent frame", "s": "rollout steps",
+    "l": "latent frames", "f": "video frames per latent frame", "s": "rollout steps", "j": "policies",
+    "u": "samples per start",
     "v": "camera views", "H": "pixel height", "W": "pixel width", "h": "token grid height",
     "w": "token grid width", "c": "channels", "n": "tokens per latent frame", "q": "new positions",
     "k": "key positions", "K": "vocabulary size", "d": "model width", "m": "attention heads",
     "g": "key/value heads", "e": "head dimension", "p": "prompt tokens", "a": "action features",
 }
 """Letter -> meaning, for tools and tests that check shape comments."""
+
+
+def shape_letters(text: str) -> list[tuple[int, str]]:
+    """``(line, letter)`` for every one-letter dimension in the shape tuples of ``text``:
+    ``(b, t, v, H, W, 3)`` spans in docstrings and ``# (b, q, d)`` comments."""
+    import re
+
+    found = []
+    spans = [m for pat in (r"``\(([^`\n]*)\)``", r"#\s*\(([^)\n]*)\)") for m in re.finditer(pat, text)]
+    for m in spans:
+        line = text[: m.start()].count("\n") + 1
+        for tok in re.findall(r"(?<![A-Za-z_0-9.'\"])([A-Za-z]'?)(?![A-Za-z_0-9('\"])", m.group(1)):
+            found.append((line, tok))
+    return found

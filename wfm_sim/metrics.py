@@ -1,6 +1,6 @@
 """Image metrics on uint8 frames: PSNR and SSIM (Wang et al. 2004, 11x11 Gaussian window, sigma 1.5).
 
-Dimension legend: ``n`` images, ``H W`` pixels.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import torch.nn.functional as F
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
-    """``(n, H, W, 3)`` uint8 -> ``(n, 3, H, W)`` float in [0, 1]."""
+    """``(b, H, W, 3)`` uint8 -> ``(b, 3, H, W)`` float in [0, 1]."""
     return x.permute(0, 3, 1, 2).float() / 255.0
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of two ``(n, H, W, 3)`` uint8 batches; identical images give 100 dB."""
+    """Per-image PSNR (dB) of two ``(b, H, W, 3)`` uint8 batches; identical images give 100 dB."""
     mse = ((_float(a) - _float(b)) ** 2).flatten(1).mean(1)
     return (-10 * torch.log10(mse.clamp_min(1e-10))).clamp(max=100.0)
 
@@ -34,7 +34,7 @@ def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM of two ``(n, H, W, 3)`` uint8 batches (mean over channels and pixels)."""
+    """Per-image SSIM of two ``(b, H, W, 3)`` uint8 batches (mean over channels and pixels)."""
     x, y = _float(a), _float(b)
     c = x.shape[1]
     w = _gaussian().to(x.device).expand(c, 1, 11, 11)

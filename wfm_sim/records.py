@@ -1,7 +1,6 @@
 """Typed records passed between components (one vocabulary: obs, action, reward, terminated...).
 
-Dimension legend: ``b`` batch, ``t`` time, ``v`` camera view, ``h w`` pixel or token grid,
-``a`` action dim.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ windows* (the PSNR gap between true and shuffled actions is the controllability 
 Genie). Also: reward / termination / success head accuracy along the rollout, and the
 decoder's reconstruction of real frames from their tokens (token decode vs diffusion decode).
 
-Dimension legend: ``n`` windows, ``C`` context frames, ``H`` horizon, ``V`` cameras, ``A`` action dim.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def eval_windows(model: WorldModel, data: str, cfg: EvalConfig, split: Split | N
 def rollout(model: WorldModel, batch: Batch, mode: str, decoder: str, cfg: EvalConfig,
             actions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Open-loop rollouts for every window through :class:`Rollout`; returns predicted
-    frames ``(n, k*H, V, H, W, 3)`` (all k frames of each of the H latent steps) and head
-    outputs ``(n, H)`` per latent step."""
+    frames ``(b, f*s, v, H, W, 3)`` (all f frames of each of the s latent steps) and head
+    outputs ``(b, s)`` per latent step."""
     C, H, k = model.cfg.context_video_frames, cfg.horizon, model.cfg.frames_per_step
     n = batch.obs.shape[0]
     acts = batch.action if actions is None else actions
@@ -93,7 +93,7 @@ def rollout(model: WorldModel, batch: Batch, mode: str, decoder: str, cfg: EvalC
 
 
 def frame_scores(pred: torch.Tensor, real: torch.Tensor) -> dict[str, list]:
-    """PSNR / SSIM per horizon and camera for ``(n, H, V, H, W, 3)`` uint8 predictions."""
+    """PSNR / SSIM per horizon and camera for ``(b, s, v, H, W, 3)`` uint8 predictions."""
     n, H, V = pred.shape[:3]
     p = psnr(pred.flatten(0, 2), real.flatten(0, 2)).view(n, H, V)
     s = ssim(pred.flatten(0, 2), real.flatten(0, 2)).view(n, H, V)
@@ -123,7 +123,7 @@ def decoder_reconstruction(model: WorldModel, batch: Batch, cfg: EvalConfig) -> 
     after the context, from the tokens of the whole clip (the tokenizer is causal in time).
     """
     C, k = model.cfg.context_video_frames, model.cfg.frames_per_step
-    tokens = model.encode(batch.obs[:, C : C + 1] if k == 1 else batch.obs[:, : C + k])  # (n, t', V, g, g)
+    tokens = model.encode(batch.obs[:, C : C + 1] if k == 1 else batch.obs[:, : C + k])  # (b, l, v, h, w)
     real, prev = batch.obs[:, C : C + k].flatten(0, 2), batch.obs[:, C - 1]
 
     def scores(frames):
@@ -143,7 +143,7 @@ def decoder_reconstruction(model: WorldModel, batch: Batch, cfg: EvalConfig) -> 
 def evaluate(model: WorldModel, data: str, cfg: EvalConfig = EvalConfig(),
              split: Split | None = None) -> tuple[dict, dict]:
     """Run the whole evaluation. Returns ``(report, videos)``: a JSON-ready report and the
-    frames for side-by-side videos (``{"real": ..., method: ...}``, each ``(n, H, V, H, W, 3)``).
+    frames for side-by-side videos (``{"real": ..., method: ...}``, each ``(b, s, v, H, W, 3)``).
 
     ``split``: the model's recorded split of ``data`` (needed for ``cfg.split`` 'val' / 'train').
     """

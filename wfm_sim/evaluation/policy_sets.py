@@ -7,7 +7,7 @@ and uniform random actions. Real performance falls along that list; a world mode
 trusted ranks the plans the same way. Plans are open-loop (:class:`PlanPolicy`, one plan per
 start), so they play identically in both worlds.
 
-Dimension legend: ``S`` starts, ``T`` steps, ``A`` action features.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def expert_for(source: str):
 
 
 def expert_plans(source: str, starts, horizon: int, size: int = 64, batch: int = 4) -> np.ndarray:
-    """``(S, horizon, A)``: the expert's actions from each start (a :class:`~wfm_sim.evaluation.starts.Starts`,
+    """``(i, horizon, a)``: the expert's actions from each start (a :class:`~wfm_sim.evaluation.starts.Starts`,
     reset and warmed up as scoring does), in the real twin."""
     starts.check_real()
     env = make_real_vec(source, min(batch, len(starts)), size, context_frames=starts.warmups.shape[1] + 1)
@@ -52,7 +52,7 @@ def expert_plans(source: str, starts, horizon: int, size: int = 64, batch: int =
 
 
 def graded_plans(expert: np.ndarray, low, high, neutral, seed: int = 0) -> dict[str, PlanPolicy]:
-    """Nine plans from ``expert`` ``(S, T, A)``, best to worst by construction."""
+    """Nine plans from ``expert`` ``(i, s, a)``, best to worst by construction."""
     rng = np.random.default_rng(seed)
     low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
     S, T, A = expert.shape

@@ -10,7 +10,7 @@ window, cache and heads as imagination) separates them:
 
 A replayed episode ends where the termination head first fires, as an imagined one would.
 
-Dimension legend: ``E`` episodes, ``C`` context frames, ``T`` steps, ``V`` cameras, ``H W`` pixels.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from wfm_sim.envs.contexts import Context
 
 
 def _tokens(model, ctx: Context, ep: Episode) -> torch.Tensor:
-    """``(C + T - 1, V*g*g)`` tokens of the context and the episode's later frames (obs[0] is the
+    """``(t + s - 1, v*g*g)`` tokens of the context and the episode's later frames (obs[0] is the
     context's last frame)."""
     cams = model.cfg.cameras
-    frames = np.stack([np.concatenate((ctx.frames[c], ep.obs[c][1:])) for c in cams], axis=1)  # (C+T-1, V, H, W, 3)
+    frames = np.stack([np.concatenate((ctx.frames[c], ep.obs[c][1:])) for c in cams], axis=1)  # (t+s-1, v, H, W, 3)
     return model.encode(torch.from_numpy(frames)[None])[0].flatten(1)
 
 

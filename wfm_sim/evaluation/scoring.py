@@ -15,7 +15,7 @@ real frames forced in (:mod:`wfm_sim.evaluation.replay`): the *replayed* score i
 imagination would give with perfect frames, so the imagined-real gap splits into a dynamics
 part (imagined - replayed) and a head part (replayed - real).
 
-Dimension legend: ``P`` policies, ``S`` starts, ``K`` imagined samples per start, ``T`` steps.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -103,13 +103,13 @@ class PolicyResult:
 
     name: str
     imagined_return: np.ndarray | None
-    """``(S, K)``; None for a scripted reference policy, which runs only in the real simulator."""
+    """``(i, u)``; None for a scripted reference policy, which runs only in the real simulator."""
     imagined_success: np.ndarray | None
     real_return: np.ndarray | None = None
-    """``(S,)``."""
+    """``(i,)``."""
     real_success: np.ndarray | None = None
     replayed_return: np.ndarray | None = None
-    """``(S,)``: the heads read along the real episodes (see :mod:`wfm_sim.evaluation.replay`)."""
+    """``(i,)``: the heads read along the real episodes (see :mod:`wfm_sim.evaluation.replay`)."""
     replayed_success: np.ndarray | None = None
     imagined_seconds: float = 0.0
     real_seconds: float = 0.0
@@ -117,7 +117,7 @@ class PolicyResult:
     """start index -> (real episode, imagined episode), for videos."""
 
     def by_start(self):
-        """``(world, returns (S,), success rates (S,) or None)`` for each world played; imagined
+        """``(world, returns (i,), success rates (i,) or None)`` for each world played; imagined
         outcomes are averaged over the K samples of each start."""
         for world, ret, succ in (("imagined", self.imagined_return, self.imagined_success),
                                  ("real", self.real_return, self.real_success),

@@ -10,7 +10,7 @@ Two kinds:
   the twin is reset at each episode's recorded seed and replays its recorded first actions. How
   closely that reproduces the stored frames is measured (``context_max_diff``), not assumed.
 
-Dimension legend: ``S`` starts, ``W`` warm-up actions, ``A`` action features.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Starts:
     seeds: list[int | None]
     """Real reset seeds; None where unknown (such a start can be imagined, not played for real)."""
     warmups: np.ndarray
-    """``(S, W, A)``: the actions each start's context holds, played after the real reset."""
+    """``(i, s, a)``: the actions each start's context holds, played after the real reset."""
     labels: list[str]
     """Where each start comes from (``seed=N``, or ``STORE#episode=E``)."""
     origin: str = "seeds"

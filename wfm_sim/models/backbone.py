@@ -20,8 +20,7 @@ next-token prediction):
 Position information: 3D factorised RoPE over (t, h, w) in every attention layer plus learned
 absolute embeddings (time, spatial slot, camera view, token kind) added to the input.
 
-Dimension legend: ``b`` batch, ``t`` latent frames, ``v`` views, ``h w`` token grid, ``n``
-sequence positions, ``d`` width, ``a`` action features, ``s`` text tokens.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -164,7 +163,7 @@ class ActionEmbed(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(a, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
 
     def forward(self, action: torch.Tensor) -> torch.Tensor:
-        """``(b, n, k, a)`` float or ``(b, n, k)`` int64 -> ``(b, n, d)``."""
+        """``(b, q, k, a)`` float or ``(b, q, k)`` int64 -> ``(b, q, d)``."""
         c = self.dims
         if c.num_actions:
             offset = torch.arange(c.action_group, device=action.device) * c.num_actions
@@ -271,8 +270,8 @@ class Backbone(nn.Module):
 
     # ------------------------------------------------------------ sequences
     def sequence(self, tokens: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Lay out ``(b, t, v, h, w)`` tokens and ``(b, t, k, a)`` actions as ``(b, n)`` ids and
-        ``(b, n, k, a)`` per-position actions, ``n = 1 + t*L``."""
+        """Lay out ``(b, l, v, h, w)`` tokens and ``(b, l, k, a)`` actions as ``(b, q)`` ids and
+        ``(b, q, k, a)`` per-position actions, ``n = 1 + t*L``."""
         b, t = tokens.shape[:2]
         ids = rearrange(tokens, "b t v h w -> b t (v h w)")
         ids = torch.cat((ids, ids.new_zeros(b, t, 1)), dim=2).reshape(b, -1)
@@ -287,7 +286,7 @@ class Backbone(nn.Module):
         return 1 + torch.arange(t, device=device) * self.dims.block + self.dims.frame_tokens
 
     def frame_slots(self, t: int, device) -> torch.Tensor:
-        """``(t, V*g*g)`` positions of every frame token."""
+        """``(l, n)`` positions of every frame token (``n = v*h*w``)."""
         base = 1 + torch.arange(t, device=device)[:, None] * self.dims.block
         return base + torch.arange(self.dims.frame_tokens, device=device)[None, :]
 
@@ -297,9 +296,9 @@ class Backbone(nn.Module):
         """Training loss on token windows.
 
         Args:
-            tokens: ``(b, t, v, h, w)`` int64 ids.
-            actions: ``(b, t, k, a)`` float or ``(b, t, k)`` int64; action t follows frame t.
-            reward, terminated, success: ``(b, t)`` targets for step t; ``valid (b, t)`` masks them.
+            tokens: ``(b, l, v, h, w)`` int64 ids.
+            actions: ``(b, l, k, a)`` float or ``(b, l, k)`` int64; action t follows frame t.
+            reward, terminated, success: ``(b, l)`` targets for step t; ``valid (b, t)`` masks them.
         """
         c = self.cfg
         b, t = tokens.shape[:2]
@@ -320,7 +319,7 @@ class Backbone(nn.Module):
                 logits = self.head_next(h[:, fs - 1]).float()  # position p predicts p + 1
                 loss = F.cross_entropy(logits.flatten(0, 1), r_ids[:, fs].flatten())
             else:
-                masked = self._random_mask(r_ids.shape[0], t, ids.device, generator)  # (b', t*n)
+                masked = self._random_mask(r_ids.shape[0], t, ids.device, generator)  # (r, l*n): the parallel rows
                 inp = r_ids.clone()
                 inp[:, fs] = torch.where(masked, self.dims.mask_id, r_ids[:, fs])
                 h = self.forward_chunk(inp, acts[rows], pos[rows], mode, text=r_txt, text_mask=r_tm)

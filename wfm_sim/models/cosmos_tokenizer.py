@@ -17,7 +17,7 @@ depends on a later frame.
 
 Released weights load with :func:`wfm_sim.models.cosmos_weights.load_cosmos_tokenizer`.
 
-Dimension legend: ``b`` batch, ``c`` channels, ``t`` frames, ``h w`` grid, ``d`` code channels.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -387,7 +387,7 @@ class Decoder(nn.Module):
 
 
 class CosmosVideoTokenizer(nn.Module):
-    """Cosmos discrete video tokenizer: ``(b, 3, 1+k*m, H, W)`` in [-1, 1] <-> ``(b, 1+m, H/s, W/s)`` ids.
+    """Cosmos discrete video tokenizer: ``(b, 3, 1+f*m, H, W)`` in [-1, 1] <-> ``(b, 1+m, H/s, W/s)`` ids.
 
     Same methods as :class:`wfm_sim.models.tokenizer.VideoTokenizer` (``encode``, ``decode``,
     ``decode_codes``); frames may be any size divisible by the spatial compression.
@@ -415,14 +415,14 @@ class CosmosVideoTokenizer(nn.Module):
         self.cfg.latent_frames(video.shape[2])
 
     def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(b, 3, 1+k*m, H, W)`` -> tokens ``(b, 1+m, H/s, W/s)`` int64, codes and bounded latent."""
+        """``(b, 3, 1+f*m, H, W)`` -> tokens ``(b, 1+m, H/s, W/s)`` int64, codes and bounded latent."""
         self._check_video(video)
         z = self.quant_conv(self.encoder(video.to(self.quant_conv.conv3d.weight.dtype)))
         codes, tokens = self.fsq(z)
         return tokens, codes, self.fsq.bound(z.float())
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """``(b, 6, t', h, w)`` codes -> ``(b, 3, 1+k*(t'-1), h*s, w*s)`` frames (unclamped)."""
+        """``(b, 6, l, h, w)`` codes -> ``(b, 3, 1+f*(l-1), h*s, w*s)`` frames (unclamped)."""
         return self.decoder(self.post_quant_conv(codes.to(self.quant_conv.conv3d.weight.dtype)))
 
     def decode(self, tokens: torch.Tensor, check: bool = True) -> torch.Tensor:

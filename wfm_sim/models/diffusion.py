@@ -18,8 +18,7 @@ Training: ``ln sigma ~ N(p_mean, p_std^2)``, loss weight ``lambda = (s^2 + sd^2)
 and a learned uncertainty ``u(sigma)`` (loss ``lambda/exp(u) * mse + u``, EDM2). Sampling: Euler
 or Heun over a Karras (rho = 7) schedule; 1-4 steps by default.
 
-Dimension legend: ``b`` batch, ``c`` channels, ``t`` frames of one latent frame (1..k), ``H W``
-pixels, ``h w`` token grid, ``e`` token embedding width.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Cosmos' discrete tokenizers use levels [8, 8, 8, 5, 5, 5] = 64,000 codes.
 
 Everything here runs in fp32 (autocast off): rounding bf16 values would move codes.
 
-Dimension legend: ``b`` batch, ``d`` code channels, ``...`` any trailing grid (t, h, w).
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 
 
 class FSQ(nn.Module):
-    """Quantise ``(b, d, ...)`` latents to integer codes.
+    """Quantise ``(b, c, ...)`` latents to integer codes.
 
     Args:
         levels: number of quantisation levels per channel, each >= 2.
@@ -40,7 +40,7 @@ class FSQ(nn.Module):
         return len(self.levels)
 
     def _view(self, x: torch.Tensor, ndim: int) -> torch.Tensor:
-        """Shape a per-channel ``(d,)`` constant to broadcast over ``(b, d, ...)``."""
+        """Shape a per-channel ``(c,)`` constant to broadcast over ``(b, c, ...)``."""
         return x.view(1, -1, *([1] * (ndim - 2)))
 
     def bound(self, z: torch.Tensor) -> torch.Tensor:
@@ -58,10 +58,10 @@ class FSQ(nn.Module):
         """Quantise.
 
         Args:
-            z: ``(b, d, ...)`` continuous latent, any float dtype.
+            z: ``(b, c, ...)`` continuous latent, any float dtype.
 
         Returns:
-            codes: ``(b, d, ...)`` fp32 quantised values in [-1, 1] (straight-through gradient).
+            codes: ``(b, c, ...)`` fp32 quantised values in [-1, 1] (straight-through gradient).
             indices: ``(b, ...)`` int64 code indices in ``[0, codebook_size)``.
         """
         if z.shape[1] != self.dim:
@@ -74,7 +74,7 @@ class FSQ(nn.Module):
         return codes, self.codes_to_indices(codes)
 
     def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
-        """``(b, d, ...)`` normalised codes -> ``(b, ...)`` int64 indices."""
+        """``(b, c, ...)`` normalised codes -> ``(b, ...)`` int64 indices."""
         half_width = self._view(torch.div(self._levels, 2, rounding_mode="floor"), codes.ndim)
         digits = torch.round(codes.float() * half_width + half_width).long()
         return (digits * self._view(self._basis, codes.ndim)).sum(dim=1)
@@ -82,7 +82,7 @@ class FSQ(nn.Module):
     @torch.autocast("cuda", enabled=False)
     @torch.autocast("cpu", enabled=False)
     def indices_to_codes(self, indices: torch.Tensor, check: bool = True) -> torch.Tensor:
-        """``(b, ...)`` int64 indices -> ``(b, d, ...)`` fp32 normalised codes.
+        """``(b, ...)`` int64 indices -> ``(b, c, ...)`` fp32 normalised codes.
 
         ``check=False`` skips the range check, which reads the ids on the host: for ids this
         model's own quantiser or sampler produced.

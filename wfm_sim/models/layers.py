@@ -1,6 +1,6 @@
 """Transformer building blocks shared by the backbone: RMSNorm, SwiGLU and 3D factorised RoPE.
 
-Dimension legend: ``b`` batch, ``n`` tokens, ``h`` heads, ``e`` head dim, ``d`` width.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
 class Rope3D(nn.Module):
     """3D factorised rotary position embedding (Su et al. 2021; Cosmos' t/h/w split).
 
-    ``positions`` is ``(b, n, 3)`` integer (t, h, w) per token; the head dim is split into three
+    ``positions`` is ``(b, q, 3)`` integer (t, h, w) per token; the head dim is split into three
     contiguous parts, each rotated by its own axis' position.
     """
 
@@ -66,7 +66,7 @@ class Rope3D(nn.Module):
             self.register_buffer(f"inv_freq_{name}", f, persistent=False)
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(b, n, 3)`` positions -> cos, sin of shape ``(b, 1, n, head_dim // 2)`` in fp32."""
+        """``(b, q, 3)`` positions -> cos, sin of shape ``(b, 1, q, head_dim // 2)`` in fp32."""
         pos = positions.float()
         parts = [
             pos[..., i, None] * f
@@ -77,7 +77,7 @@ class Rope3D(nn.Module):
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate ``(b, h, n, e)`` by angles ``(b, 1, n, e/2)`` (pairs are interleaved halves)."""
+        """Rotate ``(b, m, q, e)`` by angles ``(b, 1, q, e/2)`` (pairs are interleaved halves)."""
         x1, x2 = x.float().chunk(2, dim=-1)
         out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
         return out.to(x.dtype)

@@ -16,7 +16,7 @@ SC'11), the generator cuRAND and torch's CUDA backend use. Its 32x32 -> 64-bit m
 done in 16-bit halves so every intermediate fits an int64: results are exact and identical on
 any device and any CPU.
 
-Dimension legend: see :mod:`wfm_sim.dims` (``b`` rows, ``n`` positions).
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The caller draws the uniforms (one row's from that row's counter-based stream,
 :mod:`wfm_sim.models.rng`), so a row's sample never depends on which other rows share the batch.
 
-Dimension legend (:mod:`wfm_sim.dims`): ``b`` rows, ``n`` tokens, ``c`` vocabulary (codes).
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class SamplingConfig:
 
 
 def filtered_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Softmax of ``(..., c)`` logits after temperature, top-k and top-p filtering (fp32)."""
+    """Softmax of ``(..., K)`` logits after temperature, top-k and top-p filtering (fp32)."""
     logits = logits.float() / max(cfg.temperature, 1e-6)
     if cfg.top_k and cfg.top_k < logits.shape[-1]:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
@@ -54,7 +54,7 @@ def sample(logits: torch.Tensor, cfg: SamplingConfig, u: torch.Tensor | None) ->
     """Draw one token per position.
 
     Args:
-        logits: ``(b, n, c)``.
+        logits: ``(b, n, K)``.
         u: ``(b, n)`` fp32 uniforms in [0, 1) (unused, and may be None, when greedy).
 
     Returns:
@@ -73,6 +73,6 @@ def sample(logits: torch.Tensor, cfg: SamplingConfig, u: torch.Tensor | None) ->
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Mean entropy (nats) over the token axis: ``(b, n, c) -> (b,)``."""
+    """Mean entropy (nats) over the token axis: ``(b, n, K) -> (b,)``."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1).mean(-1)

@@ -8,7 +8,7 @@ travel together; a model trained with ``backbone.text_dim = D`` needs an encoder
 from a seed: the shipped text-conditioned driving model uses one (frozen; the backbone's
 cross-attention learns to read it), and a real T5 from a local folder works the same way.
 
-Dimension legend: ``b`` prompts, ``s`` text tokens, ``e`` encoder width.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode prompts to ``(b, s, e)`` fp32 embeddings and a ``(b, s)`` bool mask."""
+        """Encode prompts to ``(b, p, d)`` fp32 embeddings and a ``(b, p)`` bool mask."""
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise TypeError("prompts must be a list of strings")
         batch = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_tokens,

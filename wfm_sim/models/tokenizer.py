@@ -7,8 +7,7 @@ Frame 0 is encoded alone and later frames in groups of ``temporal_downsample``: 
 ``1 + k*m`` frames gives ``1 + m`` latent frames. Nothing a frame encodes or decodes to
 depends on a later frame.
 
-Dimension legend: ``b`` batch, ``c`` channels, ``t`` frames, ``h w`` pixel or latent grid,
-``d`` code channels (= len(levels)).
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -126,14 +125,14 @@ def clip_latent_frames(frames: int, k: int, what: str) -> int:
 
 
 def haar_patch(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal 2x2 Haar transform: ``(n, c, h, w) -> (n, 4c, h/2, w/2)``."""
+    """Orthonormal 2x2 Haar transform: ``(b, c, h, w) -> (b, 4c, h/2, w/2)``."""
     a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
     c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
     return torch.cat(((a + b + c + d), (a - b + c - d), (a + b - c - d), (a - b - c + d)), dim=1) / 2
 
 
 def haar_unpatch(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`haar_patch`: ``(n, 4c, h, w) -> (n, c, 2h, 2w)``."""
+    """Inverse of :func:`haar_patch`: ``(b, 4c, h, w) -> (b, c, 2h, 2w)``."""
     ll, lh, hl, hh = x.chunk(4, dim=1)
     a, b = (ll + lh + hl + hh) / 2, (ll - lh + hl - hh) / 2
     c, d = (ll + lh - hl - hh) / 2, (ll - lh - hl + hh) / 2
@@ -285,7 +284,7 @@ def _stack(cfg: TokenizerConfig, encoder: bool) -> tuple[nn.ModuleList, int]:
 
 
 class VideoTokenizer(nn.Module):
-    """Discrete causal video tokenizer: ``(b, 3, t, H, W)`` in [-1, 1] <-> ``(b, t', h, w)`` ids."""
+    """Discrete causal video tokenizer: ``(b, 3, t, H, W)`` in [-1, 1] <-> ``(b, l, h, w)`` ids."""
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
@@ -319,8 +318,8 @@ class VideoTokenizer(nn.Module):
             video: ``(b, 3, t, H, W)`` float in [-1, 1], ``t = 1 + k*m``.
 
         Returns:
-            tokens ``(b, t', h, w)`` int64, codes ``(b, d, t', h, w)`` fp32 quantised, and
-            latent ``(b, d, t', h, w)`` fp32 continuous (pre-quantisation, bounded).
+            tokens ``(b, l, h, w)`` int64, codes ``(b, c, l, h, w)`` fp32 quantised, and
+            latent ``(b, c, l, h, w)`` fp32 continuous (pre-quantisation, bounded).
         """
         self._check_video(video)
         b = video.shape[0]
@@ -333,7 +332,7 @@ class VideoTokenizer(nn.Module):
         return tokens, codes, self.fsq.bound(z.float())
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """``(b, d, t', h, w)`` codes -> ``(b, 3, t, H, W)`` frames (unclamped, ~[-1, 1])."""
+        """``(b, c, l, h, w)`` codes -> ``(b, 3, t, H, W)`` frames (unclamped, ~[-1, 1])."""
         b = codes.shape[0]
         x = self.dec_mid(self.dec_in(codes.to(self.dec_in.weight.dtype)))
         for m in self.dec_levels:

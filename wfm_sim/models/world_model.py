@@ -3,8 +3,7 @@
 Frames at the boundary are uint8 ``(b, t, v, H, W, 3)`` (channels last, as simulators and
 zarr store them); inside, the tokenizer sees ``(b*v, 3, t, H, W)`` floats in [-1, 1].
 
-Dimension legend: ``b`` batch, ``t`` frames, ``t'`` latent frames, ``v`` camera views,
-``H W`` pixels, ``g`` token grid side, ``k`` actions per latent frame, ``a`` action features.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -165,7 +164,7 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(b, t, v, H, W, 3)`` uint8 -> ``(b, t', v, g, g)`` int64 token ids."""
+        """``(b, t, v, H, W, 3)`` uint8 -> ``(b, l, v, g, g)`` int64 token ids."""
         self._check_frames(frames)
         b = frames.shape[0]
         x = to_video(frames.to(self.device))

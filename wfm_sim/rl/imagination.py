@@ -16,7 +16,7 @@ On disk (``out``): ``policy/`` (the :class:`~wfm_sim.policies.ActorCritic`, load
 (one line per iteration) and ``train_state/`` (weights, optimizer, RNGs, iteration). A run
 killed mid-iteration resumes from its last saved iteration and repeats nothing after it.
 
-Dimension legend: ``n`` imagined envs, ``T`` horizon, ``V`` cameras, ``H W`` pixels.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -97,10 +97,10 @@ class ImaginationRLConfig:
 
 
 def gae(rewards, values, terminated, last_value, gamma: float, lam: float):
-    """Generalised advantage estimation over ``(T, n)`` rollouts (Schulman et al. 2016).
+    """Generalised advantage estimation over ``(s, b)`` rollouts (Schulman et al. 2016).
 
     ``terminated[t]``: the rollout ended after step t (no bootstrap past it). Returns
-    ``(advantages, returns)``, both ``(T, n)``.
+    ``(advantages, returns)``, both ``(s, b)``.
     """
     T = rewards.shape[0]
     adv = torch.zeros_like(rewards)
@@ -207,13 +207,13 @@ class ImaginationTrainer:
             buf["terminated"].append(term)
             buf["entropy"].append(ent)
         last = self.policy.value(self.policy.features(self.policy.frames(obs))).cpu()
-        out = {k: torch.stack(v) for k, v in buf.items()}  # (T, n, ...)
+        out = {k: torch.stack(v) for k, v in buf.items()}  # (s, b, ...)
         out["adv"], out["ret"] = gae(out["reward"], out["value"], out["terminated"], last, cfg.gamma, cfg.lam)
         return out
 
     def update(self, roll: dict) -> dict:
         cfg = self.cfg
-        flat = {k: v.flatten(0, 1) for k, v in roll.items()}  # (T*n, ...)
+        flat = {k: v.flatten(0, 1) for k, v in roll.items()}  # (s*b, ...)
         adv = (flat["adv"] - flat["adv"].mean()) / (flat["adv"].std() + 1e-8)
         total = len(adv)
         logs = {"pg_loss": 0.0, "v_loss": 0.0, "policy_entropy": 0.0, "clip_frac": 0.0}

@@ -8,7 +8,7 @@
   plan open-loop in the real twin, beside a random candidate of the first population and the
   scripted expert, from the same start.
 
-Dimension legend: ``N`` candidate plans, ``K`` imagined samples, ``T`` steps, ``A`` action features.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class PlanConfig:
 
 
 def rank_plans(env, context: Context, plans: np.ndarray, samples: int = 1, seed: int = 0) -> np.ndarray:
-    """Mean imagined return of each plan ``(N, T, A)`` from ``context``; ``env`` an ImaginedVectorEnv."""
+    """Mean imagined return of each plan ``(b, s, a)`` from ``context``; ``env`` an ImaginedVectorEnv."""
     plans = np.asarray(plans, np.float32)
     N, T = plans.shape[:2]
     rows = [p for p in range(N) for _ in range(samples)]
@@ -61,7 +61,7 @@ def rank_plans(env, context: Context, plans: np.ndarray, samples: int = 1, seed:
 
 
 def cem_plan(env, context: Context, low, high, cfg: PlanConfig = PlanConfig()) -> tuple[np.ndarray, dict]:
-    """The cross-entropy method in imagination. Returns the best plan ``(T, A)`` and a log with
+    """The cross-entropy method in imagination. Returns the best plan ``(s, a)`` and a log with
     each iteration's best and mean imagined return and the first population with its imagined
     returns (for baselines)."""
     rng = np.random.default_rng(cfg.seed)

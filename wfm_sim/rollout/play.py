@@ -13,8 +13,7 @@ the episode is recorded frame by frame, as the real twin's are: ``g`` rows per s
 reward spread evenly over them and its termination, truncation and extras on its rows (ends on
 the last one).
 
-Dimension legend: ``n`` sub-envs, ``k`` recorded episodes (k <= n), ``T`` steps, ``g`` frames
-per step.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -108,7 +107,7 @@ def frames_per_step(env) -> int:
 
 
 def _newest(obs):
-    """The newest frame of each camera of ``obs_frames='all'`` observations ``(n, g, H, W, 3)``."""
+    """The newest frame of each camera of ``obs_frames='all'`` observations ``(b, f, H, W, 3)``."""
     return {c: v[:, -1] for c, v in obs.items()} if isinstance(obs, dict) else obs[:, -1]
 
 

@@ -7,7 +7,7 @@ does not depend on which worker ran it or on the other episodes beside it; it do
 the batch layout (``envs`` per worker), since kernels sum in another order for another batch
 size (see :class:`~wfm_sim.envs.imagined.ImaginedVectorEnv`, Determinism).
 
-Dimension legend: ``n`` episodes in a batch, ``T`` steps, ``V`` cameras, ``A`` action dim.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from wfm_sim.rollout.play import play
 class PolicySpec:
     """How a worker gets its policy (see :mod:`wfm_sim.policies`).
 
-    kind: 'random'; 'plan' (``plan`` holds a ``(T, A)`` or ``(episodes, T, A)`` array);
+    kind: 'random'; 'plan' (``plan`` holds a ``(s, a)`` or ``(episodes, s, a)`` array);
     'named' (``name`` is anything :func:`~wfm_sim.policies.make_policy` accepts, built on the
     worker); 'callable' (``obj`` is a picklable policy object, e.g. ``RoadCentroidDriver()``);
     'conv' (``state`` holds a ConvPolicy config dict and state dict, put in Ray's object store

@@ -4,8 +4,7 @@ A :class:`Task` names its module, builds train / held-out window datasets, turns
 :class:`~wfm_sim.records.Batch` into a loss, and scores held-out batches. The one generic loop
 in :mod:`wfm_sim.training.loop` drives all three.
 
-Dimension legend: ``b`` batch, ``t`` frames, ``v`` views, ``H W`` pixels, ``k`` actions per
-latent frame, ``a`` action features.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations

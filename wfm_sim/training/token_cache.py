@@ -4,7 +4,7 @@ Training the backbone then reads integer ids from memory instead of running the 
 on every batch. The cache is keyed by the store's id and row count and by a digest of the
 tokenizer's weights, so a retrained tokenizer or a grown store recomputes it.
 
-Dimension legend: ``N`` rows, ``V`` cameras, ``g`` token grid.
+Dimension legend: :mod:`wfm_sim.dims`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def tokenizer_digest(model: WorldModel) -> str:
 @torch.no_grad()
 def store_tokens(model: WorldModel, data: str | Path, folder: str | Path, batch: int = 128,
                  progress: bool = True) -> np.ndarray:
-    """``(N, V, g, g)`` int16 token ids for every committed row of ``data`` (cached in ``folder``)."""
+    """``(b, v, g, g)`` int16 token ids for every committed row of ``data`` (cached in ``folder``)."""
     r = EpisodeReader(data)
     key = f"{r.attrs['store_id']}:{r.num_steps}:{tokenizer_digest(model)}:{','.join(model.cfg.cameras)}"
     path = Path(folder) / "tokens.safetensors"
