@@ -46,24 +46,11 @@ def timed(fn, repeat: int = 3, warmup: int = 1) -> float:
 
 
 def cpu_description() -> str:
-    """CPU model and the instruction sets that decide speed here: AVX-512, AVX512-BF16, AMX.
+    """CPU model and the instruction sets that decide speed here (figures differ by about 2x
+    between the AVX2-only and AVX-512 + bf16 machines this project runs on)."""
+    from wfm_sim.device import cpu_isa
 
-    Figures differ by about 2x between the AVX2-only and AVX-512 + bf16 machines this project
-    runs on, so every benchmark names the machine beside its figures.
-    """
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and model in ("", "unknown CPU", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    isa = "AVX-512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else "no AVX2"
-    bf16 = [x for x, f in (("AVX512-BF16", "avx512_bf16"), ("AMX-BF16", "amx_bf16")) if f in flags]
-    return f"{model}, {isa}" + (f" + {' + '.join(bf16)}" if bf16 else ", no native bf16")
+    return cpu_isa()
 
 
 def machine() -> dict:

@@ -88,3 +88,19 @@ def test_plan_policy_keeps_a_step_per_row_and_plays_per_episode_plans():
     per_episode = PlanPolicy(np.arange(12, dtype=np.float32).reshape(2, 2, 3))
     per_episode.reset([7, 8], episodes=[1, 0])
     assert np.array_equal(per_episode(np.zeros((2, 1))), [[6, 7, 8], [0, 1, 2]])
+
+
+def test_a_precision_the_machine_cannot_run_is_refused_by_name(monkeypatch):
+    import torch
+
+    from wfm_sim import device
+
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match=r"'fp16' is unusable on this CPU \(.*\).*use "):
+        device.autocast_dtype(cpu, "fp16")
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match=r"'bf16' was requested but this CPU \(.*\) has no native bf16.*use 'fp32'"):
+        device.autocast_dtype(cpu, "bf16")
+    assert device.autocast_dtype(cpu, "auto") is None  # auto never picks what the CPU cannot run
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert device.autocast_dtype(cpu, "bf16") is torch.bfloat16
