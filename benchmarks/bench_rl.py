@@ -31,8 +31,7 @@ def rl_model(path: str | None) -> WorldModel:
 
 
 def env_speed(model, name: str, batch: int, obs_mode: str, passes: int, steps: int) -> dict:
-    env = ImaginedVectorEnv(batch, model, obs_mode=obs_mode, parallel_steps=passes, max_episode_steps=None,
-                            device="cpu")
+    env = ImaginedVectorEnv(batch, model, obs_mode=obs_mode, parallel_steps=passes, max_episode_steps=None)
     s, c = model.cfg.tokenizer.image_size, model.cfg.context_frames
     frames = np.random.default_rng(0).integers(0, 255, (c, len(model.cfg.cameras), s, s, 3), dtype=np.uint8)
     env.reset(seed=0, options={"frames": frames, "actions": np.zeros((c - 1, 3), np.float32)})
@@ -46,12 +45,12 @@ def env_speed(model, name: str, batch: int, obs_mode: str, passes: int, steps: i
             "env_steps_s": batch * steps / dt}
 
 
-def trainer_speed(model_dir: str, batch: int) -> dict:
+def trainer_speed(model_dir: str, batch: int, device: str = "cpu") -> dict:
     from wfm_sim.rl import ImaginationRLConfig, ImaginationTrainer
 
     with tempfile.TemporaryDirectory() as out:
         cfg = ImaginationRLConfig(model_dir, out, iterations=2, num_envs=batch, horizon=15, parallel_steps=2,
-                                  device="cpu", progress=False, minibatches=4)
+                                  device=device, progress=False, minibatches=4)
         trainer = ImaginationTrainer(cfg)
         trainer.train()
         t0 = time.perf_counter()
