@@ -286,7 +286,7 @@ def score_policies(model, source: str, policies: dict, cfg: ScoreConfig = ScoreC
             raise ValueError("scoring on Ray workers needs model_ref= (a shipped name or folder the replicas load)")
         pool = RolloutPool(model_ref, cfg.workers, imagined.num_envs,
                            env_kwargs={"decoder": cfg.decoder, "mode": cfg.mode, "diffusion_steps": cfg.diffusion_steps,
-                                       "max_episode_steps": cfg.horizon})
+                                       "max_episode_steps": cfg.horizon, "precision": model.precision})
     results = {}
     try:
         for name, policy in tqdm(policies.items(), desc="score", unit="policy", disable=not progress):

@@ -263,10 +263,12 @@ class Backbone(nn.Module):
             out["success_logit"] = done[..., 1]
         return out
 
-    def new_cache(self, batch: int) -> KVCache:
+    def new_cache(self, batch: int, dtype: torch.dtype | None = None) -> KVCache:
+        """A static cache for ``batch`` rows, in ``dtype`` (default: the weights' dtype; under bf16
+        autocast keys and values are computed in bf16, and a bf16 cache keeps them so)."""
         p = next(self.parameters())
         c = self.cfg
-        return KVCache(c.depth, batch, self.dims.max_len, c.kv_heads, c.dim // c.heads, p.device, p.dtype)
+        return KVCache(c.depth, batch, self.dims.max_len, c.kv_heads, c.dim // c.heads, p.device, dtype or p.dtype)
 
     # ------------------------------------------------------------ sequences
     def sequence(self, tokens: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

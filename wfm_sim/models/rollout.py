@@ -123,7 +123,7 @@ class Rollout:
         c, b, dev = self.cfg, self.batch, self.device
         self.n = c.frame_tokens
         self.pending = 1 if mode == "sequential" else self.n
-        self.cache = self.net.new_cache(b)
+        self.cache = self.net.new_cache(b, model.amp_dtype)
         act_shape = (c.action_group,) if c.num_actions else (c.action_group, c.action_dim)
         self.act_dtype = torch.long if c.num_actions else torch.float32
         self.tokens = torch.zeros(b, c.max_frames, self.n, dtype=torch.long, device=dev)
@@ -387,7 +387,8 @@ class Rollout:
         rows = None if dev is None else host
         txt = self.text if (self.text is None or dev is None) else self.text[dev]
         tm = self.text_mask if (self.text_mask is None or dev is None) else self.text_mask[dev]
-        return self.net.forward_chunk(ids, acts, pos, self.mode, self.cache, rows, commit, txt, tm)
+        with self.model.autocast():  # the model's precision (bf16 where it is native), as in training
+            return self.net.forward_chunk(ids, acts, pos, self.mode, self.cache, rows, commit, txt, tm)
 
     def _prefill(self, host: np.ndarray) -> None:
         """Re-run each row's history into its cache, holding back its last ``pending`` tokens."""

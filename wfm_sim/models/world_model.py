@@ -150,6 +150,12 @@ class WorldModel(nn.Module):
         self.amp_dtype = autocast_dtype(dev, precision)
         return self
 
+    @property
+    def precision(self) -> str:
+        """The precision this model runs in ('bf16' or 'fp32'): what a replica must be set up with
+        to compute the same numbers."""
+        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp32"
+
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
 
