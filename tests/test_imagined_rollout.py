@@ -178,18 +178,23 @@ def test_every_module_uses_the_one_dimension_legend():
     assert len(set(LEGEND.values())) == len(LEGEND)  # no letter means two things, no meaning two letters
 
 
-def test_imagination_runs_in_the_models_precision(tiny_model):
-    """A model set up for bf16 imagines in bf16 (as it trains), with a bf16 KV cache, seeded as ever."""
+def test_imagination_runs_in_the_models_precision(tiny_model, monkeypatch):
+    """A model set up for bf16 imagines in bf16 (as it trains), with a bf16 KV cache, seeded as
+    ever; chunks below AUTOCAST_MIN_TOKENS (one-token passes) stay in fp32, where they are faster."""
+    from wfm_sim.models import rollout
+
     tiny_model.amp_dtype = torch.bfloat16  # what setup(precision='auto') picks where bf16 is native
-    seen = []
-    hook = tiny_model.backbone.blocks[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     frames, acts = _context(tiny_model, 2)
-    runs = []
-    for _ in range(2):
-        im = tiny_model.imagine(2, mode="parallel", decode=True)
-        assert im.cache.k.dtype == torch.bfloat16
-        im.reset(None, frames, acts, [1, 2])
-        runs.append([im.step(torch.rand(2, 1, 3, generator=torch.Generator().manual_seed(j))) for j in range(3)])
-    hook.remove()
-    assert set(seen) == {torch.bfloat16}
-    assert all(torch.equal(a.tokens, b.tokens) and torch.equal(a.reward, b.reward) for a, b in zip(*runs))
+    for threshold, want in ((0, {torch.bfloat16}), (10**9, {torch.float32})):
+        monkeypatch.setattr(rollout, "AUTOCAST_MIN_TOKENS", threshold)
+        seen = []
+        hook = tiny_model.backbone.blocks[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        runs = []
+        for _ in range(2):
+            im = tiny_model.imagine(2, mode="parallel", decode=True)
+            assert im.cache.k.dtype == torch.bfloat16
+            im.reset(None, frames, acts, [1, 2])
+            runs.append([im.step(torch.rand(2, 1, 3, generator=torch.Generator().manual_seed(j))) for j in range(3)])
+        hook.remove()
+        assert set(seen) == want
+        assert all(torch.equal(a.tokens, b.tokens) and torch.equal(a.reward, b.reward) for a, b in zip(*runs))
