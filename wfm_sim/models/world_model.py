@@ -133,7 +133,6 @@ class WorldModel(nn.Module):
         geo = cfg.geometry
         self.backbone = Backbone(cfg.backbone, geo)
         self.decoder = DiffusionDecoder(cfg.decoder, geo) if cfg.decoder is not None else None
-        self.text_encoder = None  # attached at run time, never saved with the model
         self.amp_dtype: torch.dtype | None = None
         self.trained: tuple[str, ...] | None = None
         """Components trained so far (config.json ``trained``); None for models saved without the record."""

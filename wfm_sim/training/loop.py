@@ -230,11 +230,9 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     split = ensure_split(out, cfg.data, cfg.val_fraction, cfg.seed) if rank == 0 else None
     if split is None:  # other ranks read what rank 0 wrote
         split = _wait_for_split(out, cfg.data)
-    task = TASKS[cfg.component](model, cfg.data, split)
-    task.folder = out
-    if cfg.component in ("backbone", HEADS):  # the heads read the backbone's token cache
-        task.cache_folder = out / "train_state" / "backbone"
-        task.progress = cfg.progress and rank == 0
+    cache = out / "train_state" / "backbone" if cfg.component in ("backbone", HEADS) else None  # heads read it too
+    task = TASKS[cfg.component](model, cfg.data, split, folder=out, cache_folder=cache,
+                                progress=cfg.progress and rank == 0)
     frozen_except(model, cfg.component)
     module = task.module
     if allreduce is not None:

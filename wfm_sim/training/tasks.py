@@ -34,11 +34,16 @@ class Task:
     """Base class: one trainable part of a :class:`WorldModel`."""
 
     name = ""
-    folder = None
-    """The model folder (set by the training loop): where a text model's encoder lives."""
 
-    def __init__(self, model: WorldModel, data: str, split: Split):
+    def __init__(self, model: WorldModel, data: str, split: Split, folder=None, cache_folder=None,
+                 progress: bool = True):
+        """``folder``: the model folder (where a text model's encoder lives); ``cache_folder``:
+        where the backbone's per-frame token cache lives (None: tokenize per batch);
+        ``progress``: a progress bar while that cache is computed."""
         self.model, self.data, self.split = model, data, split
+        self.folder, self.cache_folder, self.progress = folder, cache_folder, progress
+        self._tokens = None  # the token cache, computed on first use
+        self._table = None  # caption embeddings, computed on first use
 
     @property
     def module(self) -> torch.nn.Module:
@@ -83,11 +88,6 @@ class BackboneTask(Task):
 
     name = "backbone"
 
-    cache_folder = None
-    """Where the per-frame token cache lives (set by the training loop); None: tokenize per batch."""
-    progress = True
-    """Show a progress bar while the cache is computed (the loop sets it from ``--quiet``)."""
-
     def window(self) -> int:
         k, t = self.model.cfg.tokenizer.temporal_downsample, self.model.cfg.backbone.max_frames
         return t if k == 1 else 1 + k * t
@@ -97,7 +97,7 @@ class BackboneTask(Task):
         if self.cache_folder is None or not tk.per_frame:
             return super().dataset(split)
 
-        if getattr(self, "_tokens", None) is None:
+        if self._tokens is None:
             self._tokens = store_tokens(self.model, self.data, self.cache_folder, progress=self.progress)
         return TokenWindowDataset(self._tokens, self.data, self.window(), split=split, cameras=self.model.cfg.cameras,
                                   episodes=self.split)
@@ -132,7 +132,7 @@ class BackboneTask(Task):
             return None, None
         if batch.caption is None:
             raise ValueError("this text-conditioned model trains on stores with scene captions (collect --captions)")
-        if getattr(self, "_table", None) is None:
+        if self._table is None:
             self._table = caption_table(self.model, self.folder)
         emb, mask = self._table
         ids = batch.caption[:, 0].to(emb.device).long()
