@@ -28,6 +28,8 @@ Dimension legend: :mod:`wfm_sim.dims`.
 
 from __future__ import annotations
 
+import math
+
 import uuid
 from functools import cached_property
 from pathlib import Path
@@ -205,6 +207,9 @@ class EpisodeWriter:
                  fps: float, source_env: str, extras: dict[str, tuple[tuple, str]] | None = None,
                  frames_per_shard: int = 64, metadata: dict | None = None):
         self.path = Path(path)
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            raise ValueError(f"fps must be a positive finite number of frames per second, got {fps!r} "
+                             f"(nothing was written to {self.path})")
         self.cameras, self.image_size = tuple(cameras), int(image_size)
         self.action_space = _check_action_space(action_space)
         self.extras = {k: (tuple(s), str(d)) for k, (s, d) in (extras or {}).items()}

@@ -372,3 +372,30 @@ def test_merge_selects_cameras_and_appends_to_the_selection(tmp_path):
     assert merge_stores([tmp_path / "a.zarr"], tmp_path / "front.zarr", cameras=["CAM_FRONT"],
                         source="carracing-front") == 1
     assert EpisodeReader(tmp_path / "front.zarr").attrs["source"] == "carracing-front"
+
+
+@pytest.mark.parametrize("fps", [-5, 0, float("nan"), float("inf")])
+def test_a_bad_frame_rate_is_refused_before_anything_is_written(tmp_path, fps):
+    from wfm_sim.datasets.store import EpisodeWriter
+
+    box = {"type": "box", "shape": [3], "low": [-1, 0, 0], "high": [1, 1, 1]}
+    with pytest.raises(ValueError, match=r"fps must be a positive finite number.*nothing was written"):
+        EpisodeWriter(tmp_path / "s.zarr", ("CAM_FRONT",), 16, box, fps=fps, source_env="x")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_model_config_with_a_bad_frame_rate_is_refused(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from wfm_sim.checkpoint import CheckpointError
+    from wfm_sim.models import WorldModel, preset
+
+    with pytest.raises(ValueError, match="fps must be a positive finite number"):
+        replace(preset("tiny"), fps=-5.0)
+    d = WorldModel(preset("tiny")).save_pretrained(tmp_path / "m")
+    meta = json.loads((d / "config.json").read_text())
+    meta["config"]["fps"] = float("nan")
+    (d / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="fps must be a positive finite number"):
+        WorldModel.from_pretrained(d)

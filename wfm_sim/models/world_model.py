@@ -85,6 +85,9 @@ class WorldModelConfig:
     """Simulator the model was trained on (e.g. 'CarRacing-v3')."""
 
     def __post_init__(self):
+        if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not math.isfinite(self.fps) \
+                or self.fps <= 0:
+            raise ValueError(f"WorldModelConfig.fps must be a positive finite number of frames per second, got {self.fps!r}")
         if not 1 <= self.context_frames < self.backbone.max_frames:
             raise ValueError(f"inconsistent WorldModelConfig: context_frames must lie in "
                              f"[1, {self.backbone.max_frames - 1}], got {self.context_frames}")
