@@ -53,3 +53,32 @@ class Episode:
 
     def total_reward(self) -> float:
         return float(np.asarray(self.reward, dtype=np.float64).sum())
+
+
+def as_uint8_frames(frames, where: str) -> np.ndarray:
+    """Frames as uint8 RGB, refusing what would be stored wrong without a word.
+
+    uint8 is kept; floats in [0, 1] are scaled to 0..255 (rounded); integers in 0..255 are cast.
+    Anything else (floats outside [0, 1] or not finite, integers outside 0..255, other dtypes)
+    raises, naming ``where``, the dtype and the range found: a cast would turn [0, 1] floats
+    black and wrap integers modulo 256.
+    """
+    a = np.asarray(frames)
+    if a.dtype == np.uint8:
+        return a
+    if a.size == 0:
+        return a.astype(np.uint8)
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ValueError(f"{where}: frames hold NaN or inf ({a.dtype}); expected uint8, or floats in [0, 1]")
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return np.round(a * 255.0).astype(np.uint8)
+        raise ValueError(f"{where}: {a.dtype} frames must lie in [0, 1] (they are scaled to 0..255), got "
+                         f"[{lo:g}, {hi:g}]; give uint8 frames, or floats in [0, 1]")
+    if np.issubdtype(a.dtype, np.integer) and not np.issubdtype(a.dtype, np.bool_):
+        lo, hi = int(a.min()), int(a.max())
+        if lo >= 0 and hi <= 255:
+            return a.astype(np.uint8)
+        raise ValueError(f"{where}: {a.dtype} frames must lie in 0..255, got [{lo}, {hi}]")
+    raise TypeError(f"{where}: frames must be uint8 (or floats in [0, 1], or integers in 0..255), got {a.dtype}")

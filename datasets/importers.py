@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from wfm_sim.datasets.episode import Episode
+from wfm_sim.datasets.episode import Episode, as_uint8_frames
 from wfm_sim.datasets.store import EpisodeWriter
 
 ROBOMIMIC_LAYOUT = "data/demo_N/{actions (T, A), rewards (T,), dones (T,), obs/<camera>_image (T, H, W, 3) uint8}"
@@ -48,8 +48,10 @@ class Plan:
     extras: dict
 
 
-def _resize(frames: np.ndarray, size: int) -> np.ndarray:
-    """``(T, H, W, 3)`` uint8 -> ``(T, size, size, 3)`` (INTER_AREA, as recorded sources)."""
+def _resize(frames: np.ndarray, size: int, where: str) -> np.ndarray:
+    """``(t, H, W, 3)`` frames -> ``(t, size, size, 3)`` uint8 (INTER_AREA, as recorded sources);
+    float frames in [0, 1] are scaled, anything a cast would store wrong is refused."""
+    frames = as_uint8_frames(frames, where)
     if frames.shape[1:3] == (size, size):
         return np.ascontiguousarray(frames, np.uint8)
     return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
@@ -136,9 +138,11 @@ def _robomimic_plan(f, path: Path, cameras, fps) -> Plan:
             if k in g and g[k].shape[0] != t:
                 raise ImportFormatError(f"{path}: data/{d}/{k} has {g[k].shape[0]} steps, actions {t}")
         for c in cams:
-            if g["obs"][f"{c}_image"].shape[0] != t or g["obs"][f"{c}_image"].shape[-1] != 3:
-                raise ImportFormatError(f"{path}: data/{d}/obs/{c}_image must be ({t}, H, W, 3), "
-                                        f"got {g['obs'][f'{c}_image'].shape}")
+            img = g["obs"][f"{c}_image"]
+            if img.shape[0] != t or img.shape[-1] != 3:
+                raise ImportFormatError(f"{path}: data/{d}/obs/{c}_image must be ({t}, H, W, 3), got {img.shape}")
+            if img.dtype != np.uint8:  # checked whole before anything is written: a cast would store it wrong
+                as_uint8_frames(img[()], f"{path}: data/{d}/obs/{c}_image")
         actions.append(np.asarray(g["actions"]))
     chosen = _pick(available or [], cameras, str(path))
     env_args = {}
@@ -185,7 +189,8 @@ def import_robomimic(path: str | Path, out: str | Path, cameras: list[str] | Non
             done = np.asarray(g["dones"]) if "dones" in g else np.zeros(n)
             term, trunc = _ends(done, n)
             extras = {"state": np.asarray(g["states"], np.float32)} if "state" in plan.extras else {}
-            return Episode(obs={c: _resize(np.asarray(g["obs"][f"{c}_image"]), size) for c in plan.cameras}, action=a,
+            return Episode(obs={c: _resize(np.asarray(g["obs"][f"{c}_image"]), size, f"{path}: data/{demo}/obs/{c}_image")
+                                for c in plan.cameras}, action=a,
                            reward=np.asarray(g["rewards"], np.float32).reshape(n) if "rewards" in g else np.zeros(n, np.float32),
                            terminated=term, truncated=trunc, extras=extras)
 
@@ -350,7 +355,8 @@ def import_lerobot(folder: str | Path, out: str | Path, cameras: list[str] | Non
         term, trunc = _ends(np.asarray(rows["next.done"]) if "next.done" in rows else np.zeros(n), n)
         reward = np.asarray(rows["next.reward"], np.float32).reshape(n) if "next.reward" in rows else np.zeros(n, np.float32)
         ex = {"state": np.asarray(rows["observation.state"], np.float32).reshape(n, -1)} if extras else {}
-        return Episode(obs={c: _resize(ds.frames(names[c], e, n), size) for c in plan.cameras}, action=a,
+        return Episode(obs={c: _resize(ds.frames(names[c], e, n), size, f"{root}: episode {e}, {names[c]}")
+                            for c in plan.cameras}, action=a,
                        reward=reward, terminated=term, truncated=trunc, extras=ex)
 
     return _write(out, plan, size, load, lambda e: f"lerobot/{root.name}/episode={e}",

@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 import numpy as np
 
+from wfm_sim.datasets.episode import as_uint8_frames
 from wfm_sim.envs.sources import ArmState, Simulator, Source, fast_mujoco_render, require, resize
 
 PREFIX = "gym:"
@@ -263,4 +264,4 @@ def _render(env) -> np.ndarray:
     if img is None or np.ndim(img) != 3 or np.shape(img)[-1] != 3:
         raise ValueError(f"{env.spec.id}.render() must return an (H, W, 3) frame in rgb_array mode, got "
                          f"{None if img is None else np.shape(img)}")
-    return np.asarray(img, np.uint8)
+    return as_uint8_frames(img, f"{env.spec.id}.render()")

@@ -149,3 +149,18 @@ def test_a_collect_killed_mid_way_keeps_every_finished_episode(tmp_path):
     stats = record(name, tmp_path / "c.zarr", episodes=5, policy=RandomPolicy(space), size=16, progress=False,
                    tag="random")
     assert stats["skipped"] == kept and EpisodeReader(tmp_path / "c.zarr").num_episodes == 5
+
+
+def test_a_float_render_is_scaled_and_an_out_of_range_one_refused():
+    """A simulator whose render() returns floats in [0, 1] records the picture, not black; int64
+    frames past 255 are refused naming the env, not wrapped modulo 256."""
+    from types import SimpleNamespace
+
+    from wfm_sim.envs import gym_source
+
+    env = SimpleNamespace(spec=SimpleNamespace(id="Stub-v0"), img=np.full((4, 4, 3), 0.5, np.float32))
+    env.render = lambda: env.img
+    assert (gym_source._render(env) == 128).all()
+    env.img = np.full((4, 4, 3), 1000, np.int64)
+    with pytest.raises(ValueError, match=r"Stub-v0\.render\(\): int64 frames must lie in 0\.\.255, got \[1000, 1000\]"):
+        gym_source._render(env)

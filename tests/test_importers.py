@@ -215,3 +215,31 @@ def test_lerobot_bad_folders(tmp_path):
     (root / "data" / "chunk-000" / "episode_000000.parquet").write_bytes(b"PAR1garbage")
     with pytest.raises(ImportFormatError, match="episode_000000.parquet is not a readable parquet file"):
         import_lerobot(root, tmp_path / "y.zarr", progress=False)
+
+
+def test_robomimic_float_frames_are_scaled_and_wrapping_integers_refused(tmp_path):
+    """float32 frames in [0, 1] import as the same picture (not black); int64 frames up to 1000
+    are refused before anything is written, instead of wrapping modulo 256."""
+    eps = _episodes(2, cams=("agentview",), size=(16, 16))
+    floats = [{**e, "frames": {"agentview": e["frames"]["agentview"].astype(np.float32) / 255}} for e in eps]
+    _write_robomimic(tmp_path / "f.hdf5", floats)
+    import_robomimic(tmp_path / "f.hdf5", tmp_path / "f.zarr", size=16, progress=False)
+    r = EpisodeReader(tmp_path / "f.zarr")
+    assert np.array_equal(r.episode(0).obs["agentview"], eps[0]["frames"]["agentview"])
+    wide = [{**e, "frames": {"agentview": e["frames"]["agentview"].astype(np.int64) * 4}} for e in eps]
+    _write_robomimic(tmp_path / "w.hdf5", wide)
+    with pytest.raises(ValueError, match=r"data/demo_0/obs/agentview_image: int64 frames must lie in 0\.\.255, "
+                                         r"got \[0, 10\d\d\]"):
+        import_robomimic(tmp_path / "w.hdf5", tmp_path / "w.zarr", size=16, progress=False)
+    assert not (tmp_path / "w.zarr").exists()
+
+
+def test_frames_a_cast_would_store_wrong_are_refused():
+    from wfm_sim.datasets.episode import as_uint8_frames
+
+    assert as_uint8_frames(np.full((2, 2, 3), 1.0, np.float32), "x").max() == 255
+    assert as_uint8_frames(np.full((2, 2, 3), 7, np.int16), "x").dtype == np.uint8
+    for bad, msg in ((np.full((2, 2, 3), 2.0), r"must lie in \[0, 1\]"), (np.full((2, 2, 3), np.nan), "NaN"),
+                     (np.full((2, 2, 3), -1), r"must lie in 0\.\.255"), (np.ones((2, 2, 3), bool), "must be uint8")):
+        with pytest.raises((ValueError, TypeError), match=msg):
+            as_uint8_frames(bad, "cam")
