@@ -16,6 +16,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from bench_model import flops_per_token
 from common import emit, machine
 
 from wfm_sim.models import WorldModel, preset
@@ -27,14 +28,13 @@ BATCH = {"tokenizer": 16, "backbone": 16, "decoder": 16}
 
 
 def backbone_flops_per_sample(cfg) -> float:
-    """Dense-layer FLOPs of one training window (forward + backward) of the backbone."""
+    """Dense-layer FLOPs of one training window of the backbone: forward + backward = 3 forwards."""
     import torch
 
     with torch.device("meta"):
         m = WorldModel(cfg)
-    dense = sum(p.numel() for n, p in m.backbone.named_parameters() if p.ndim == 2 and "emb" not in n)
     tokens = 1 + cfg.backbone.max_frames * (len(cfg.cameras) * cfg.tokenizer.grid ** 2 + 1)
-    return 3 * 2 * dense * tokens
+    return 3 * flops_per_token(m) * tokens
 
 
 def main() -> None:

@@ -23,8 +23,9 @@ from wfm_sim.models.world_model import WorldModel, resolve_pretrained
 from wfm_sim.viz import mosaic
 
 OBS_MODES = ("pixels", "tokens")
-_NUMPY_DTYPES = {torch.uint8: np.uint8, torch.int64: np.int64}
 OBS_FRAMES = ("last", "all")
+_NUMPY_DTYPES = {torch.uint8: np.uint8, torch.int64: np.int64}
+"""Observation dtypes, for reading them back from the step's one host copy."""
 PROMPT_SEP = " | prompt: "
 """Joins a prompted start's context origin and its prompt in ``info["context"]``."""
 

@@ -1,6 +1,8 @@
 """The one imagined rollout: counter-based keys, determinism across batches, branching, and
 equivalence with a cache-free decode."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -161,7 +163,7 @@ def test_every_module_uses_the_one_dimension_legend():
     """No module writes a legend of its own, and its shape tuples use the legend's letters."""
     from pathlib import Path
 
-    from wfm_sim.dims import LEGEND, shape_letters
+    from wfm_sim.dims import LEGEND
 
     root = Path(__file__).resolve().parents[1]
     own, unknown = [], []
@@ -198,3 +200,15 @@ def test_imagination_runs_in_the_models_precision(tiny_model, monkeypatch):
         hook.remove()
         assert set(seen) == want
         assert all(torch.equal(a.tokens, b.tokens) and torch.equal(a.reward, b.reward) for a, b in zip(*runs))
+
+
+def shape_letters(text: str) -> list[tuple[int, str]]:
+    """``(line, letter)`` for every one-letter dimension in the shape tuples of ``text``:
+    ``(b, t, v, H, W, 3)`` spans in docstrings and ``# (b, q, d)`` comments."""
+    found = []
+    spans = [m for pat in (r"``\(([^`\n]*)\)``", r"#\s*\(([^)\n]*)\)") for m in re.finditer(pat, text)]
+    for m in spans:
+        line = text[: m.start()].count("\n") + 1
+        for tok in re.findall(r"(?<![A-Za-z_0-9.'\"])([A-Za-z]'?)(?![A-Za-z_0-9('\"])", m.group(1)):
+            found.append((line, tok))
+    return found

@@ -3,6 +3,7 @@ the library configs it reuses); the flags, defaults and help are generated from 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -51,7 +52,7 @@ def _dataset(sub) -> None:
 
 def build_parser() -> Parser:
     p = Parser(prog="wfm-sim", description=f"World-foundation-model simulator tools.\n\n{USES}",
-               formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     command(sub, "collect", c.CollectCommand, c.run_collect, "record episodes from a real simulator into a zarr store",
             "wfm-sim collect carracing-4cam --episodes 20 --out data/driving.zarr", description=_sources())

@@ -22,8 +22,6 @@ import types
 import typing
 from functools import lru_cache
 
-from wfm_sim.config import arg  # noqa: F401  (re-exported: the field helper command configs use)
-
 
 # ----------------------------------------------------------------------- value types
 

@@ -45,17 +45,3 @@ LEGEND = {
     "g": "key/value heads", "e": "head dimension", "p": "prompt tokens", "a": "action features",
 }
 """Letter -> meaning, for tools and tests that check shape comments."""
-
-
-def shape_letters(text: str) -> list[tuple[int, str]]:
-    """``(line, letter)`` for every one-letter dimension in the shape tuples of ``text``:
-    ``(b, t, v, H, W, 3)`` spans in docstrings and ``# (b, q, d)`` comments."""
-    import re
-
-    found = []
-    spans = [m for pat in (r"``\(([^`\n]*)\)``", r"#\s*\(([^)\n]*)\)") for m in re.finditer(pat, text)]
-    for m in spans:
-        line = text[: m.start()].count("\n") + 1
-        for tok in re.findall(r"(?<![A-Za-z_0-9.'\"])([A-Za-z]'?)(?![A-Za-z_0-9('\"])", m.group(1)):
-            found.append((line, tok))
-    return found

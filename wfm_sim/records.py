@@ -56,19 +56,3 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return Batch(**moved)
-
-
-@dataclass
-class StepOutput:
-    """One imagined step for a batch of rollouts."""
-
-    tokens: torch.Tensor
-    """``(b, v, h, w)`` int64 ids of the predicted frame."""
-    reward: torch.Tensor
-    """``(b,)`` float32 predicted reward for the action just taken."""
-    terminated: torch.Tensor
-    """``(b,)`` bool predicted termination."""
-    success: torch.Tensor | None
-    """``(b,)`` bool predicted task success (models with a success head), else None."""
-    entropy: torch.Tensor
-    """``(b,)`` mean token entropy (nats) of the predicted frame: a confidence diagnostic."""

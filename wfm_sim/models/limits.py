@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 
 LIMITS = {
-    # tokenizer
+    # tokenizer (vocab_size and grid are its properties: the model's geometry)
     "image_size": (8, 8192), "base_channels": (1, 4096), "num_res_blocks": (0, 16), "token_embed_dim": (1, 4096),
+    "vocab_size": (2, 2**20), "grid": (1, 512),
     # backbone
-    "vocab_size": (2, 2**20), "grid": (1, 512), "num_views": (1, 16), "max_frames": (2, 4096), "dim": (8, 65536),
-    "depth": (1, 512), "heads": (1, 512), "kv_heads": (1, 512), "mlp_ratio": (0.25, 16), "action_dim": (0, 1024),
-    "num_actions": (0, 65536), "action_group": (1, 16), "text_dim": (0, 65536),
+    "max_frames": (2, 4096), "dim": (8, 65536),
+    "depth": (1, 512), "heads": (1, 512), "kv_heads": (1, 512), "mlp_ratio": (0.25, 16),
+    "text_dim": (0, 65536),
     # decoder
     "steps": (1, 1000),
 }
