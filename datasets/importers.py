@@ -6,9 +6,9 @@
   and v3.0 (several episodes per parquet and mp4 file, located by ``meta/episodes``).
 
 Both keep episode boundaries, select cameras by name, resize frames to ``size x size`` (aspect
-ratio not kept) and store each episode under a stable key (``robomimic/<file>/<demo>``,
-``lerobot/<folder>/episode=<i>``), so an import killed half-way is completed, not duplicated,
-by running it again. A store written by an importer trains like a recorded one.
+ratio not kept) and store each episode under a stable key (``robomimic/<absolute file>/<demo>``,
+``lerobot/<absolute folder>/episode=<i>``: two files or folders of the same name never share
+keys), so an import killed half-way is completed, not duplicated, by running it again. A store written by an importer trains like a recorded one.
 
 What cannot be mapped raises ``ImportFormatError`` naming what was expected: no camera frames,
 a Dict of actions, a missing file, lengths that disagree, a video shorter than its episode.
@@ -120,6 +120,18 @@ def _h5(path: Path):
         raise ImportFormatError(f"{path} is not a readable HDF5 file (expected robomimic's {ROBOMIMIC_LAYOUT}): {e}") from e
 
 
+ARRAY_LIMIT = 4 << 30
+"""Largest array one demo may declare (bytes): it is read into memory whole. A few-KB file can
+declare terabytes (HDF5 allocates lazily); that is refused before anything is read."""
+
+
+def _check_declared(ds, where: str) -> None:
+    size = int(np.prod(ds.shape, dtype=np.float64)) * ds.dtype.itemsize
+    if size > ARRAY_LIMIT:
+        raise ImportFormatError(f"{where} declares shape {ds.shape} {ds.dtype} ({size / 2**30:.1f} GiB), more than the "
+                                f"{ARRAY_LIMIT >> 30} GiB one demo's array may hold in memory: a corrupt or hostile file?")
+
+
 def _robomimic_plan(f, path: Path, cameras, fps) -> Plan:
     if "data" not in f:
         raise ImportFormatError(f"{path} has no 'data' group: expected robomimic's {ROBOMIMIC_LAYOUT}")
@@ -131,7 +143,12 @@ def _robomimic_plan(f, path: Path, cameras, fps) -> Plan:
         for k in ("actions", "obs"):
             if k not in g:
                 raise ImportFormatError(f"{path}: data/{d} has no '{k}' (expected {ROBOMIMIC_LAYOUT})")
+        for k in ("actions", "rewards", "dones", "states"):
+            if k in g:
+                _check_declared(g[k], f"{path}: data/{d}/{k}")
         cams = sorted(k[: -len("_image")] for k, v in g["obs"].items() if k.endswith("_image") and v.ndim == 4)
+        for c in cams:
+            _check_declared(g["obs"][f"{c}_image"], f"{path}: data/{d}/obs/{c}_image")
         available = cams if available is None else [c for c in available if c in cams]
         t = g["actions"].shape[0]
         for k in ("rewards", "dones"):
@@ -194,19 +211,32 @@ def import_robomimic(path: str | Path, out: str | Path, cameras: list[str] | Non
                            reward=np.asarray(g["rewards"], np.float32).reshape(n) if "rewards" in g else np.zeros(n, np.float32),
                            terminated=term, truncated=trunc, extras=extras)
 
-        return _write(out, plan, size, load, lambda d: f"robomimic/{path.stem}/{d}",
+        return _write(out, plan, size, load, lambda d: f"robomimic/{path.resolve()}/{d}",
                       {"source": f"robomimic:{path.name}", "imported_from": str(path.resolve())}, progress,
                       f"import {path.name}")
 
 
 # -------------------------------------------------------------------------------- LeRobot
+JSON_LIMIT = 64 << 20
+"""Largest metadata file read (bytes): a link to /dev/zero or a runaway file is refused, not read to exhaustion."""
+
+
 def _read_json(path: Path) -> dict:
+    if not path.exists():
+        raise ImportFormatError(f"{path} is missing: a LeRobot dataset folder holds meta/info.json")
+    if not path.is_file():
+        raise ImportFormatError(f"{path} is not a regular file (a device, a folder or a link to one)")
+    with open(path, "rb") as f:
+        raw = f.read(JSON_LIMIT + 1)
+    if len(raw) > JSON_LIMIT:
+        raise ImportFormatError(f"{path} is larger than {JSON_LIMIT >> 20} MiB: not LeRobot metadata")
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ImportFormatError(f"{path} is missing: a LeRobot dataset folder holds meta/info.json") from None
+        out = json.loads(raw)
     except ValueError as e:
         raise ImportFormatError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(out, dict):
+        raise ImportFormatError(f"{path} holds a JSON {type(out).__name__}, expected an object")
+    return out
 
 
 def _parquet(path: Path):
@@ -250,7 +280,10 @@ class _LeRobot:
         self.features = self.info.get("features") or {}
         if "fps" not in self.info or not self.features:
             raise ImportFormatError(f"{root}/meta/info.json must give 'fps' and 'features'")
-        self.fps = float(self.info["fps"])
+        self.fps = float(self.info["fps"]) if isinstance(self.info["fps"], (int, float)) else float("nan")
+        if not (np.isfinite(self.fps) and self.fps > 0):
+            raise ImportFormatError(f"{root}/meta/info.json gives fps {self.info['fps']!r}: a frame rate must be a "
+                                    "positive number")
         self.visual = {k: v["dtype"] for k, v in self.features.items() if v.get("dtype") in ("video", "image")}
         self._tables: dict[Path, object] = {}
         self._videos: dict[Path, np.ndarray] = {}
@@ -265,20 +298,26 @@ class _LeRobot:
         if not files:
             raise ImportFormatError(f"{self.root} has no data/**/*.parquet files")
         out: dict[int, dict] = {}
+        where: dict[int, Path] = {}
         for path in files:
             cols = _parquet(path).to_pydict()
             if "episode_index" not in cols:
                 raise ImportFormatError(f"{path} has no episode_index column")
             ep = np.asarray(cols["episode_index"])
             for e in np.unique(ep):
+                if int(e) in where:  # merging them would interleave two recordings into one episode
+                    raise ImportFormatError(f"episode {int(e)} is claimed by both {where[int(e)]} and {path}: "
+                                            "each LeRobot episode index must live in one data file")
+                where[int(e)] = path
                 sel = np.flatnonzero(ep == e)
                 rows = {k: [v[i] for i in sel] for k, v in cols.items()}
                 if "frame_index" in rows:
+                    if len(set(rows["frame_index"])) != len(sel):
+                        raise ImportFormatError(f"{path}: episode {int(e)} repeats frame indices "
+                                                "(two recordings under one episode index?)")
                     order = np.argsort(rows["frame_index"], kind="stable")
                     rows = {k: [v[i] for i in order] for k, v in rows.items()}
-                out.setdefault(int(e), {k: [] for k in rows})
-                for k, v in rows.items():
-                    out[int(e)].setdefault(k, []).extend(v)
+                out[int(e)] = rows
         return dict(sorted(out.items()))
 
     def frames(self, key: str, episode: int, n: int) -> np.ndarray:
@@ -359,6 +398,6 @@ def import_lerobot(folder: str | Path, out: str | Path, cameras: list[str] | Non
                             for c in plan.cameras}, action=a,
                        reward=reward, terminated=term, truncated=trunc, extras=ex)
 
-    return _write(out, plan, size, load, lambda e: f"lerobot/{root.name}/episode={e}",
+    return _write(out, plan, size, load, lambda e: f"lerobot/{root.resolve()}/episode={e}",
                   {"source": f"lerobot:{root.name}", "imported_from": str(root.resolve()),
                    "lerobot_version": ds.version}, progress, f"import {root.name}")

@@ -112,6 +112,8 @@ class Simulator:
 
     def step(self, action: np.ndarray) -> tuple[float, bool, bool, dict]:
         total, terminated, truncated, info = 0.0, False, False, {}
+        if np.ndim(action) == 0:  # a Discrete action as a Python int: toy-text envs index dicts with it
+            action = np.asarray(action).item()
         for _ in range(self.action_repeat):
             obs, reward, terminated, truncated, info = self.env.step(action)
             total += float(reward)

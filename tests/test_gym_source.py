@@ -66,6 +66,22 @@ def test_discrete_env_records_replays_and_passes_env_kwargs(tmp_path):
         assert reward == ep.reward[t]
 
 
+@pytest.mark.parametrize("env_id", ["FrozenLake-v1", "Taxi-v3"])
+def test_toy_text_envs_that_index_tables_by_action_record_and_replay(env_id, tmp_path):
+    """FrozenLake and Taxi look their transitions up by ``P[s][a]``: an action must reach them as
+    a Python int, not a 0-d array (which is unhashable)."""
+    stats = record(f"gym:{env_id}", tmp_path / "t.zarr", episodes=2, policy="random", size=32, max_steps=30, seed=3,
+                   progress=False)
+    ep = EpisodeReader(tmp_path / "t.zarr").episode(1)
+    assert stats["episodes"] == 2 and ep.action.dtype == np.int64
+    twin = RealEnv(f"gym:{env_id}", size=32)
+    obs, _ = twin.reset(seed=ep.seed)
+    for t in range(len(ep)):
+        assert np.array_equal(obs, ep.obs["CAM_MAIN"][t]), f"step {t} differs"
+        obs, reward, *_ = twin.step(ep.action[t])
+        assert reward == ep.reward[t]
+
+
 def test_box_env_records_with_action_repeat(tmp_path):
     name = "gym:Pendulum-v1?repeat=2&max_steps=6"
     record(name, tmp_path / "p.zarr", episodes=2, policy="random", size=24, progress=False)

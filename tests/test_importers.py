@@ -243,3 +243,61 @@ def test_frames_a_cast_would_store_wrong_are_refused():
                      (np.full((2, 2, 3), -1), r"must lie in 0\.\.255"), (np.ones((2, 2, 3), bool), "must be uint8")):
         with pytest.raises((ValueError, TypeError), match=msg):
             as_uint8_frames(bad, "cam")
+
+
+def test_files_of_the_same_name_in_other_folders_never_share_episode_keys(tmp_path):
+    for sub, seed in (("ph", 0), ("mh", 1)):
+        (tmp_path / sub).mkdir()
+        _write_robomimic(tmp_path / sub / "image.hdf5", _episodes(2, cams=("agentview",), seed=seed))
+    out = tmp_path / "both.zarr"
+    import_robomimic(tmp_path / "ph" / "image.hdf5", out, progress=False)
+    stats = import_robomimic(tmp_path / "mh" / "image.hdf5", out, progress=False)
+    assert stats["episodes"] == 2 and stats["skipped"] == 0  # the second file's demos are not "already imported"
+    assert EpisodeReader(out).num_episodes == 4
+    assert import_robomimic(tmp_path / "mh" / "image.hdf5", out, progress=False)["skipped"] == 2  # a rerun still resumes
+    for sub in ("a", "b"):
+        _write_lerobot_v2(tmp_path / sub / "so100", _episodes(1, cams=("top",), seed=len(sub)))
+    lr = tmp_path / "lr.zarr"
+    import_lerobot(tmp_path / "a" / "so100", lr, progress=False)
+    assert import_lerobot(tmp_path / "b" / "so100", lr, progress=False)["episodes"] == 1
+
+
+def test_lerobot_metadata_that_would_mislead_or_exhaust_is_refused(tmp_path):
+    eps = _episodes(2, cams=("top",))
+    root = tmp_path / "ds"
+    _write_lerobot_v2(root, eps)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    for fps in (0, -10, "fast"):
+        (root / "meta" / "info.json").write_text(json.dumps({**info, "fps": fps}))
+        with pytest.raises(ImportFormatError, match="a frame rate must be a positive number"):
+            import_lerobot(root, tmp_path / "x.zarr", progress=False)
+    (root / "meta" / "info.json").unlink()
+    (root / "meta" / "info.json").symlink_to("/dev/zero")
+    with pytest.raises(ImportFormatError, match="is not a regular file"):
+        import_lerobot(root, tmp_path / "x.zarr", progress=False)
+    (root / "meta" / "info.json").unlink()
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    # A second data file that also claims episode 0: merging would interleave two recordings.
+    pq.write_table(_table(eps[1], 0), root / "data" / "chunk-000" / "episode_000099.parquet")
+    with pytest.raises(ImportFormatError, match="episode 0 is claimed by both .*episode_000000.parquet and "
+                                               ".*episode_000099.parquet"):
+        import_lerobot(root, tmp_path / "x.zarr", progress=False)
+    assert not (tmp_path / "x.zarr").exists()  # refused before anything was written
+
+
+def test_robomimic_arrays_declared_larger_than_memory_are_refused_before_reading(tmp_path):
+    """HDF5 allocates lazily: a file of a few KB can declare 80 GiB of frames or 26 GiB of actions."""
+    for name, shape, dtype in (("obs/agentview_image", (8, 60000, 60000, 3), "uint8"),
+                               ("actions", (10**9, 7), "float32")):
+        path = tmp_path / f"{name.split('/')[-1]}.hdf5"
+        with h5py.File(path, "w") as f:
+            g = f.create_group("data/demo_0")
+            if name != "actions":
+                g.create_dataset("actions", data=np.zeros((8, 7), np.float32))
+            else:
+                g.create_dataset("obs/agentview_image", data=np.zeros((8, 8, 8, 3), np.uint8))
+            g.create_dataset(name, shape=shape, dtype=dtype, chunks=True)
+        assert path.stat().st_size < 1 << 20
+        with pytest.raises(ImportFormatError, match=rf"data/demo_0/{name} declares shape .* GiB\), more than the 4 GiB"):
+            import_robomimic(path, tmp_path / "x.zarr", fps=10, progress=False)
+        assert not (tmp_path / "x.zarr").exists()

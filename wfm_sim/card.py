@@ -83,3 +83,59 @@ def model_card(model: WorldModel, name: str, data: dict, training: dict, report:
                   f"{k}: " + ", ".join(f"{m} {r[m]:.3f}" for m in ("reward_mae", "terminated_acc", "success_acc") if m in r)
                   for k, r in report["results"].items() if "reward_mae" in r), ""]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ sections generated from reports
+
+def counterfactual_section(report: dict) -> str:
+    """The card section of a counterfactual report (``wfm-sim evaluate --counterfactual``)."""
+    s, cfg = report["summary"], report["config"]
+    lines = ["## Counterfactual report (does the model know what actions do?)", "",
+             f"{cfg['starts']} real start states (seeds {cfg['start_seed']}+, never used in training, after "
+             f"{cfg['lead']} steps of the scripted policy), {cfg['branches']} action branches each "
+             f"({cfg['policy_branches']} the scripted policy going on, the others random, held {cfg['hold']} steps), "
+             f"played in the real twin `{report['source']}` and imagined from the same context; probes trained on "
+             f"{cfg['probe_starts']} other starts' real branches. Figures at horizon {s['at']}:", "",
+             "| figure | value | target |", "| --- | --- | --- |",
+             f"| action discrimination (0.5: actions ignored) | {s['discrimination']:.2f} | >= 0.95 |",
+             f"| spread between branches, imagined / real | {s['spread_ratio']:.2f} | 1 |"]
+    if "inverse_dynamics_kept" in s:
+        lines += [f"| inverse-dynamics R2 on real frames | {s['inverse_dynamics_real_r2']:.2f} | |",
+                  f"| inverse-dynamics R2 on imagined frames | {s['inverse_dynamics_imagined_r2']:.2f} | >= 80 % of real |"]
+    for name, e in report["events"].items():
+        if "agreement" in e:
+            t = s["at"] - 1
+            lines.append(f"| {name} agreement, imagined vs real (rates {e['real_rate'][t]:.2f} real, "
+                         f"{e['imagined_rate'][t]:.2f} imagined; probe on real frames "
+                         f"{e['probe_on_real_agreement'][t]:.2f}) | {e['agreement'][t]:.2f} | >= 0.90 |")
+    lines += ["", f"Discrimination per step 1..{report['horizon']}: "
+              + " ".join(f"{v:.2f}" for v in report["discrimination"]), "",
+              f"Command: `wfm-sim evaluate {report['model']} --counterfactual --horizon {report['horizon']}` "
+              f"(report: `counterfactual.json` beside this card)."]
+    return "\n".join(lines)
+
+
+SECTIONS = {"counterfactual": ("counterfactual.json", counterfactual_section)}
+"""Card sections generated from a report stored in the model folder: name -> (file, renderer)."""
+
+
+def put_section(card: str, name: str, body: str) -> str:
+    """``card`` with its generated section ``name`` replaced by ``body`` (appended if absent)."""
+    start, end = f"<!-- generated: {name} (wfm_sim.card.refresh_card) -->", f"<!-- end: {name} -->"
+    block = f"{start}\n{body}\n{end}"
+    if start in card and end in card:
+        head, rest = card.split(start, 1)
+        return head + block + rest.split(end, 1)[1]
+    return card.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def refresh_card(folder: str | Path) -> Path:
+    """Rewrite the generated sections of ``folder/README.md`` from the reports stored beside it."""
+    folder = Path(folder)
+    card = folder / "README.md"
+    text = card.read_text()
+    for name, (file, render) in SECTIONS.items():
+        if (folder / file).is_file():
+            text = put_section(text, name, render(json.loads((folder / file).read_text())))
+    card.write_text(text)
+    return card

@@ -58,8 +58,10 @@ def build_parser() -> Parser:
             "wfm-sim collect carracing-4cam --episodes 20 --out data/driving.zarr", description=_sources())
     _dataset(sub)
     _train(sub)
-    command(sub, "evaluate", c.EvaluateCommand, c.run_evaluate, "open-loop fidelity against real episodes",
-            "wfm-sim evaluate driving --data data/held_out.zarr --horizon 8")
+    command(sub, "evaluate", c.EvaluateCommand, c.run_evaluate,
+            "open-loop fidelity against real episodes, or the counterfactual report against the real twin",
+            "wfm-sim evaluate driving --data data/held_out.zarr --horizon 8\n"
+            "  wfm-sim evaluate driving --counterfactual --starts 8 --branches 4 --out runs/cf-driving")
     command(sub, "score", c.ScoreCommand, c.run_score, "score policies in imagination and in the real simulator",
             "wfm-sim score --model manipulation --policies random --graded --starts 20 --out runs/score")
     command(sub, "plan", c.PlanCommand, c.run_plan, "plan with CEM in imagination, execute in the real simulator",

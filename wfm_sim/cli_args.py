@@ -3,7 +3,8 @@
 A command is a config class: its fields are the flags (``steps`` -> ``--steps``), their
 annotations the types, their defaults the defaults, and the docstring under each field the
 help. Nested config fields are flattened (a ``ScoreConfig`` inside the score command gives its
-flags too), ``progress: bool = True`` becomes ``--quiet``, a field without a default is
+flags too; a field two nested configs share, with one default, is one flag that sets both),
+``progress: bool = True`` becomes ``--quiet``, a field without a default is
 required. So a flag's default has one source, and a command takes only its own flags.
 
 Field metadata (:func:`wfm_sim.config.arg`) adds what a type cannot say: a positional
@@ -133,6 +134,13 @@ def add_config(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...]
             continue
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        seen = parser.__dict__.setdefault("config_defaults", {})
+        if f.name in seen:  # two nested configs share a field: one flag sets both, so their defaults must agree
+            if seen[f.name] != (required, default):
+                raise TypeError(f"{cls.__name__}.{f.name} is a flag of another config of this command with another "
+                                f"default ({seen[f.name][1]!r} vs {default!r}): rename one or give them one default")
+            continue
+        seen[f.name] = (required, default)
         kw: dict = {"help": docs.get(f.name, "").replace("``", "").replace("%", "%%")}
         name = meta.get("flag") or "--" + f.name.replace("_", "-")
         if tp is bool:

@@ -31,11 +31,23 @@ from wfm_sim.demo import run_demo
 from wfm_sim.envs.gym_source import GymSpec
 from wfm_sim.envs.sources import SOURCES, get_source
 from wfm_sim.envs.spaces import model_action_space
+from wfm_sim.evaluation.counterfactual import (
+    CounterfactualConfig,
+    counterfactual,
+    counterfactual_summary,
+    write_counterfactual,
+)
 from wfm_sim.evaluation.fidelity import EvalConfig, evaluate
 from wfm_sim.evaluation.policy_sets import graded_set
 from wfm_sim.evaluation.report import summary_table, write_report
 from wfm_sim.evaluation.score_report import ranking_table, write_score_report
-from wfm_sim.evaluation.scoring import ScoreConfig, check_rig, make_starts, score_policies, twin_source
+from wfm_sim.evaluation.scoring import (
+    ScoreConfig,
+    check_rig,
+    make_starts,
+    score_policies,
+    twin_source,
+)
 from wfm_sim.models import WorldModel
 from wfm_sim.models.cosmos_weights import load_cosmos_tokenizer, reconstruct
 from wfm_sim.models.world_model import resolve_pretrained
@@ -255,21 +267,40 @@ def run_train_policy(cfg: TrainPolicyCommand) -> str:
 
 @dataclass(frozen=True)
 class EvaluateCommand:
-    """Open-loop fidelity against real episodes: JSON, plot, side-by-side mp4."""
+    """Open-loop fidelity against real episodes (JSON, plot, side-by-side mp4); with
+    --counterfactual, the counterfactual report against the real twin instead: branches of
+    different actions from the same real states, played in both worlds."""
 
     model: str = arg(positional=True)
     """Shipped model name or model folder."""
-    data: str = arg()
-    """Held-out episode store of the model's simulator."""
+    data: str | None = None
+    """Held-out episode store of the model's simulator (open-loop fidelity)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    counterfactual: bool = False
+    """Branch the real twin into several action sequences from the same real states and play
+    the same branches in imagination: action discrimination, spread, inverse dynamics, events."""
+    cf: CounterfactualConfig = field(default_factory=CounterfactualConfig)
+    source: str | None = None
+    """With --counterfactual: the real simulator (default: the shipped model's twin)."""
     device: str = "auto"
     precision: str = "auto"
     out: str | None = None
-    """Report folder (default: MODEL/eval)."""
+    """Report folder (default: MODEL/eval, or MODEL/counterfactual)."""
+    progress: bool = True
 
 
 def run_evaluate(cfg: EvaluateCommand) -> str:
+    if cfg.counterfactual == (cfg.data is not None):
+        raise ValueError("evaluate needs either --data STORE (open-loop fidelity) or --counterfactual "
+                         "(branches against the real twin), not both")
     model = WorldModel.from_pretrained(cfg.model, device=cfg.device, precision=cfg.precision)
+    if cfg.counterfactual:
+        source = twin_source(model, cfg.model, cfg.source)
+        report = counterfactual(model, source, cfg.cf, progress=cfg.progress)
+        report["model"] = str(cfg.model)
+        paths = write_counterfactual(report, Path(cfg.out or Path(str(cfg.model)) / "counterfactual"),
+                                     fps=model.cfg.fps / 2)
+        return counterfactual_summary(report) + "\nwrote " + ", ".join(str(p) for p in paths.values())
     split = None
     if cfg.eval.split != "all":
         split = load_split(resolve_pretrained(cfg.model), cfg.data)
