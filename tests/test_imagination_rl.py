@@ -131,6 +131,13 @@ def test_the_dyna_loop_runs_logs_both_worlds_and_resumes(tmp_path):
         assert (tmp_path / "dyna" / "dyna.png").read_bytes()[:4] == b"\x89PNG"  # real vs imagined per iteration
         again = run_dyna(cfg)  # finished stages are not redone: no new data, no new log lines
         assert len(again) == 2 and EpisodeReader(store).num_episodes == 5
+        # A kill right after iteration 1's score was recorded, before its log line was written (the
+        # old append-then-mark order logged such an iteration twice on resume).
+        log = tmp_path / "dyna" / "dyna.jsonl"
+        log.write_text(log.read_text().splitlines()[0] + "\n")
+        resumed = run_dyna(cfg)
+        assert [x["iteration"] for x in resumed] == [0, 1] and len(log.read_text().splitlines()) == 2
+        assert [json.loads(x) for x in log.read_text().splitlines()] == resumed == logs
         with pytest.raises(ValueError, match="other settings \\(horizon\\)"):
             run_dyna(DynaConfig(**{**cfg.__dict__, "horizon": 3}))
     finally:

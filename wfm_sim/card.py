@@ -115,8 +115,77 @@ def counterfactual_section(report: dict) -> str:
     return "\n".join(lines)
 
 
+def use_section(reports: dict) -> str:
+    """Intended use and limitations, read off the stored reports (``eval.json``, ``counterfactual.json``)."""
+    ev, cf = reports.get("eval.json"), reports.get("counterfactual.json")
+    lines = ["## Intended use", "",
+             "A simulator to train and test against: an imagined Gymnasium environment "
+             "(`wfm_sim.envs.ImaginedVectorEnv(n, MODEL)`) for RL in imagination, scoring policies and plans "
+             "before they run for real (`wfm-sim score`), and synthetic data with provenance (`wfm-sim generate`). "
+             "Research on world models at laptop scale; not for decisions about real vehicles or robots.", "",
+             "## Limitations", ""]
+    if ev:
+        base = ev["results"]["baseline/repeat_last"]["psnr_mean"]
+        best = max((r["psnr_mean"][0], k) for k, r in ev["results"].items() if not k.startswith(("baseline", "shuffled")))
+        lines.append(f"- Open loop, the best method ({best[1]}) makes {best[0]:.2f} dB at horizon 1 against "
+                     f"{base[0]:.2f} dB for repeating the last frame (`eval.json`).")
+    if cf:
+        s = cf["summary"]
+        lines.append(f"- Actions: at horizon {s['at']}, imagined branches of different actions are told apart "
+                     f"{s['discrimination']:.0%} of the time (50 %: actions ignored; target 95 %; `counterfactual.json`).")
+        for name, e in cf["events"].items():
+            if "agreement" in e:
+                t = s["at"] - 1
+                lines.append(f"- `{name}` happens in {e['real_rate'][t]:.0%} of real branches by step {s['at']} and "
+                             f"in {e['imagined_rate'][t]:.0%} of imagined ones (agreement {e['agreement'][t]:.0%}).")
+    lines.append("- 64-pixel frames: objects of a few pixels (a puck, a goal marker) may not survive tokenization.")
+    return "\n".join(lines)
+
+
+def card_header(name: str, reports: dict) -> str:
+    """The Hugging Face Hub card header (YAML): license, tags, and a ``model-index`` of the stored reports' figures."""
+    ev, cf = reports.get("eval.json"), reports.get("counterfactual.json")
+    results = []
+    if ev:
+        metrics = [{"type": "psnr", "name": f"PSNR at horizon {h} ({k})", "value": round(r["psnr_mean"][h - 1], 2)}
+                   for k, r in ev["results"].items() for h in (1, ev.get("horizon_frames", ev["horizon"]))]
+        results.append({"task": {"type": "video-prediction", "name": "open-loop next-frame prediction"},
+                        "dataset": {"name": f"held-out episodes of {Path(str(ev['data'])).name}", "type": "wfm_sim-store"},
+                        "metrics": metrics})
+    if cf:
+        s = cf["summary"]
+        metrics = [{"type": "accuracy", "name": f"action discrimination at horizon {s['at']}",
+                    "value": round(s["discrimination"], 3)}]
+        metrics += [{"type": "accuracy", "name": f"{k[: -len('_agreement')]} agreement at horizon {s['at']}",
+                     "value": round(v, 3)} for k, v in s.items() if k.endswith("_agreement")]
+        results.append({"task": {"type": "counterfactual", "name": "counterfactual branches against the real twin"},
+                        "dataset": {"name": f"{cf['source']} seeds {cf['config']['start_seed']}+", "type": "real-twin"},
+                        "metrics": metrics})
+    header = {"license": "apache-2.0", "library_name": "wfm_sim",
+              "tags": ["world-model", "video-prediction", "gymnasium", "simulation", "robotics"],
+              "model-index": [{"name": name, "results": results}]}
+    return "---\n" + _yaml(header) + "---"
+
+
+def _yaml(obj, indent: int = 0) -> str:
+    """A small YAML writer for the card header (dicts, lists, strings, numbers)."""
+    pad, out = " " * indent, []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, (dict, list)) and v:
+                out.append(f"{pad}{k}:\n{_yaml(v, indent + 2)}")
+            else:
+                out.append(f"{pad}{k}: {json.dumps(v)}\n")
+    else:
+        for v in obj:
+            body = _yaml(v, indent + 2) if isinstance(v, (dict, list)) else f"{pad}  {json.dumps(v)}\n"
+            out.append(f"{pad}- {body.lstrip()}")
+    return "".join(out)
+
+
 SECTIONS = {"counterfactual": ("counterfactual.json", counterfactual_section)}
 """Card sections generated from a report stored in the model folder: name -> (file, renderer)."""
+REPORTS = ("eval.json", "counterfactual.json")
 
 
 def put_section(card: str, name: str, body: str) -> str:
@@ -129,13 +198,31 @@ def put_section(card: str, name: str, body: str) -> str:
     return card.rstrip("\n") + "\n\n" + block + "\n"
 
 
-def refresh_card(folder: str | Path) -> Path:
-    """Rewrite the generated sections of ``folder/README.md`` from the reports stored beside it."""
+def read_header(card: str) -> dict | None:
+    """The YAML header of a card as data (the subset :func:`_yaml` writes), or None."""
+    import yaml
+
+    if not card.startswith("---\n"):
+        return None
+    return yaml.safe_load(card[4 : card.index("\n---", 3)])
+
+
+def render_card(folder: str | Path, text: str) -> str:
+    """``text`` (a card) with its header and generated sections rewritten from ``folder``'s reports."""
     folder = Path(folder)
-    card = folder / "README.md"
-    text = card.read_text()
+    reports = {f: json.loads((folder / f).read_text()) for f in REPORTS if (folder / f).is_file()}
+    if text.startswith("---\n"):
+        text = text[text.index("\n---", 3) + 4 :].lstrip("\n")
+    text = card_header(folder.name, reports) + "\n\n" + text
+    text = put_section(text, "use", use_section(reports))
     for name, (file, render) in SECTIONS.items():
-        if (folder / file).is_file():
-            text = put_section(text, name, render(json.loads((folder / file).read_text())))
-    card.write_text(text)
+        if file in reports:
+            text = put_section(text, name, render(reports[file]))
+    return text
+
+
+def refresh_card(folder: str | Path) -> Path:
+    """Rewrite ``folder/README.md``'s header and generated sections from the reports stored beside it."""
+    card = Path(folder) / "README.md"
+    card.write_text(render_card(folder, card.read_text()))
     return card

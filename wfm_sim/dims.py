@@ -38,7 +38,7 @@ Actions
 LEGEND = {
     "b": "batch rows", "r": "rows of one call", "i": "episodes", "t": "video frames",
     "l": "latent frames", "f": "video frames per latent frame", "s": "rollout steps", "j": "policies",
-    "u": "samples per start",
+    "u": "samples per start", "o": "start states", "x": "branches of a start",
     "v": "camera views", "H": "pixel height", "W": "pixel width", "h": "token grid height",
     "w": "token grid width", "c": "channels", "n": "tokens per latent frame", "q": "new positions",
     "k": "key positions", "K": "vocabulary size", "d": "model width", "m": "attention heads",

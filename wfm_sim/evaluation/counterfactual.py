@@ -49,7 +49,7 @@ TARGETS = {"discrimination": 0.95, "inverse_dynamics_kept": 0.80, "event_agreeme
 """The report's pass marks (at ``report_at``)."""
 
 Imagine = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-"""``imagine(start_index (n,), actions (n, h, a), seeds (n,)) -> frames (n, h, v, H, W, 3)``."""
+"""``imagine(start_index (r,), actions (r, s, a), seeds (r,)) -> frames (r, s, v, H, W, 3)``."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,9 @@ class CounterfactualConfig:
     replayed open loop in imagination); the others are random."""
     samples: int = 1
     """Imagined samples per branch (K)."""
+    probes: bool = True
+    """Train the inverse-dynamics and event probes (--no-probes: discrimination and spread only,
+    minutes faster)."""
     probe_starts: int = 32
     """Starts whose real branches train the probes (seeds ``probe_seed ..``)."""
     probe_seed: int = 3_000_000
@@ -214,8 +217,8 @@ def _events(src, first, states: list, success: list[bool]) -> dict[str, np.ndarr
 
 def play_branches(source: str, size: int, starts: Starts, index: np.ndarray, actions: np.ndarray,
                   progress: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Play ``actions (n, h, a)`` in the real twin, row j from start ``index[j]``. Returns frames
-    ``(n, h, v, H, W, 3)`` and events ``{name: (n, h) bool}``. Refuses a twin that does not
+    """Play ``actions (r, s, a)`` in the real twin, row j from start ``index[j]``. Returns frames
+    ``(r, s, v, H, W, 3)`` and events ``{name: (r, s) bool}``. Refuses a twin that does not
     return to a start's context from its seed and warm-up."""
     from tqdm.auto import tqdm
 
@@ -295,15 +298,15 @@ def model_imagine(model, starts: Starts, cfg: CounterfactualConfig, progress: bo
 # --------------------------------------------------------------------- metrics
 
 def branch_metrics(real: np.ndarray, imagined: np.ndarray, min_spread: float) -> dict[str, list]:
-    """Discrimination, spread and error per horizon step from real frames ``(S, B, h, ...)`` and
-    imagined ``(S, B, K, h, ...)`` (see the module docstring)."""
+    """Discrimination, spread and error per horizon step from real frames ``(o, x, s, ...)`` and
+    imagined ``(o, x, u, s, ...)`` (see the module docstring)."""
     S, B, K, h = imagined.shape[:4]
     score, pairs = np.zeros(h), np.zeros(h)
     spread_real, spread_imag, error = np.zeros(h), np.zeros(h), np.zeros(h)
     off = ~np.eye(B, dtype=bool)
     for s in range(S):
         r = real[s].reshape(B, h, -1).astype(np.float32)
-        real_d = np.stack([[np.abs(r[a] - r[b]).mean(-1) for b in range(B)] for a in range(B)])  # (B, B, h)
+        real_d = np.stack([[np.abs(r[a] - r[b]).mean(-1) for b in range(B)] for a in range(B)])  # (x, x, s)
         spread_real += real_d[off].sum(0) / off.sum() / S
         for k in range(K):
             im = imagined[s, :, k].reshape(B, h, -1).astype(np.float32)
@@ -311,7 +314,7 @@ def branch_metrics(real: np.ndarray, imagined: np.ndarray, min_spread: float) ->
             im_d = np.stack([[np.abs(im[a] - im[b]).mean(-1) for b in range(B)] for a in range(B)])
             spread_imag += im_d[off].sum(0) / off.sum() / (S * K)
             error += np.diagonal(cross).T.mean(0) / (S * K)
-            own = np.diagonal(cross).T[:, None, :]  # (B, 1, h): imagined a vs real a
+            own = np.diagonal(cross).T[:, None, :]  # (x, 1, s): imagined a vs real a
             win = np.where(own < cross, 1.0, np.where(own == cross, 0.5, 0.0))
             usable = off[..., None] & (real_d > min_spread)
             score += (win * usable).sum((0, 1))
@@ -324,9 +327,9 @@ def branch_metrics(real: np.ndarray, imagined: np.ndarray, min_spread: float) ->
 
 
 def _windows(context: np.ndarray, frames: np.ndarray, kind: str) -> np.ndarray:
-    """Probe inputs for branches ``frames (n, h, ...)`` after ``context (n, 2, ...)`` (the context's
+    """Probe inputs for branches ``frames (r, s, ...)`` after ``context (r, 2, ...)`` (the context's
     last two frames): for 'dynamics', frames (t-2, t-1, t), enough to see a change of velocity;
-    for 'event', (start, t). Returns ``(n, h, f, ...)``."""
+    for 'event', (start, t). Returns ``(r, s, t, ...)``, ``t`` frames per window."""
     h = frames.shape[1]
     if kind == "event":
         return np.stack((np.broadcast_to(context[:, 1:2], frames.shape), frames), axis=2)
@@ -341,10 +344,10 @@ def _flat(x: np.ndarray) -> np.ndarray:
 def probe_metrics(probe_data: dict, real: np.ndarray, imagined: np.ndarray, context: np.ndarray,
                   actions: np.ndarray, events: dict, cfg: CounterfactualConfig, progress: bool = False) -> dict:
     """Inverse-dynamics R2 and event agreement per horizon step, real beside imagined.
-    ``probe_data``: the probe starts' real ``context (n, 2, ...)``, branch ``frames (n, h, ...)``,
-    ``actions (n, h, a)`` and ``events {name: (n, h)}``; ``context``: the evaluated starts' ``(S, 2, ...)``."""
+    ``probe_data``: the probe starts' real ``context (r, 2, ...)``, branch ``frames (r, s, ...)``,
+    ``actions (r, s, a)`` and ``events {name: (r, s)}``; ``context``: the evaluated starts' ``(o, 2, ...)``."""
     S, B, K, h = imagined.shape[:4]
-    ctx_r = np.repeat(context, B, axis=0)  # (S*B, 2, ...)
+    ctx_r = np.repeat(context, B, axis=0)  # (o*x, 2, ...)
     ctx_i = np.repeat(context, B * K, axis=0)
     real_f = real.reshape((S * B, h) + real.shape[3:])
     imag_f = imagined.reshape((S * B * K, h) + imagined.shape[4:])
@@ -436,19 +439,21 @@ def counterfactual(model, source: str, cfg: CounterfactualConfig = Counterfactua
     follow = h if P else 0
     starts, goes_on = led_starts(source, list(range(cfg.start_seed, cfg.start_seed + S)), size, context, cfg.lead,
                                  follow, progress)
-    probe_starts, probe_goes_on = led_starts(source, list(range(cfg.probe_seed, cfg.probe_seed + cfg.probe_starts)),
-                                             size, context, cfg.lead, follow, progress)
+    if cfg.probes:
+        probe_starts, probe_goes_on = led_starts(source, list(range(cfg.probe_seed, cfg.probe_seed + cfg.probe_starts)),
+                                                 size, context, cfg.lead, follow, progress)
     if cfg.branches_from:
         acts = load_branches(cfg.branches_from, S, B, h, space)
     else:
         acts = random_branches(source, space, S, B, h, cfg.hold, cfg.seed)
         acts[:, :P] = goes_on[:, None]
-    probe_acts = random_branches(source, space, cfg.probe_starts, B, h, cfg.hold, cfg.seed + 1)
-    probe_acts[:, :P] = probe_goes_on[:, None]
     flat = (S * B, h) + space.shape
     real, events = play_branches(source, size, starts, np.repeat(np.arange(S), B), acts.reshape(flat), progress)
-    p_frames, p_events = play_branches(source, size, probe_starts, np.repeat(np.arange(cfg.probe_starts), B),
-                                       probe_acts.reshape((-1, h) + space.shape), progress)
+    if cfg.probes:
+        probe_acts = random_branches(source, space, cfg.probe_starts, B, h, cfg.hold, cfg.seed + 1)
+        probe_acts[:, :P] = probe_goes_on[:, None]
+        p_frames, p_events = play_branches(source, size, probe_starts, np.repeat(np.arange(cfg.probe_starts), B),
+                                           probe_acts.reshape((-1, h) + space.shape), progress)
     t_real = time.perf_counter() - t0
     imagine = imagine or model_imagine(model, starts, cfg, progress)
     # Row (s, b, k): every branch of a start shares the sampling seed of its (s, k).
@@ -468,10 +473,14 @@ def counterfactual(model, source: str, cfg: CounterfactualConfig = Counterfactua
     report = {"model": None if model is None else model.cfg.name, "source": source, "cameras": list(cams),
               "config": asdict(cfg), "horizon": h, "starts": starts.summary(),
               **branch_metrics(real, imagined, cfg.min_spread)}
-    vec = (-1, h) + (space.shape or (1,))
-    probe_data = {"context": np.repeat(last_two(probe_starts), B, axis=0), "frames": p_frames,
-                  "actions": probe_acts.reshape(vec), "events": p_events}
-    report.update(probe_metrics(probe_data, real, imagined, last_two(starts), acts, events, cfg, progress))
+    if cfg.probes:
+        vec = (-1, h) + (space.shape or (1,))
+        probe_data = {"context": np.repeat(last_two(probe_starts), B, axis=0), "frames": p_frames,
+                      "actions": probe_acts.reshape(vec), "events": p_events}
+        report.update(probe_metrics(probe_data, real, imagined, last_two(starts), acts, events, cfg, progress))
+    else:
+        report["events"] = {name: {"real_rate": v.reshape(S * B, h).cumsum(1).astype(bool).mean(0).tolist(),
+                                   "skipped": "--no-probes"} for name, v in events.items()}
     report["summary"] = summarize(report, cfg.report_at)
     report["seconds"] = {"real": t_real, "imagined": t_imag, "total": time.perf_counter() - t0}
     report["arrays"] = {"real": real, "imagined": imagined, "actions": acts}

@@ -22,7 +22,7 @@ from torch import nn
 
 
 class FrameProbe(nn.Module):
-    """``(n, f, v, H, W, 3)`` uint8 frame windows -> ``(n, out)`` predictions."""
+    """``(r, t, v, H, W, 3)`` uint8 windows of ``t`` frames -> ``(r, out)`` predictions."""
 
     def __init__(self, frames: int, views: int, out: int, width: int = 32):
         super().__init__()
@@ -41,8 +41,8 @@ class FrameProbe(nn.Module):
 
 def fit_probe(windows: np.ndarray, targets: np.ndarray, kind: str, steps: int = 400, batch: int = 64,
               seed: int = 0, lr: float = 2e-3, desc: str | None = None) -> "FrameProbe":
-    """Train a :class:`FrameProbe` on frame windows ``(n, f, v, H, W, 3)``: ``kind`` 'regress' (targets
-    ``(n, d)``, standardised inside) or 'classify' (targets ``(n,)`` bool)."""
+    """Train a :class:`FrameProbe` on frame windows ``(r, t, v, H, W, 3)``: ``kind`` 'regress' (targets
+    ``(r, a)``, standardised inside) or 'classify' (targets ``(r,)`` bool)."""
     from tqdm.auto import tqdm
 
     if kind not in ("regress", "classify"):
@@ -78,7 +78,7 @@ def fit_probe(windows: np.ndarray, targets: np.ndarray, kind: str, steps: int = 
 
 @torch.no_grad()
 def predict(probe: FrameProbe, windows: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Actions ``(n, d)`` (regression, in the targets' units) or event flags ``(n,)`` bool."""
+    """Actions ``(r, a)`` (regression, in the targets' units) or event flags ``(r,)`` bool."""
     outs = [probe(torch.as_tensor(windows[i : i + batch])) for i in range(0, len(windows), batch)]
     out = torch.cat(outs) if outs else torch.zeros(0, 1)
     if probe.kind == "regress":

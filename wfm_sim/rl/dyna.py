@@ -8,7 +8,8 @@ Each iteration ``i`` (folder ``out/iter_<i>``):
 2. **policy**: an :class:`~wfm_sim.rl.imagination.ImaginationTrainer` run in that model,
    starting from the previous iteration's policy weights;
 3. **score**: the policy played from ``score_starts`` real start states in both worlds (full
-   episodes); imagined and real returns are appended to ``out/dyna.jsonl``;
+   episodes); imagined and real returns go to ``out/dyna.jsonl``, rewritten whole from the
+   iterations' score marks, so a kill can neither lose nor repeat a line;
 4. **collect**: ``collect_episodes`` real episodes with the policy (plus Gaussian exploration
    noise) appended to ``data``, under keys that name the run and iteration.
 
@@ -99,6 +100,19 @@ def _mark(folder: Path, stage: str, info: dict | None = None) -> None:
     ckpt.atomic_write_json(folder / f".{stage}.done", info or {})
 
 
+def _logged(out: Path) -> list[dict]:
+    """Every finished iteration's log line, read from its score mark (the one record of it), in order."""
+    marks = [(int(f.parent.name[5:]), f) for f in out.glob("iter_*/.score.done") if f.parent.name[5:].isdigit()]
+    return [json.loads(f.read_text()) for _, f in sorted(marks)]
+
+
+def _write_log(out: Path, logs: list[dict]) -> None:
+    """``dyna.jsonl`` rewritten whole from the marks: a kill anywhere can neither lose nor repeat a line."""
+    ckpt.atomic_write_bytes(out / "dyna.jsonl", "".join(json.dumps(x) + "\n" for x in logs).encode())
+    if logs:
+        plot_dyna(logs, out / "dyna.png")
+
+
 def run_dyna(cfg: DynaConfig) -> list[dict]:
     """Run (or resume) the loop; returns one log line per finished iteration."""
     out = Path(cfg.out)
@@ -114,8 +128,8 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
     ckpt.atomic_write_json(run_file, mine)
     src = get_source(cfg.source)
     check_rig(WorldModel.from_pretrained(cfg.model, device="cpu", precision="fp32"), cfg.source, 2)
-    log_path = out / "dyna.jsonl"
-    logs = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.is_file() else []
+    logs = _logged(out)
+    _write_log(out, logs)  # also mends a log an older version wrote twice
     prev_model, prev_policy = str(resolve_pretrained(cfg.model)), None
     for it in range(cfg.iterations):
         folder = out / f"iter_{it}"
@@ -159,11 +173,9 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
             line = {"iteration": it, "real_return": row["real_return"], "real_return_std": row["real_return_std"],
                     "imagined_return": row["imagined_return"], "starts": cfg.score_starts,
                     "data_episodes": _episodes(cfg.data)}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(line) + "\n")
-            logs.append(line)
-            plot_dyna(logs, out / "dyna.png")
             _mark(folder, "score", line)
+            logs = _logged(out)
+            _write_log(out, logs)
         # 4. real data with the current policy (never a gradient step in the real simulator)
         if not _done(folder, "collect"):
             a = src.action_space
