@@ -150,6 +150,8 @@ def repair_store(path: str | Path, keep_episodes: int | None = None) -> dict:
     from wfm_sim.datasets.lock import WriterLock
     from wfm_sim.datasets.store import StoreError, open_root
 
+    if not (Path(path) / "zarr.json").is_file():
+        open_root(path)  # not a store: refuse before the lock would create the folder
     lock = WriterLock(path).acquire()
     try:
         open_root(path)  # a wfm_sim store at all

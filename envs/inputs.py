@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from wfm_sim.envs.contexts import Context
-from wfm_sim.envs.spaces import model_action_space
+from wfm_sim.envs.spaces import check_actions, model_action_space
 
 
 def _from_contexts(env, ctx, r: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -59,7 +59,16 @@ def frame_action_shape(env) -> tuple[int, ...]:
 
 def batch_context(env, rows: np.ndarray, options: dict, rngs: list[np.random.Generator]):
     """Context frames, actions and a description for the sub-envs ``rows`` (``rngs[i]`` picks
-    sub-env i's dataset context)."""
+    sub-env i's dataset context). The context's actions are checked against the action space
+    like a step's: an action of 10**6 in a context would condition the model on nonsense."""
+    frames, acts, origin = _batch_context(env, rows, options, rngs)
+    space = model_action_space(env.cfg, group=1)
+    flat = acts.reshape((-1,) + tuple(space.shape))
+    check_actions(space, flat.numpy(), (len(flat),), who=f"context actions (from {origin[0]})")
+    return frames, acts, origin
+
+
+def _batch_context(env, rows: np.ndarray, options: dict, rngs: list[np.random.Generator]):
     r = len(rows)
     unknown = set(options) - {"frames", "actions", "episode", "context"}
     if unknown:

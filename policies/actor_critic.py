@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Categorical, Normal
+from wfm_sim.policies.base import Policy
 
 from wfm_sim import checkpoint as ckpt
+from wfm_sim.models.limits import POLICY_LIMITS, check_limits
 from wfm_sim.models.world_model import load_state_strict
-from wfm_sim.policies.base import Policy
 
 FORMAT = "wfm_sim.ActorCritic"
 
@@ -53,6 +54,9 @@ class ActorCriticConfig:
     """The world model it was trained in (name and content hash), for its card."""
 
     def __post_init__(self):
+        check_limits(self, ("image_size", "action_dim", "width", "hidden"), POLICY_LIMITS)
+        if not 1 <= len(self.cameras) <= POLICY_LIMITS["cameras"][1]:
+            raise ValueError(f"ActorCriticConfig.cameras must name 1..64 cameras, got {len(self.cameras)}")
         if self.action_kind not in ("box", "discrete"):
             raise ValueError(f"action_kind must be 'box' or 'discrete', got {self.action_kind!r}")
         if self.action_kind == "box" and not len(self.low) == len(self.high) == self.action_dim:

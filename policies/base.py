@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from wfm_sim import checkpoint as ckpt
+from wfm_sim.models.limits import POLICY_LIMITS, check_limits
 from wfm_sim.models.world_model import load_state_strict
 
 
@@ -239,6 +240,7 @@ class ConvPolicyConfig:
     keypoints: int = 32
 
     def __post_init__(self):
+        check_limits(self, limits=POLICY_LIMITS)
         if self.head not in ("pool", "keypoints"):
             raise ValueError(f"ConvPolicyConfig.head must be 'pool' or 'keypoints', got {self.head!r}")
         if len(self.low) != self.action_dim or len(self.high) != self.action_dim:

@@ -302,6 +302,9 @@ def test_dataset_check_and_repair_from_the_command_line(tmp_path, capsys):
     assert main(["dataset", "check", str(path), "--repair", "--keep-episodes", "1"]) == 0  # the user's explicit choice
     capsys.readouterr()
     assert EpisodeReader(path).num_episodes == 1 and EpisodeReader(path).health.clean
+    typo = tmp_path / "s.zar"  # a mistyped path is refused, and not created by the refusal
+    assert main(["dataset", "check", str(typo), "--repair"]) == 2
+    assert "does not exist" in capsys.readouterr().err and not typo.exists()
 
 
 def test_merge_refuses_itself_and_stores_of_another_kind(tmp_path):

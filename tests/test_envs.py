@@ -155,6 +155,24 @@ def test_caller_context_frames_and_actions(tiny_model_dir):
         env.reset(options={"frames": frames.astype(np.float32), "actions": np.zeros((1, 3), np.float32)})
     with pytest.raises(ValueError, match="no context to start from"):
         env.reset()
+    for bad, what in ((1e6, "outside the action space bounds"), (np.nan, "contain NaN or inf")):
+        with pytest.raises(ValueError, match=rf"context actions \(from caller frames\) {what}"):
+            env.reset(options={"frames": frames, "actions": np.array([[bad, 0.5, 0.0]], np.float32)})
+
+
+def test_context_actions_shipped_beside_a_model_are_checked(tiny_model_dir, tmp_path):
+    """A contexts.safetensors whose actions lie outside the action space is refused at reset, naming it."""
+    import shutil
+
+    from wfm_sim.envs.contexts import ContextBank
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    frames = np.zeros((2, 2, 1, 16, 16, 3), np.uint8)
+    ContextBank(frames, np.full((2, 1, 3), 1e6, np.float32), ["x", "y"]).save(folder)
+    env = ImaginedEnv(model=str(folder))
+    with pytest.raises(ValueError, match=r"context actions \(from .*contexts.safetensors#\d\) outside the action space"):
+        env.reset(seed=0)
 
 
 def test_autoreset_reuses_the_callers_context(tiny_model_dir):

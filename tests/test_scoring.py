@@ -340,6 +340,15 @@ def test_spatial_softmax_finds_the_hot_pixel_and_keypoint_policy_round_trips(tmp
         ConvPolicyConfig(head="spatial")
     with pytest.raises(ValueError, match="need action_dim=4 entries, got 3 and 3"):
         ConvPolicyConfig(action_dim=4)
+    # A config.json asking for a terabyte-sized policy is refused before anything is built.
+    meta["config"]["width"] = 10**6
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"ConvPolicyConfig.width = 1000000 is outside the sane range \[1, 4096\]"):
+        ConvPolicy.from_pretrained(tmp_path / "old")
+    from wfm_sim.policies.actor_critic import ActorCriticConfig
+
+    with pytest.raises(ValueError, match=r"ActorCriticConfig.hidden = 1000000000 is outside"):
+        ActorCriticConfig(hidden=10**9)
 
 
 def test_random_shift_translates_all_cameras_alike():

@@ -59,6 +59,16 @@ def test_resume_gives_the_same_next_step(tmp_path, square_store):
     a = WorldModel.from_pretrained(tmp_path / "a", device="cpu").state_dict()
     b = WorldModel.from_pretrained(tmp_path / "b", device="cpu").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    again = train(_cfg(square_store, tmp_path / "b", "tokenizer", steps=4, save_every=2, eval_every=100, resume=True))
+    assert again["step"] == 4 and "nothing to do" in again["done"]  # a finished run says so, not {}
+    state = tmp_path / "b" / "train_state" / "tokenizer" / "state.json"
+    meta = json.loads(state.read_text())
+    state.write_text(json.dumps({**meta, "step": 10**12}))
+    with pytest.raises(ValueError, match=r"is at step 1000000000000, past --steps 4"):
+        train(_cfg(square_store, tmp_path / "b", "tokenizer", steps=4, resume=True))
+    state.write_text(json.dumps({**meta, "step": -3}))
+    with pytest.raises(ValueError, match=r"gives step -3: expected a whole number >= 0"):
+        train(_cfg(square_store, tmp_path / "b", "tokenizer", steps=4, resume=True))
 
 
 def test_backbone_resume_is_exact_too(tmp_path, square_store):

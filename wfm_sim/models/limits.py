@@ -20,16 +20,24 @@ LIMITS = {
     # decoder
     "steps": (1, 1000),
 }
+POLICY_LIMITS = {"image_size": (8, 8192), "cameras": (1, 64), "action_dim": (1, 4096), "width": (1, 4096),
+                 "hidden": (1, 65536), "keypoints": (1, 4096)}
+"""The same for pixel policies (``ConvPolicyConfig``, ``ActorCriticConfig``): a config.json saying
+``width: 1000000`` would otherwise ask for terabytes when the policy is built on load."""
 
 
-def check_limits(cfg, fields: tuple[str, ...] | None = None) -> None:
-    """Raise ``ValueError`` for a field of ``cfg`` outside :data:`LIMITS` (or not a finite number)."""
-    names = fields if fields is not None else tuple(f for f in LIMITS if hasattr(cfg, f))
+def check_limits(cfg, fields: tuple[str, ...] | None = None, limits: dict | None = None) -> None:
+    """Raise ``ValueError`` for a field of ``cfg`` outside ``limits`` (default :data:`LIMITS`) or not
+    a finite number."""
+    limits = LIMITS if limits is None else limits
+    names = fields if fields is not None else tuple(f for f in limits if hasattr(cfg, f))
     for name in names:
         v = getattr(cfg, name)
-        lo, hi = LIMITS[name]
+        lo, hi = limits[name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
             raise ValueError(f"{type(cfg).__name__}.{name} must be a number in [{lo}, {hi}], got {v!r}")
         if not lo <= v <= hi:
+            hint = "every preset, the 12B 'large' included, is far inside it" if limits is LIMITS else \
+                "a corrupt or mistyped config"
             raise ValueError(f"{type(cfg).__name__}.{name} = {v} is outside the sane range [{lo}, {hi}]; "
-                             "a typo? (every preset, the 12B 'large' included, is far inside it)")
+                             f"a typo? ({hint})")

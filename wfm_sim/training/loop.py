@@ -243,6 +243,9 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     step, elapsed0 = 0, 0.0
     if cfg.resume and (state_dir / "state.json").is_file():
         step, extra = load_train_state(state_dir, module, opt)
+        if step > cfg.steps:
+            raise ValueError(f"{state_dir / 'state.json'} is at step {step}, past --steps {cfg.steps} (steps count in "
+                             "total, resumed ones included): give --steps above it, or check the state is this run's")
         fused(opt)  # a state saved by another optimizer build keeps its moments, runs fused
         elapsed0 = float(extra.get("elapsed_s", 0.0))
     train_ds = task.dataset("train")
@@ -295,6 +298,8 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
             break
     stop.restore()
     bar.close()
+    if not last:  # resumed at --steps: a finished run says so instead of printing {}
+        last = {"step": step, "done": f"already trained to step {step} of --steps {cfg.steps}; nothing to do"}
     return last
 
 

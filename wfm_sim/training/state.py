@@ -68,6 +68,9 @@ def load_train_state(folder: Path, module: torch.nn.Module, opt: torch.optim.Opt
     """Restore module, optimizer and RNGs in place; returns ``(step, extra)``."""
     folder = Path(folder)
     meta = ckpt.read_json(folder / "state.json", FORMAT)
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{folder / 'state.json'} gives step {step!r}: expected a whole number >= 0 (a corrupt state?)")
     tensors = ckpt.load_tensors(folder / "state.safetensors")
     module_sd = {k[len("module/"):]: v for k, v in tensors.items() if k.startswith("module/")}
 
