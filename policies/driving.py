@@ -174,3 +174,54 @@ class MixedDriver(ScriptedPolicy):
         if mode == "brake":
             return np.array([0.0, 0.0, 0.8], np.float32)
         return np.zeros(3, np.float32)  # coast
+
+
+class BranchingDriver(ScriptedPolicy):
+    """Driving data in which actions are independent of the state: the track follower for a few
+    steps, then random actions held for ``hold`` steps each, then the follower again, and so on.
+
+    What the counterfactual report asks a model (``wfm-sim evaluate --counterfactual``): from a
+    state the car is really in, what does *this* action do? Scripted drivers make the action a
+    function of the road, so a model can predict the next frame from the road alone; here the
+    held segments draw steering uniformly in [-1, 1], gas in [0.2, 1] and the brake mostly off
+    (a random brake would stop the car, and a car that stands has no counterfactual), the same
+    distribution as the report's random branches. Policy ``branching``.
+
+    Args:
+        horizon: steps a schedule covers (the source's episode length).
+        hold: steps each random action is held.
+    """
+
+    MODES, WEIGHTS = ("follow", "held"), (0.5, 0.5)
+    stream = 13
+
+    def __init__(self, horizon: int = 250, hold: int = 4):
+        super().__init__()
+        self.follower = TrackFollower(noise=0.1)
+        self.hold = hold
+        self.segments = SegmentSchedule(self.MODES, self.WEIGHTS, horizon)
+        self._held: dict[int, tuple[int, np.ndarray]] = {}
+
+    def reset(self, seeds, rows=None, episodes=None) -> None:
+        super().reset(seeds, rows)
+        rows = self._rows(seeds, rows)
+        self.follower.reset(seeds, rows)
+        for r in rows:
+            rng = self._rngs[r]
+            self._held.pop(r, None)
+            self.segments.draw(r, rng, "follow", lambda mode, rng=rng: (
+                int(rng.integers(10, 31) if mode == "follow" else rng.integers(8, 17)), 0.0))
+
+    def act(self, row: int, state) -> np.ndarray:
+        followed = self.follower.act(row, state)  # the follower's noise stream advances every step
+        _, mode, _ = self.segments.next(row)
+        if mode == "follow":
+            self._held.pop(row, None)
+            return followed
+        age, action = self._held.get(row, (self.hold, None))
+        if age >= self.hold:
+            rng = self.rng(row)
+            brake = 0.0 if rng.random() < 0.8 else float(rng.uniform(0.0, 0.5))
+            action, age = np.array([rng.uniform(-1, 1), rng.uniform(0.2, 1.0), brake], np.float32), 0
+        self._held[row] = (age + 1, action)
+        return action.copy()

@@ -10,6 +10,9 @@
   noise, slowed and repeated actions, stillness and random actions (scripted, real twins only);
 * ``mixed-v2``: CarRacing's ``mixed`` with two control errors added, driving straight while the
   road bends and steering late (``MixedDriver(control_errors=True)``);
+* ``branching``: :class:`~wfm_sim.policies.driving.BranchingDriver`, the track follower
+  interrupted by random actions held 4 steps each: actions independent of the state, for models
+  that must learn what an action does (scripted, real CarRacing only);
 * ``expert``: :class:`~wfm_sim.policies.MetaWorldExpert` for the source's task (scripted, real
   Meta-World only);
 * ``const:A0,A1,...``: :class:`~wfm_sim.policies.base.ConstantPolicy`, one action at every step
@@ -34,11 +37,11 @@ from wfm_sim.envs.sources import metaworld_task
 from wfm_sim.models.world_model import PRETRAINED_DIR
 from wfm_sim.policies.actor_critic import FORMAT, ActorCritic
 from wfm_sim.policies.base import ConstantPolicy, ConvPolicy, PlanPolicy, Policy, RandomPolicy, as_policy
-from wfm_sim.policies.driving import MixedDriver, RoadCentroidDriver, TrackFollower
+from wfm_sim.policies.driving import BranchingDriver, MixedDriver, RoadCentroidDriver, TrackFollower
 from wfm_sim.policies.manipulation import MetaWorldExpert, MixedManipulation
 
-NAMES = ("random", "road", "driver", "mixed", "mixed-v2", "expert", "expert-clean")
-SCRIPTED = ("driver", "mixed", "mixed-v2", "expert", "expert-clean")
+NAMES = ("random", "road", "driver", "mixed", "mixed-v2", "branching", "expert", "expert-clean")
+SCRIPTED = ("driver", "mixed", "mixed-v2", "branching", "expert", "expert-clean")
 """Names of the scripted policies: they read the real simulator's state, so they never run in imagination."""
 SHIPPED_POLICIES = PRETRAINED_DIR / "policies"
 
@@ -79,6 +82,10 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
         if source is not None and not source.startswith("carracing"):
             raise ValueError(f"'mixed-v2' is scripted for CarRacing; source {source!r} is not")
         return MixedDriver(control_errors=True)
+    if name == "branching":
+        if source is not None and not source.startswith("carracing"):
+            raise ValueError(f"'branching' is scripted for CarRacing; source {source!r} is not")
+        return BranchingDriver()
     if name in ("expert", "expert-clean"):  # clean: no exploration noise (labels for behaviour cloning)
         if source is None or not source.startswith("metaworld-"):
             raise ValueError(f"{name!r} is Meta-World's scripted expert; source {source!r} is not a Meta-World task")

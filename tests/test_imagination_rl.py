@@ -66,8 +66,17 @@ def test_bad_runs_are_refused_with_what_to_change(steer_world, tmp_path, square_
         ImaginationTrainer(_cfg(steer_world, tmp_path / "r", horizon=5), resume=True)
     with pytest.raises(ValueError, match="holds a policy run already: pass --resume"):
         ImaginationTrainer(_cfg(steer_world, tmp_path / "r"))
-    with pytest.raises(ValueError, match="holds no saved policy train state"):
+    with pytest.raises(ValueError, match="holds no policy run; start without --resume"):
         ImaginationTrainer(_cfg(steer_world, tmp_path / "fresh"), resume=True)
+    # Killed before its first save: run.json and a log line, no train state. --resume starts it
+    # again at iteration 0 (nothing was saved, nothing is lost) instead of refusing both ways.
+    early = tmp_path / "early"
+    ImaginationTrainer(_cfg(steer_world, early, iterations=2))
+    (early / "metrics.jsonl").write_text(json.dumps({"iteration": 1}) + "\n")
+    again = ImaginationTrainer(_cfg(steer_world, early, iterations=2), resume=True)
+    assert again.iteration == 0 and not (early / "metrics.jsonl").exists()
+    again.train()
+    assert [json.loads(x)["iteration"] for x in (early / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     from wfm_sim.training.loop import TrainConfig, train
 
     tok_only = tmp_path / "tok_only"

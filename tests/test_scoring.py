@@ -224,6 +224,26 @@ def test_a_killed_scoring_run_leaves_no_report_json(tmp_path):
     assert not (out / "report.json").exists()
 
 
+def test_a_rerun_killed_before_it_writes_leaves_no_stale_report(tmp_path, monkeypatch, capsys):
+    """The previous report is set aside when a rerun starts, so a rerun killed while scoring
+    cannot leave an older report.json looking like its own."""
+    from wfm_sim import commands
+    from wfm_sim.cli import main
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "report.json").write_text('{"old": true}')
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "score_policies", killed)
+    assert main(["score", "--model", "driving", "--policies", "random", "--starts", "1", "--horizon", "2",
+                 "--out", str(out), "--quiet"]) == 130
+    assert not (out / "report.json").exists() and json.loads((out / "report.previous.json").read_text()) == {"old": True}
+    capsys.readouterr()
+
+
 def test_plans_are_ranked_and_cem_finds_the_best_in_imagination():
     model = steer_reward_model(preset("tiny")).setup("cpu", "fp32")  # reward rises with steer: optimum +1
     env = ImaginedVectorEnv(8, model, obs_mode="tokens", parallel_steps=1, max_episode_steps=4)

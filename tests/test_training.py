@@ -54,8 +54,13 @@ def test_train_save_load_evaluate_end_to_end(tmp_path):
 def test_resume_gives_the_same_next_step(tmp_path, square_store):
     full = train(_cfg(square_store, tmp_path / "a", "tokenizer", steps=4, save_every=2, eval_every=100))
     train(_cfg(square_store, tmp_path / "b", "tokenizer", steps=2, save_every=2, eval_every=100))
+    log = tmp_path / "b" / "train_state" / "tokenizer" / "metrics.jsonl"
+    with open(log, "a") as f:  # a line the killed run logged after its last save
+        f.write(json.dumps({"component": "tokenizer", "step": 3, "lost": True}) + "\n")
     resumed = train(_cfg(square_store, tmp_path / "b", "tokenizer", steps=4, save_every=2, eval_every=100, resume=True))
     assert resumed["loss"] == full["loss"]
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
+    assert "lost" not in log.read_text() and steps == sorted(set(steps))  # no step logged twice
     a = WorldModel.from_pretrained(tmp_path / "a", device="cpu").state_dict()
     b = WorldModel.from_pretrained(tmp_path / "b", device="cpu").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -149,6 +149,33 @@ def test_the_mixed_driver_leaves_the_road_and_comes_back_reproducibly():
     assert np.array_equal(actions, again) and np.array_equal(off, again_off)
 
 
+def test_the_branching_driver_holds_random_actions_between_stretches_of_following():
+    from wfm_sim.policies import make_policy
+
+    def drive(seed, steps=90):
+        env, pol = make_real_vec("carracing", 1, size=16), make_policy("branching", source="carracing")
+        obs, info = env.reset(seed=[seed])
+        pol.reset([seed])
+        modes, actions = [], []
+        for _ in range(steps):
+            modes.append(pol.segments.steps[0][min(len(modes), len(pol.segments.steps[0]) - 1)][0])
+            a = pol(obs, info)
+            actions.append(a[0])
+            obs, _, _, _, info = env.step(a)
+        return modes, np.stack(actions)
+
+    modes, actions = drive(4)
+    held = [t for t, m in enumerate(modes) if m == "held"]
+    assert modes[0] == "follow" and held  # it starts on the road, then lets go
+    first = held[0]
+    assert all(np.array_equal(actions[first], actions[t]) for t in range(first, first + 4))  # held 4 steps
+    assert (actions[held, 1] >= 0.2).all() and (np.abs(actions[held, 0]) <= 1).all()  # gas on: the car moves
+    again_modes, again = drive(4)
+    assert again_modes == modes and np.array_equal(actions, again)
+    with pytest.raises(ValueError, match="'branching' is scripted for CarRacing"):
+        make_policy("branching", source="metaworld-push")
+
+
 def test_mixed_v2_adds_straight_and_late_driving_and_keeps_the_first_schedules():
     from wfm_sim.policies import MixedDriver, make_policy
 

@@ -296,17 +296,20 @@ def run_evaluate(cfg: EvaluateCommand) -> str:
     model = WorldModel.from_pretrained(cfg.model, device=cfg.device, precision=cfg.precision)
     if cfg.counterfactual:
         source = twin_source(model, cfg.model, cfg.source)
+        out = Path(cfg.out or Path(str(cfg.model)) / "counterfactual")
+        retire_report(out)
         report = counterfactual(model, source, cfg.cf, progress=cfg.progress)
         report["model"] = str(cfg.model)
-        paths = write_counterfactual(report, Path(cfg.out or Path(str(cfg.model)) / "counterfactual"),
-                                     fps=model.cfg.fps / 2)
+        paths = write_counterfactual(report, out, fps=model.cfg.fps / 2)
         return counterfactual_summary(report) + "\nwrote " + ", ".join(str(p) for p in paths.values())
     split = None
     if cfg.eval.split != "all":
         split = load_split(resolve_pretrained(cfg.model), cfg.data)
+    out = Path(cfg.out or Path(str(cfg.model)) / "eval")
+    retire_report(out)
     report, videos = evaluate(model, cfg.data, cfg.eval, split)
     report["model"] = str(cfg.model)
-    paths = write_report(report, videos, Path(cfg.out or Path(str(cfg.model)) / "eval"), fps=model.cfg.fps / 2)
+    paths = write_report(report, videos, out, fps=model.cfg.fps / 2)
     return summary_table(report) + "\nwrote " + ", ".join(str(p) for p in paths.values())
 
 
@@ -333,8 +336,17 @@ class ScoreCommand:
     progress: bool = True
 
 
+def retire_report(folder: str | Path) -> None:
+    """Rename a previous ``report.json`` in ``folder`` to ``report.previous.json`` before a rerun:
+    a rerun killed half-way must not leave the old report looking like its own."""
+    old = Path(folder) / "report.json"
+    if old.is_file():
+        old.replace(old.with_name("report.previous.json"))
+
+
 def run_score(cfg: ScoreCommand) -> str:
     model = WorldModel.from_pretrained(cfg.model, device=cfg.device, precision=cfg.precision)
+    retire_report(cfg.out)
     source, sc = twin_source(model, cfg.model, cfg.source), cfg.score
     policies = {}
     for name in cfg.policies:  # scripted experts (driver, expert) play only in the real simulator, as references

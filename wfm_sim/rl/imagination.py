@@ -137,9 +137,12 @@ class ImaginationTrainer:
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=1e-5)
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.iteration = 0
-        if resume:
+        if resume and (self.out / "train_state" / "state.json").is_file():
             self._load()
-        elif cfg.init_policy is not None:
+            return
+        if resume:  # killed before its first save: it starts again at iteration 0, its log with it
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        if cfg.init_policy is not None:
             start = ActorCritic.from_pretrained(cfg.init_policy)
             if start.cfg.cameras != ac.cameras or start.cfg.action_dim != ac.action_dim or start.cfg.width != ac.width:
                 raise ValueError(f"--init-policy {cfg.init_policy} acts on cameras {list(start.cfg.cameras)} with "
@@ -151,8 +154,8 @@ class ImaginationTrainer:
     def _check_run_folder(self, resume: bool) -> None:
         run = self.out / "run.json"
         if resume:
-            if not (self.out / "train_state" / "state.json").is_file():
-                raise ValueError(f"--resume: {self.out} holds no saved policy train state; start without --resume")
+            if not run.is_file():
+                raise ValueError(f"--resume: {self.out} holds no policy run; start without --resume")
             saved = ckpt.read_json(run, RUN_FORMAT)["config"]
             mine = json.loads(json.dumps(self.cfg.fingerprint()))
             diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))

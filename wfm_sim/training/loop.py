@@ -256,6 +256,8 @@ def train(cfg: TrainConfig, rank: int = 0, world: int = 1, allreduce=None) -> di
     run_step = torch.compile(task.loss) if cfg.compile else task.loss
     log_path = state_dir / "metrics.jsonl"
     state_dir.mkdir(parents=True, exist_ok=True)
+    if log_path.is_file():  # lines logged after the state resumed from were lost with the run: drop them
+        _truncate_log(log_path, step)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.component}", disable=not (cfg.progress and rank == 0))
     last: dict = {}
     t0, seen = time.perf_counter(), 0
@@ -402,6 +404,14 @@ def _val_batches(task, cfg: TrainConfig) -> list:
     n = min(len(val), cfg.eval_batches * cfg.batch_size)
     idx = np.linspace(0, len(val) - 1, n).astype(int)  # a fixed, spread-out held-out sample
     return [task.collate([val[int(i)] for i in idx[j : j + cfg.batch_size]]) for j in range(0, n, cfg.batch_size)]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the lines of ``metrics.jsonl`` up to ``step`` (a resumed run logs the later ones again)."""
+    lines = path.read_text().splitlines()
+    keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        ckpt.atomic_write_bytes(path, "".join(x + "\n" for x in keep).encode())
 
 
 @torch.no_grad()
