@@ -132,7 +132,24 @@ def _check_declared(ds, where: str) -> None:
                                 f"{ARRAY_LIMIT >> 30} GiB one demo's array may hold in memory: a corrupt or hostile file?")
 
 
+def _no_external_links(group, path: Path, where: str = "") -> None:
+    """Refuse HDF5 external and soft links under ``group``: an import reads only the file it was given."""
+    import h5py
+
+    for name in group:
+        link = group.get(name, getlink=True)
+        if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+            target = f"{link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else link.path
+            raise ImportFormatError(f"{path}: {where}{name} is a link to {target}; an import reads only the data "
+                                    "stored in the file it is given")
+        item = group[name]
+        if isinstance(item, h5py.Group):
+            _no_external_links(item, path, f"{where}{name}/")
+
+
 def _robomimic_plan(f, path: Path, cameras, fps) -> Plan:
+    if "data" in f:
+        _no_external_links(f["data"], path, "data/")
     if "data" not in f:
         raise ImportFormatError(f"{path} has no 'data' group: expected robomimic's {ROBOMIMIC_LAYOUT}")
     demos = sorted(f["data"].keys(), key=lambda k: (int(k[5:]) if k.startswith("demo_") and k[5:].isdigit() else 1 << 62, k))
@@ -332,19 +349,27 @@ class _LeRobot:
         if self.version.startswith("v2"):
             chunk = episode // int(self.info.get("chunks_size", 1000))
             rel = self.info.get("video_path", "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4")
-            video = decode_video(self.root / rel.format(episode_chunk=chunk, video_key=key, episode_index=episode))
+            video = decode_video(self._inside(rel.format(episode_chunk=chunk, video_key=key, episode_index=episode)))
             start = 0
         else:
             meta = self.episode_meta()[episode]
             rel = self.info.get("video_path", "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4")
-            path = self.root / rel.format(video_key=key, chunk_index=int(meta[f"videos/{key}/chunk_index"]),
-                                          file_index=int(meta[f"videos/{key}/file_index"]))
+            path = self._inside(rel.format(video_key=key, chunk_index=int(meta[f"videos/{key}/chunk_index"]),
+                                           file_index=int(meta[f"videos/{key}/file_index"])))
             if path not in self._videos:
                 self._videos = {path: decode_video(path)}  # episodes are in file order: keep one file decoded
             video, start = self._videos[path], int(round(float(meta[f"videos/{key}/from_timestamp"]) * self.fps))
         if len(video) < start + n:
             raise ImportFormatError(f"episode {episode}: video {key} has {len(video) - start} frames for {n} steps")
         return video[start:start + n]
+
+    def _inside(self, rel: str) -> Path:
+        """A path the metadata names, refused when it leads outside the dataset folder."""
+        path = (self.root / rel).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ImportFormatError(f"{self.root}/meta/info.json's video_path leads to {path}, outside the dataset "
+                                    "folder: a LeRobot dataset reads only its own files")
+        return path
 
     def episode_meta(self) -> dict[int, dict]:
         if not hasattr(self, "_meta"):

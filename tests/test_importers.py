@@ -301,3 +301,23 @@ def test_robomimic_arrays_declared_larger_than_memory_are_refused_before_reading
         with pytest.raises(ImportFormatError, match=rf"data/demo_0/{name} declares shape .* GiB\), more than the 4 GiB"):
             import_robomimic(path, tmp_path / "x.zarr", fps=10, progress=False)
         assert not (tmp_path / "x.zarr").exists()
+
+
+def test_imports_read_only_their_own_files(tmp_path):
+    """An HDF5 external link, or a LeRobot video_path leading out of the folder, is refused."""
+    (tmp_path / "secret.hdf5").touch()
+    with h5py.File(tmp_path / "secret.hdf5", "w") as f:
+        f.create_dataset("actions", data=np.zeros((5, 7), np.float32))
+    path = tmp_path / "linked.hdf5"
+    _write_robomimic(path, _episodes(1, cams=("agentview",)))
+    with h5py.File(path, "a") as f:
+        del f["data/demo_0/actions"]
+        f["data/demo_0/actions"] = h5py.ExternalLink(str(tmp_path / "secret.hdf5"), "/actions")
+    with pytest.raises(ImportFormatError, match=r"data/demo_0/actions is a link to .*secret.hdf5:/actions"):
+        import_robomimic(path, tmp_path / "x.zarr", progress=False)
+    root = tmp_path / "ds"
+    _write_lerobot_v2(root, _episodes(1, cams=("top",)))
+    info = json.loads((root / "meta" / "info.json").read_text())
+    (root / "meta" / "info.json").write_text(json.dumps({**info, "video_path": "../../{video_key}.mp4"}))
+    with pytest.raises(ImportFormatError, match="video_path leads to .*outside the dataset folder"):
+        import_lerobot(root, tmp_path / "y.zarr", progress=False)

@@ -101,6 +101,9 @@ def test_text_model_trains_on_captions_and_prompts_change_the_rollout(caption_st
     np.testing.assert_array_equal(plain, roll(None)[0])  # unprompted is deterministic too
     with pytest.raises(ValueError, match="one prompt or 2 prompts"):
         env.reset(seed=0, options={"prompt": ["a", "b", "c"]})
+    limit = env.text_encoder.max_tokens  # a prompt past the encoder's reach is refused, not cut
+    with pytest.raises(ValueError, match=rf"is \d+ tokens; this model's text encoder reads at most {limit}"):
+        env.reset(seed=0, options={"prompt": "sharp left curve ahead " * 10})
 
 
 def test_generate_with_a_prompt_records_it_and_regenerates(caption_store, tmp_path):

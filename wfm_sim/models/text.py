@@ -101,6 +101,12 @@ class TextEncoder(nn.Module):
         """Encode prompts to ``(b, p, d)`` fp32 embeddings and a ``(b, p)`` bool mask."""
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise TypeError("prompts must be a list of strings")
+        lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
+        long = [(p, n) for p, n in zip(prompts, lengths) if n > self.max_tokens]
+        if long:  # cutting it would condition the model on a prompt nobody wrote
+            p, n = long[0]
+            raise ValueError(f"prompt {p[:60]!r}{'...' if len(p) > 60 else ''} is {n} tokens; this model's text "
+                             f"encoder reads at most {self.max_tokens}: shorten it")
         batch = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_tokens,
                                return_tensors="pt")
         device = next(self.model.parameters()).device
