@@ -121,6 +121,7 @@ def test_readme_is_a_front_door_not_a_notebook():
     for page in PAGES:
         body = page.read_text()
         assert "fresh-clone CI at" not in body and not re.search(r"\bat [0-9a-f]{7}\b", body), page
+        assert not re.search(r"\b20\d\d-\d\d-\d\d\b", body), f"{page}: a dated history belongs in git, not the docs"
 
 
 def public_modules() -> set[str]:
