@@ -63,8 +63,12 @@ def check_actions(space: spaces.Space, actions, lead: tuple[int, ...] = (), who:
     Raises ``ValueError`` / ``TypeError`` that name the expected shape, dtype and bounds, before
     anything is stepped.
     """
-    a = actions.detach().cpu().numpy() if hasattr(actions, "detach") else np.asarray(actions)
     want = tuple(lead) + tuple(space.shape)
+    try:
+        a = actions.detach().cpu().numpy() if hasattr(actions, "detach") else np.asarray(actions)
+    except (ValueError, TypeError):  # numpy's "inhomogeneous shape" for ragged lists
+        raise ValueError(f"{who} must be an array of shape {want} (action shape {space.shape}); got a ragged "
+                         f"sequence that is not one array") from None
     if a.shape != want:
         raise ValueError(f"{who} must have shape {want} (action shape {space.shape}), got {a.shape}")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):

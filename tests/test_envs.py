@@ -199,6 +199,7 @@ def test_missing_camera_in_context_is_named(tmp_path):
         (np.array([2.0, 0, 0], np.float32), ValueError, "bounds"),
         (np.array(["a", "b", "c"]), TypeError, "numeric"),
         (np.array([0.5 + 1j, 0, 0]), TypeError, "real numeric"),  # never drop an imaginary part silently
+        ([[0.0, 0.5], 0.0, 0.0], ValueError, r"must be an array of shape \(3,\).*ragged"),  # not numpy's own words
     ],
 )
 def test_bad_actions_raise(tiny_model_dir_with_contexts, action, err, match):

@@ -74,6 +74,9 @@ def test_resume_gives_the_same_next_step(tmp_path, square_store):
     state.write_text(json.dumps({**meta, "step": -3}))
     with pytest.raises(ValueError, match=r"gives step -3: expected a whole number >= 0"):
         train(_cfg(square_store, tmp_path / "b", "tokenizer", steps=4, resume=True))
+    state.write_text(json.dumps({k: v for k, v in meta.items() if k != "optimizer"}))
+    with pytest.raises(ValueError, match=r"lacks \['optimizer'\]: not a complete train state"):
+        train(_cfg(square_store, tmp_path / "b", "tokenizer", steps=4, resume=True))
 
 
 def test_backbone_resume_is_exact_too(tmp_path, square_store):

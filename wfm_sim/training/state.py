@@ -68,6 +68,10 @@ def load_train_state(folder: Path, module: torch.nn.Module, opt: torch.optim.Opt
     """Restore module, optimizer and RNGs in place; returns ``(step, extra)``."""
     folder = Path(folder)
     meta = ckpt.read_json(folder / "state.json", FORMAT)
+    missing = [k for k in ("step", "optimizer", "rng_numpy", "rng_python") if k not in meta]
+    if missing:
+        raise ValueError(f"{folder / 'state.json'} lacks {missing}: not a complete train state (a corrupt or "
+                         "hand-edited file?); remove the train_state folder to start over")
     step = meta.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"{folder / 'state.json'} gives step {step!r}: expected a whole number >= 0 (a corrupt state?)")
