@@ -10,7 +10,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from wfm_sim.envs.contexts import ContextBank
@@ -382,13 +381,7 @@ class ImaginedEnv(gym.Env):
     def step(self, action):
         if self._vec._done[0]:
             raise RuntimeError("the episode has ended (terminated or truncated): call reset() before step()")
-        action = np.asarray(action) if not isinstance(action, torch.Tensor) else action
-        if isinstance(self.action_space, spaces.Discrete) and np.ndim(action) == 0:
-            batched = np.asarray([action])
-        else:
-            if tuple(np.shape(action)) != self.action_space.shape:
-                raise ValueError(f"action must have shape {self.action_space.shape}, got {tuple(np.shape(action))}")
-            batched = action[None]
+        batched = check_actions(self.action_space, action, (), "action")[None]  # one message for every bad action
         obs, r, term, trunc, info = self._vec.step(batched)
         info = {k: (v[0] if isinstance(v, np.ndarray) else v) for k, v in info.items() if not k.startswith("_")}
         return self._first(obs), float(r[0]), bool(term[0]), bool(trunc[0]), info
