@@ -38,7 +38,7 @@ def _train(sub) -> None:
 
 
 def _dataset(sub) -> None:
-    d = sub.add_parser("dataset", help="inspect, check, merge and import episode stores")
+    d = sub.add_parser("dataset", help="inspect, check, merge, import and export episode stores")
     dsub = d.add_subparsers(dest="dataset_command", required=True)
     command(dsub, "info", c.DatasetInfo, c.run_dataset_info, "summary of a store; optionally a PNG contact sheet",
             "wfm-sim dataset info data/driving.zarr --sheet sheet.png")
@@ -48,6 +48,8 @@ def _dataset(sub) -> None:
             "wfm-sim dataset merge a.zarr b.zarr --out all.zarr")
     command(dsub, "import", c.DatasetImport, c.run_dataset_import, "import robomimic HDF5 or a LeRobot dataset "
             "folder into a store", "wfm-sim dataset import lerobot ~/lerobot/pusht --out data/pusht.zarr")
+    command(dsub, "export", c.DatasetExport, c.run_dataset_export, "export a store as a LeRobot v3.0 dataset",
+            "wfm-sim dataset export lerobot data/synthetic.zarr --out exports/synthetic")
 
 
 def build_parser() -> Parser:

@@ -22,6 +22,7 @@ from pathlib import Path
 from wfm_sim.checkpoint import atomic_write_json
 from wfm_sim.config import arg
 from wfm_sim.datasets import EpisodeReader, filter_store, merge_stores, repair_store
+from wfm_sim.datasets.export import export_lerobot
 from wfm_sim.datasets.health import inspect_store
 from wfm_sim.datasets.importers import import_lerobot, import_robomimic
 from wfm_sim.datasets.inspect import dataset_sheet
@@ -236,6 +237,34 @@ def run_dataset_import(cfg: DatasetImport) -> dict:
         stats = import_lerobot(cfg.path, cfg.out, cams, cfg.size, progress=cfg.progress)
     r = EpisodeReader(cfg.out)
     return {**_rounded(stats), "store_episodes": r.num_episodes, "cameras": list(r.cameras)}
+
+
+@dataclass(frozen=True)
+class DatasetExport:
+    """Export a store (recorded, imported or generated) as a LeRobot dataset (codebase v3.0: parquet,
+    one H.264 mp4 per camera, meta/info.json, stats) that LeRobot's ``LeRobotDataset`` loads
+    unchanged. Built in OUT.partial and renamed when complete."""
+
+    format: str = arg(positional=True, choices=("lerobot",))
+    """The dataset format."""
+    path: str = arg(positional=True)
+    """The store."""
+    out: str = arg()
+    """The dataset folder to create (refused if it exists)."""
+    task: str | None = None
+    """Task string of every episode (default: the store's source, e.g. carracing-4cam)."""
+    fps: int | None = arg(None, min=0, strict=True)
+    """Integer frame rate, when the store's is not an integer."""
+    crf: int = arg(18, min=0)
+    """H.264 quality: 0 is lossless in YUV, higher is smaller and blurrier (at most 51)."""
+    frames_per_file: int = arg(20_000, min=1)
+    """Rows per data and video file before the next file starts."""
+    progress: bool = True
+
+
+def run_dataset_export(cfg: DatasetExport) -> dict:
+    return export_lerobot(cfg.path, cfg.out, task=cfg.task, fps=cfg.fps, crf=cfg.crf,
+                          frames_per_file=cfg.frames_per_file, progress=cfg.progress)
 
 
 # --------------------------------------------------------------------------- train

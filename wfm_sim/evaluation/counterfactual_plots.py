@@ -38,10 +38,13 @@ def plot_counterfactual(report: dict, path: Path) -> Path:
         if "agreement" in e:
             axes[2].plot(h, e["agreement"], "--", marker="s", ms=3, label=f"{name} agreement")
     axes[2].set(ylabel="R2 / agreement")
+    if not axes[2].get_legend_handles_labels()[0]:  # --no-probes
+        axes[2].text(0.5, 0.5, "no probes in this report", ha="center", va="center", transform=axes[2].transAxes)
     for ax in axes:
         ax.set_xlabel("horizon (steps after the branch point)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(f"{report['model'] or 'twin'}: counterfactual branches on {report['source']}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
