@@ -20,6 +20,8 @@
 * a ``.npy`` file: an open-loop plan ``(T, A)`` or ``(episodes, T, A)``;
 * a folder with ``config.json`` + ``model.safetensors``: a saved :class:`~wfm_sim.policies.ConvPolicy`
   or :class:`~wfm_sim.policies.ActorCritic` (``wfm-sim train policy``);
+* ``lerobot:FOLDER``: a pretrained LeRobot policy (ACT, diffusion, ...) served from LeRobot's own
+  environment (:class:`~wfm_sim.policies.lerobot_policy.LeRobotPolicy`);
 * ``module:callable``: a Python entry point; calling it with no arguments returns a policy;
 * the name of a policy shipped in the package (:func:`shipped_policies`), e.g. ``carracing-dyna``,
   the one-camera CarRacing driver trained only in imagination (its card:
@@ -37,6 +39,8 @@ from wfm_sim.envs.sources import metaworld_task
 from wfm_sim.models.world_model import PRETRAINED_DIR
 from wfm_sim.policies.actor_critic import FORMAT, ActorCritic
 from wfm_sim.policies.base import ConstantPolicy, ConvPolicy, PlanPolicy, Policy, RandomPolicy, as_policy
+from wfm_sim.policies.lerobot_policy import PREFIX as LEROBOT_PREFIX
+from wfm_sim.policies.lerobot_policy import LeRobotPolicy
 from wfm_sim.policies.driving import BranchingDriver, MixedDriver, RoadCentroidDriver, TrackFollower
 from wfm_sim.policies.manipulation import MetaWorldExpert, MixedManipulation
 
@@ -93,6 +97,8 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
         return MetaWorldExpert(metaworld_task(source), noise=0.0 if name == "expert-clean" else None)
     if name.startswith("const:"):
         return _constant(name, space)
+    if name.startswith(LEROBOT_PREFIX):
+        return LeRobotPolicy(name[len(LEROBOT_PREFIX):])
     path = Path(name)
     if not path.exists() and name in shipped_policies():
         path = SHIPPED_POLICIES / name

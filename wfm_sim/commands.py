@@ -400,6 +400,8 @@ def run_score(cfg: ScoreCommand) -> str:
 def policy_label(name: str) -> str:
     """The name a policy gets in score tables: a folder's name (its run's name for RUN/policy),
     a plan file's name without its suffix, or the name itself for built-ins and entry points."""
+    if name.startswith("lerobot:"):
+        return "lerobot:" + Path(name[len("lerobot:"):]).name
     p = Path(name)
     if not p.exists():
         return name
