@@ -81,9 +81,20 @@ def check_actions(space: spaces.Space, actions, lead: tuple[int, ...] = (), who:
             raise ValueError(f"discrete {who} must lie in [0, {hi}), got {a.tolist()}")
         return a
     if not np.isfinite(a).all():
-        raise ValueError(f"{who} contain NaN or inf: {a.tolist()}")
+        raise ValueError(f"{who} contain NaN or inf{_where(~np.isfinite(a), a, len(lead))}")
     tol = 1e-6
-    if ((a < space.low - tol) | (a > space.high + tol)).any():
+    out = (a < space.low - tol) | (a > space.high + tol)
+    if out.any():
         raise ValueError(f"{who} outside the action space bounds low={space.low.tolist()} "
-                         f"high={space.high.tolist()}: got {a.tolist()}")
+                         f"high={space.high.tolist()}{_where(out, a, len(lead))}")
     return a.astype(space.dtype, copy=False)
+
+
+def _where(bad: np.ndarray, a: np.ndarray, lead: int) -> str:
+    """Which rows hold the bad values, and the first of them: a message of one short line at any batch size."""
+    if lead == 0:
+        return f": got {a.tolist()}"
+    rows = np.flatnonzero(bad.reshape(int(np.prod(bad.shape[:lead])), -1).any(axis=1))
+    first = a.reshape(-1, *a.shape[lead:])[rows[0]]
+    more = f" and {len(rows) - 1} more" if len(rows) > 1 else ""
+    return f": row {int(rows[0])}{more} of {int(np.prod(bad.shape[:lead]))}, e.g. {first.tolist()}"

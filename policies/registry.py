@@ -105,7 +105,15 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
     if path.suffix == ".npy":
         if not path.is_file():
             raise FileNotFoundError(f"no plan file {path}")
-        return PlanPolicy(np.load(path, allow_pickle=False))
+        try:
+            plan = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:  # empty, truncated or not .npy
+            raise ValueError(f"plan file {path} is not a readable .npy array ({e}); save one with "
+                             "numpy.save(path, actions) of shape (T, A) or (episodes, T, A)") from None
+        try:
+            return PlanPolicy(plan)
+        except ValueError as e:
+            raise ValueError(f"plan file {path}: {e}") from None
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is a folder but not a saved policy (no config.json)")

@@ -1,5 +1,6 @@
 """Every subcommand answers bad input with one line and a non-zero exit: never a traceback."""
 
+import numpy as np
 import pytest
 
 from wfm_sim.cli import main
@@ -9,8 +10,9 @@ from wfm_sim.cli import main
 def paths(tmp_path_factory, square_store, tiny_model_dir_with_contexts):
     root = tmp_path_factory.mktemp("cli")
     (root / "file.txt").write_text("not a folder")
+    (root / "empty.npy").write_bytes(b"")
     return {"missing": str(root / "missing.zarr"), "file": str(root / "file.txt"), "store": str(square_store),
-            "model": str(tiny_model_dir_with_contexts), "out": str(root / "out")}
+            "model": str(tiny_model_dir_with_contexts), "out": str(root / "out"), "empty_npy": str(root / "empty.npy")}
 
 
 CASES = [
@@ -76,6 +78,10 @@ CASES = [
     "rollout --model {model} --episodes 1 --horizon 2 --workers 0 --out {out}/r.zarr",
     "rollout --model {model} --episodes 1 --horizon 2 --policy nope --out {out}/r.zarr",
     "rollout --model {model} --episodes 1 --horizon 2 --policy driver --out {out}/r.zarr",
+    "rollout --model {model} --episodes 1 --horizon 2 --policy const:5,0,0 --out {out}/r.zarr",
+    "rollout --model {model} --episodes 1 --horizon 2 --policy {empty_npy} --out {out}/r.zarr",
+    # score
+    "score --model {model} --policies {empty_npy} --out {out}/s",
 ]
 
 
@@ -90,3 +96,43 @@ def test_bad_input_gets_one_clear_line_and_a_non_zero_exit(case, paths, capsys):
     lines = [x for x in captured.err.strip().splitlines() if x.strip()]
     assert code not in (0, None), f"{case!r} exited 0"
     assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in captured.err, captured.err
+
+
+def test_messages_name_the_file_and_the_offending_rows(paths, capsys):
+    assert main(["rollout", "--model", paths["model"], "--episodes", "1", "--horizon", "2", "--policy",
+                 paths["empty_npy"], "--out", paths["out"] + "/r.zarr"]) == 2
+    assert f"plan file {paths['empty_npy']} is not a readable .npy array" in capsys.readouterr().err
+    from gymnasium import spaces
+
+    from wfm_sim.envs.spaces import check_actions
+
+    box = spaces.Box(-1, 1, (2,))
+    actions = np.zeros((1000, 2), np.float32)
+    actions[[7, 300]] = [5, 0]
+    with pytest.raises(ValueError, match=r"outside the action space bounds .*: row 7 and 1 more of 1000, e.g. \[5.0, 0.0\]$"):
+        check_actions(box, actions, lead=(1000,))
+    actions[7] = np.nan
+    with pytest.raises(ValueError, match=r"contain NaN or inf: row 7 of 1000, e.g. \[nan, nan\]$"):
+        check_actions(box, actions, lead=(1000,))
+
+
+def test_a_refused_generate_leaves_no_store(paths, tmp_path, capsys):
+    np.save(tmp_path / "nan.npy", np.full((8, 3), np.nan, np.float32))
+    out = tmp_path / "g.zarr"
+    assert main(["generate", "--model", paths["model"], "--episodes", "1", "--horizon", "2", "--policy",
+                 str(tmp_path / "nan.npy"), "--out", str(out), "--quiet"]) == 2
+    assert "NaN or inf" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_error_raised_in_a_ray_actor_is_reported_as_the_actors_own(paths, monkeypatch, capsys):
+    from wfm_sim import commands
+
+    class RayTaskError(Exception):  # what ray.get raises: its text names the actor, .cause is the error
+        cause = ValueError("plan leaves the model's action space")
+
+    def fails(cfg):
+        raise RayTaskError("ray::RolloutWorker.run() (pid=1, ip=0.0.0.0, actor_id=ab)\n  File ...")
+
+    monkeypatch.setattr(commands, "run_dataset_info", fails)
+    assert main(["dataset", "info", paths["store"]]) == 2
+    assert capsys.readouterr().err.strip() == "wfm-sim dataset info: error: plan leaves the model's action space"

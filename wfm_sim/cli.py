@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the command line answers in one line, never a traceback
         if os.environ.get("WFM_SIM_DEBUG"):
             raise
+        cause = getattr(e, "cause", None)  # an error raised in a Ray actor: say the actor's own error
+        if isinstance(cause, BaseException):
+            e = cause
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         name = " ".join(filter(None, (args.command, getattr(args, "dataset_command", None))))
         print(f"wfm-sim {name}: error: {message}", file=sys.stderr)

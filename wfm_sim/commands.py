@@ -15,7 +15,9 @@ dict is printed as one JSON line).
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from wfm_sim.datasets.health import inspect_store
 from wfm_sim.datasets.importers import import_lerobot, import_robomimic
 from wfm_sim.datasets.inspect import dataset_sheet
 from wfm_sim.datasets.split import load_split
-from wfm_sim.datasets.store import open_root
+from wfm_sim.datasets.store import StoreError, open_root
 from wfm_sim.demo import run_demo
 from wfm_sim.envs.gym_source import GymSpec
 from wfm_sim.envs.sources import SOURCES, get_source
@@ -365,6 +367,25 @@ class ScoreCommand:
     progress: bool = True
 
 
+@contextmanager
+def no_empty_store_left(out: str | Path):
+    """Remove the store ``out`` when the command fails before committing an episode to it, if the
+    command created it: a refused command leaves nothing behind."""
+    out = Path(out)
+    existed = out.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and out.is_dir() and (out / "zarr.json").is_file():
+            try:
+                empty = EpisodeReader(out).num_episodes == 0
+            except StoreError:  # a store whose first episode never committed
+                empty = True
+            if empty:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def retire_report(folder: str | Path) -> None:
     """Rename a previous ``report.json`` in ``folder`` to ``report.previous.json`` before a rerun:
     a rerun killed half-way must not leave the old report looking like its own."""
@@ -528,17 +549,25 @@ class RolloutCommand:
     progress: bool = True
 
 
-def _policy_spec(name: str, horizon: int):
-    """A rollout PolicySpec for ``--policy``; fails here, before Ray starts, on a bad policy."""
+def _policy_spec(name: str, horizon: int, space=None):
+    """A rollout PolicySpec for ``--policy``; fails here, before Ray starts, on a bad policy or one
+    whose actions lie outside the model's action ``space``."""
     if name == "random":
         return PolicySpec("random")
     if name in SCRIPTED:
         raise ValueError(f"--policy {name} is a scripted expert that reads the real simulator's state; "
                          "imagined rollouts need a pixel policy (road, a ConvPolicy folder), a plan or random")
-    policy = make_policy(name, camera="CAM_FRONT") if name != "road" else None
+    policy = make_policy(name, space, camera="CAM_FRONT") if name != "road" else None
     if isinstance(policy, PlanPolicy):
         if len(policy) < horizon:
             raise ValueError(f"plan {name} has {len(policy)} steps, fewer than --horizon {horizon}")
+        if space is not None and hasattr(space, "low"):
+            if policy.plan.shape[-1] != space.shape[0]:
+                raise ValueError(f"plan {name} has {policy.plan.shape[-1]} action values per step; the model takes "
+                                 f"{space.shape[0]}")
+            if ((policy.plan < space.low) | (policy.plan > space.high)).any():
+                raise ValueError(f"plan {name} leaves the model's action space [{space.low.tolist()}, "
+                                 f"{space.high.tolist()}]")
         return PolicySpec("plan", plan=policy.plan)
     if isinstance(policy, ConvPolicy) and Path(name).is_dir():
         return PolicySpec("conv", state=(vars(policy.cfg), policy.state_dict()))
@@ -546,14 +575,16 @@ def _policy_spec(name: str, horizon: int):
 
 
 def run_rollout(cfg: RolloutCommand) -> str:
-    resolve_pretrained(cfg.model)  # fail on a bad model or policy before starting Ray
-    spec = _policy_spec(cfg.policy, cfg.horizon)
+    # Fail on a bad model or policy before starting Ray.
+    space = model_action_space(WorldModel.read_config(resolve_pretrained(cfg.model)))
+    spec = _policy_spec(cfg.policy, cfg.horizon, space)
     pool = RolloutPool(cfg.model, workers=cfg.workers, envs_per_worker=cfg.envs_per_worker, num_gpus=cfg.gpus_per_worker,
                        env_kwargs={"decoder": cfg.decoder, "mode": cfg.mode, "max_episode_steps": cfg.horizon},
                        address=cfg.address)
     t0 = time.perf_counter()
-    n = pool.run_to_store(RolloutRequest(cfg.episodes, cfg.horizon, seed=cfg.seed, policy=spec), cfg.out,
-                          progress=cfg.progress)
+    with no_empty_store_left(cfg.out):
+        n = pool.run_to_store(RolloutRequest(cfg.episodes, cfg.horizon, seed=cfg.seed, policy=spec), cfg.out,
+                              progress=cfg.progress)
     pool.shutdown()
     return (f"wrote {n} imagined episodes ({EpisodeReader(cfg.out).num_steps} steps) to {cfg.out} in "
             f"{time.perf_counter() - t0:.1f} s with {cfg.workers} workers")
@@ -573,7 +604,8 @@ class GenerateCommand:
 
 
 def run_generate(cfg: GenerateCommand) -> dict:
-    return _rounded(generate(cfg.generate, cfg.out, progress=cfg.progress))
+    with no_empty_store_left(cfg.out):
+        return _rounded(generate(cfg.generate, cfg.out, progress=cfg.progress))
 
 
 def run_dyna_command(cfg) -> str:
