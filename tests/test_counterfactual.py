@@ -178,5 +178,18 @@ def test_shipped_cards_are_generated_from_their_stored_reports():
             cf = json.loads((folder / "counterfactual.json").read_text())["summary"]
             assert metrics["action discrimination at horizon 8"] == round(cf["discrimination"], 3)
             assert f"| action discrimination (0.5: actions ignored) | {cf['discrimination']:.2f} |" in card
+    policies = [f for f in (Path(PRETRAINED_DIR) / "policies").iterdir() if f.is_dir()]
+    assert policies, "no shipped policy to check"
+    for folder in policies:  # a shipped policy's card: Hub header and score section from its score.json
+        assert (folder / "score.json").is_file(), f"{folder.name} ships without its score report"
+        card = (folder / "README.md").read_text()
+        assert render_card(folder, card) == card, f"{folder.name}: the card is stale (wfm_sim.card.refresh_card)"
+        header = read_header(card)
+        assert header["model-index"][0]["name"] == folder.name and "reinforcement-learning" in header["tags"]
+        metrics = {m["name"]: m["value"] for r in header["model-index"][0]["results"] for m in r["metrics"]}
+        score = json.loads((folder / "score.json").read_text())
+        row = next(r for r in score["policies"] if r["policy"] == folder.name)
+        assert metrics["real return (mean +- std)"] == f"{row['real_return']:.2f} +/- {row['real_return_std']:.2f}"
+        assert f"| **{folder.name}** (this policy) | {row['real_return']:.1f} +- {row['real_return_std']:.1f} |" in card
     once = put_section("# card\n", "x", "a")
     assert put_section(once, "x", "b") == once.replace("\na\n", "\nb\n")  # replaced, not appended twice

@@ -142,6 +142,49 @@ def use_section(reports: dict) -> str:
     return "\n".join(lines)
 
 
+def _policy_row(score: dict, name: str) -> dict:
+    rows = [r for r in score["policies"] if r["policy"] == name]
+    if not rows:
+        raise ValueError(f"score.json holds no policy named {name!r} (it scored {[r['policy'] for r in score['policies']]})")
+    return rows[0]
+
+
+def policy_score_section(score: dict, name: str) -> str:
+    """The card section of a policy's stored score report (``wfm-sim score``, kept as ``score.json``)."""
+    c = score["config"]
+    lines = ["## Score (real simulator, seeds never used in training or selection)", "",
+             f"{c['starts']} start seeds from {c['start_seed']} in the real twin `{score['source']}`, "
+             f"{c['horizon']} steps each; imagined returns from the same starts in the world model "
+             f"`{score['model']}` ({c['samples']} sample(s) per start):", "",
+             "| policy | real return, mean +- std | 95 % interval of the mean | imagined return |",
+             "| --- | --- | --- | --- |"]
+    for r in sorted(score["policies"], key=lambda r: -r["real_return"]):
+        lo, hi = r["real_return"] - r["real_return_ci"], r["real_return"] + r["real_return_ci"]
+        label = f"**{r['policy']}** (this policy)" if r["policy"] == name else r["policy"]
+        imagined = f"{r['imagined_return']:.1f}" if "imagined_return" in r else "- (runs in the real simulator only)"
+        lines.append(f"| {label} | {r['real_return']:.1f} +- {r['real_return_std']:.1f} | {lo:.1f} .. {hi:.1f} | "
+                     f"{imagined} |")
+    lines += ["", f"Command: `{score['command']}` (report: `score.json` beside this card)."] if "command" in score else []
+    return "\n".join(lines)
+
+
+def policy_card_header(name: str, score: dict) -> str:
+    """The Hub card header of a policy: the reinforcement-learning model-index of its real return."""
+    r = _policy_row(score, name)
+    metrics = [{"type": "mean_reward", "name": "real return (mean +- std)",
+                "value": f"{r['real_return']:.2f} +/- {r['real_return_std']:.2f}"}]
+    if "imagined_return" in r:
+        metrics.append({"type": "mean_reward", "name": f"imagined return in {score['model']}",
+                        "value": f"{r['imagined_return']:.2f} +/- {r['imagined_return_std']:.2f}"})
+    header = {"license": "apache-2.0", "library_name": "wfm_sim",
+              "tags": ["reinforcement-learning", "model-based-rl", "world-model", "gymnasium", "CarRacing-v3"],
+              "model-index": [{"name": name, "results": [{
+                  "task": {"type": "reinforcement-learning", "name": "reinforcement-learning"},
+                  "dataset": {"name": f"{score['source']} seeds {score['config']['start_seed']}+", "type": "real-twin"},
+                  "metrics": metrics}]}]}
+    return "---\n" + _yaml(header) + "---"
+
+
 def card_header(name: str, reports: dict) -> str:
     """The Hugging Face Hub card header (YAML): license, tags, and a ``model-index`` of the stored reports' figures."""
     ev, cf = reports.get("eval.json"), reports.get("counterfactual.json")
@@ -185,7 +228,7 @@ def _yaml(obj, indent: int = 0) -> str:
 
 SECTIONS = {"counterfactual": ("counterfactual.json", counterfactual_section)}
 """Card sections generated from a report stored in the model folder: name -> (file, renderer)."""
-REPORTS = ("eval.json", "counterfactual.json")
+REPORTS = ("eval.json", "counterfactual.json", "score.json")
 
 
 def put_section(card: str, name: str, body: str) -> str:
@@ -213,6 +256,9 @@ def render_card(folder: str | Path, text: str) -> str:
     reports = {f: json.loads((folder / f).read_text()) for f in REPORTS if (folder / f).is_file()}
     if text.startswith("---\n"):
         text = text[text.index("\n---", 3) + 4 :].lstrip("\n")
+    if "score.json" in reports and "eval.json" not in reports:  # a policy's card
+        text = policy_card_header(folder.name, reports["score.json"]) + "\n\n" + text
+        return put_section(text, "score", policy_score_section(reports["score.json"], folder.name))
     text = card_header(folder.name, reports) + "\n\n" + text
     text = put_section(text, "use", use_section(reports))
     for name, (file, render) in SECTIONS.items():
