@@ -1,7 +1,10 @@
 """Export a trained run as a shipped model: int8 weights, real held-out contexts, the evaluation
 of the shipped artifact itself (JSON, plot, side-by-side mp4) and a model card.
 
-    python scripts/ship_model.py RUN_DIR NAME --data STORE [--steps 1] [--mode parallel]
+    python scripts/ship_model.py RUN_DIR NAME --data STORE [--eval-data UNSEEN] [--steps 1]
+
+``--eval-data`` evaluates on a store the model never saw (all of its episodes; the shipped
+contexts come from it too) instead of the held-out split of ``--data``.
 
 Writes wfm_sim/pretrained/NAME/{config.json, model.safetensors, contexts.safetensors, README.md}
 and docs/eval_NAME.{png,mp4}.
@@ -48,6 +51,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=48)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--storage", default="int8")
+    ap.add_argument("--eval-data", default=None, help="a store the model never saw: evaluate on all of it")
     args = ap.parse_args()
 
     run, out = Path(args.run), ROOT / "wfm_sim" / "pretrained" / args.name
@@ -64,15 +68,20 @@ def main() -> None:
     if (run / TEXT_FOLDER).is_dir():  # a text-conditioned model travels with its encoder
         shutil.copytree(run / TEXT_FOLDER, out / TEXT_FOLDER)
     reader = EpisodeReader(args.data)
-    split = load_split(run, args.data)  # the episodes training held out
     shutil.copy(run / "split.json", out / "split.json")
-    bank = ContextBank.from_store(args.data, model.cfg.cameras, model.cfg.context_video_frames, per_episode=1,
-                                  episodes=list(split.val[: args.contexts]))
+    if args.eval_data:  # a store the model never saw: all of it
+        held_out, split, which = args.eval_data, None, "all"
+        episodes = list(range(min(args.contexts, EpisodeReader(held_out).num_episodes)))
+    else:  # the episodes training held out
+        held_out, split, which = args.data, load_split(run, args.data), "val"
+        episodes = list(split.val[: args.contexts])
+    bank = ContextBank.from_store(held_out, model.cfg.cameras, model.cfg.context_video_frames, per_episode=1,
+                                  episodes=episodes)
     bank.save(out)
 
     shipped = WorldModel.from_pretrained(out, device="cpu", precision="fp32")
-    cfg = EvalConfig(horizon=8, windows=args.windows, split="val", sampling=SamplingConfig(temperature=args.temperature))
-    report, videos = evaluate(shipped, args.data, cfg, split)
+    cfg = EvalConfig(horizon=8, windows=args.windows, split=which, sampling=SamplingConfig(temperature=args.temperature))
+    report, videos = evaluate(shipped, held_out, cfg, split)
     report["model"] = args.name
     paths = write_report(report, videos, run / "eval_shipped", fps=model.cfg.fps / 2)
     shutil.copy(paths["plot"], ROOT / "docs" / f"eval_{args.name}.png")
@@ -87,7 +96,8 @@ def main() -> None:
         if (k in ("preset", "steps", "batch_size", "lr", "tokenizer_from", "text_encoder") and v)
         or (k == "device" and str(v).startswith("cuda")))
         for c, t in train.items()]
-    cmds.append(f"python scripts/ship_model.py {run} {args.name} --data {args.data} --steps {args.steps}")
+    cmds.append(f"python scripts/ship_model.py {run} {args.name} --data {args.data} --steps {args.steps}"
+                + (f" --eval-data {args.eval_data}" if args.eval_data else ""))
     card = model_card(shipped, args.name, data, train, report, cmds)
     if (out / TEXT_FOLDER).is_dir():
         card += ("\n## Text conditioning\n\nTrained on scene captions recorded from simulator state "

@@ -63,7 +63,9 @@ def model_card(model: WorldModel, name: str, data: dict, training: dict, report:
         lines.append(f"- {comp}: {t['steps']} steps, {wall}; held-out: "
                      + ", ".join(f"{k} {v}" for k, v in t["held_out"].items()))
     hf = report.get("horizon_frames", report["horizon"])  # PSNR / SSIM are per frame
-    lines += ["", "## Open-loop fidelity (held-out episodes)", "",
+    unseen = report.get("split") == "all"
+    lines += ["", "## Open-loop fidelity (" + (f"`{Path(str(report['data'])).name}`, episodes never used in training"
+                                               if unseen else "held-out episodes") + ")", "",
               f"{report['windows']} windows, context {report['context_frames']} frames, horizon {report['horizon']}"
               + (f" steps of {report['frames_per_step']} frames" if report.get("frames_per_step", 1) > 1 else "") + ", "
               f"sampling {report['sampling']}, parallel decoding in {report['parallel_steps']} steps.", "",
@@ -193,7 +195,8 @@ def card_header(name: str, reports: dict) -> str:
         metrics = [{"type": "psnr", "name": f"PSNR at horizon {h} ({k})", "value": round(r["psnr_mean"][h - 1], 2)}
                    for k, r in ev["results"].items() for h in (1, ev.get("horizon_frames", ev["horizon"]))]
         results.append({"task": {"type": "video-prediction", "name": "open-loop next-frame prediction"},
-                        "dataset": {"name": f"held-out episodes of {Path(str(ev['data'])).name}", "type": "wfm_sim-store"},
+                        "dataset": {"name": ("unseen episodes of " if ev.get("split") == "all" else "held-out episodes of ")
+                                    + Path(str(ev["data"])).name, "type": "wfm_sim-store"},
                         "metrics": metrics})
     if cf:
         s = cf["summary"]
