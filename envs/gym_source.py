@@ -17,7 +17,8 @@ Cameras:
 Rewards are summed over the repeated steps; recorded ``info`` fields are the last step's.
 
 Frames are resized to ``size x size`` (aspect ratio not kept, as is usual for world models).
-Box and Discrete actions are supported; Dict, Tuple and unbounded Box spaces are refused.
+Box and Discrete actions are supported; Dict, Tuple, MultiBinary, MultiDiscrete, empty and unbounded
+Box spaces are refused by name.
 """
 
 from __future__ import annotations
@@ -140,6 +141,9 @@ def _action_spec(space, env_id: str) -> dict:
             raise ValueError(f"{env_id}: Discrete actions must start at 0, got start={space.start}")
         return {"type": "discrete", "n": int(space.n)}
     if isinstance(space, spaces.Box) and len(space.shape) == 1:
+        if space.shape[0] == 0:
+            raise ValueError(f"{env_id}: its Box action space has no values (shape (0,)): there is no action to "
+                             "condition a world model on")
         lo, hi = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
             raise ValueError(f"{env_id}: Box actions must be bounded to be recorded and sampled, got low={lo.tolist()} "

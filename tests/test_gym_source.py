@@ -33,7 +33,14 @@ def _register_test_envs():
         def __init__(self, render_mode=None):
             self.render_mode = render_mode
 
-    for name, cls in (("WfmTestNoPixels-v0", _NoPixels), ("WfmTestDictActions-v0", _DictActions)):
+    class _BinaryActions(_DictActions):
+        action_space = spaces.MultiBinary(4)
+
+    class _EmptyActions(_DictActions):
+        action_space = spaces.Box(-1, 1, (0,))
+
+    for name, cls in (("WfmTestNoPixels-v0", _NoPixels), ("WfmTestDictActions-v0", _DictActions),
+                      ("WfmTestBinaryActions-v0", _BinaryActions), ("WfmTestEmptyActions-v0", _EmptyActions)):
         if name not in gym.registry:
             gym.register(name, entry_point=cls)
 
@@ -109,10 +116,11 @@ def test_mujoco_multi_camera_recording_with_info_fields(tmp_path):
     assert ep.extras["reward_dist"].shape == (5,) and (ep.extras["reward_dist"] <= 0).all()  # minus a distance
 
 
-def test_gym_recording_trains_and_runs_in_both_twins(tmp_path):
+@pytest.mark.parametrize("env_id, n", [("CartPole-v1", 2), ("FrozenLake-v1", 4)])
+def test_gym_recording_trains_and_runs_in_both_twins(env_id, n, tmp_path):
     from wfm_sim.training.loop import TrainConfig, train
 
-    name = "gym:CartPole-v1?max_steps=12"
+    name = f"gym:{env_id}?max_steps=12"
     store = tmp_path / "c.zarr"
     record(name, store, episodes=4, policy="random", size=16, progress=False)
     out = tmp_path / "model"
@@ -121,7 +129,7 @@ def test_gym_recording_trains_and_runs_in_both_twins(tmp_path):
                           save_every=100, progress=False, num_workers=0))
     imagined = ImaginedVectorEnv(2, out, dataset=store, device="cpu", precision="fp32")
     real = make_real_vec(name, 2, size=16)
-    assert imagined.single_action_space == real.single_action_space == gym.spaces.Discrete(2)
+    assert imagined.single_action_space == real.single_action_space == gym.spaces.Discrete(n)
     assert imagined.single_observation_space == real.single_observation_space
     for env in (imagined, real):
         [ep, _] = play(env, RandomPolicy(env.single_action_space), [1, 2], horizon=3)
@@ -137,6 +145,10 @@ def test_bad_gym_sources_are_refused_by_name(tmp_path):
         get_source("gym:WfmTestNoPixels-v0")
     with pytest.raises(ValueError, match="a Box of shape .* or a Discrete action space, got Dict"):
         get_source("gym:WfmTestDictActions-v0")
+    with pytest.raises(ValueError, match="a Box of shape .* or a Discrete action space, got MultiBinary"):
+        get_source("gym:WfmTestBinaryActions-v0")
+    with pytest.raises(ValueError, match=r"its Box action space has no values \(shape \(0,\)\)"):
+        get_source("gym:WfmTestEmptyActions-v0")
     with pytest.raises(ValueError, match="no camera 'top': its cameras are"):
         get_source("gym:Reacher-v5?cameras=top")
     with pytest.raises(ValueError, match="--cameras needs a MuJoCo environment"):
