@@ -217,6 +217,11 @@ class EpisodeWriter:
         self._stats_acc: dict[str, list] = {}
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file; an episode store is a folder (*.zarr)")
+        if not (self.path / "zarr.json").is_file():
+            model = _model_folder_above(self.path)
+            if model is not None:
+                raise StoreError(f"{self.path} would be written inside the model folder {model} (it holds config.json "
+                                 "and model.safetensors): write episode stores beside models, e.g. data/NAME.zarr")
         self._lock = WriterLock(self.path).acquire()
         try:
             if (self.path / "zarr.json").is_file():
@@ -395,6 +400,14 @@ class EpisodeWriter:
         """Drop an unfinished episode (it is never written) and release the store's lock."""
         self._buffer.clear()
         self._lock.release()
+
+
+def _model_folder_above(path: Path) -> Path | None:
+    """The nearest folder above ``path`` that is a saved model (config.json + model.safetensors), if any."""
+    for parent in path.resolve().parents:
+        if (parent / "config.json").is_file() and (parent / "model.safetensors").is_file():
+            return parent
+    return None
 
 
 def _meta_arrays(root) -> None:

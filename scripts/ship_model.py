@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from collections import Counter
 from dataclasses import replace
@@ -29,7 +30,9 @@ from wfm_sim.evaluation.report import summary_table, write_report
 from wfm_sim.models import SamplingConfig, WorldModel
 from wfm_sim.models.text import TEXT_FOLDER
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(os.environ.get("WFM_SIM_SHIP_ROOT") or Path(__file__).resolve().parents[1])
+"""Where wfm_sim/pretrained/NAME and docs/eval_NAME.* are written: this checkout, or
+``$WFM_SIM_SHIP_ROOT`` (the documentation tests run the examples there, never over the shipped models)."""
 
 
 def recorded_with(reader: EpisodeReader) -> str:
@@ -84,6 +87,7 @@ def main() -> None:
     report, videos = evaluate(shipped, held_out, cfg, split)
     report["model"] = args.name
     paths = write_report(report, videos, run / "eval_shipped", fps=model.cfg.fps / 2)
+    (ROOT / "docs").mkdir(parents=True, exist_ok=True)
     shutil.copy(paths["plot"], ROOT / "docs" / f"eval_{args.name}.png")
     shutil.copy(paths["video"], ROOT / "docs" / f"eval_{args.name}.mp4")
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")

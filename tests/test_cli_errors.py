@@ -136,3 +136,13 @@ def test_an_error_raised_in_a_ray_actor_is_reported_as_the_actors_own(paths, mon
     monkeypatch.setattr(commands, "run_dataset_info", fails)
     assert main(["dataset", "info", paths["store"]]) == 2
     assert capsys.readouterr().err.strip() == "wfm-sim dataset info: error: plan leaves the model's action space"
+
+
+def test_a_store_is_never_written_into_a_model_folder(paths, capsys):
+    from pathlib import Path
+
+    inside = Path(paths["model"]) / "imagined.zarr"
+    assert main(["generate", "--model", paths["model"], "--episodes", "1", "--horizon", "2", "--out", str(inside),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"would be written inside the model folder {Path(paths['model']).resolve()}" in err and not inside.exists()

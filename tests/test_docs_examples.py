@@ -88,7 +88,10 @@ def test_example_runs(page, lang, code, said, tmp_path):
     if "skip" in said:
         pytest.skip(said["skip"] or "marked skip")
     (tmp_path / "scripts").symlink_to(ROOT / "scripts")
-    env = {**os.environ, "MUJOCO_GL": "egl", "RAY_AUTH_MODE": "disabled", "PYTHONHASHSEED": "0"}
+    # WFM_SIM_SHIP_ROOT: scripts/ship_model.py writes its model and plots under the example's folder,
+    # never over the shipped models of this checkout.
+    env = {**os.environ, "MUJOCO_GL": "egl", "RAY_AUTH_MODE": "disabled", "PYTHONHASHSEED": "0",
+           "WFM_SIM_SHIP_ROOT": str(tmp_path)}
     if "before" in said:
         before = re.fullmatch(r'"(.*)"', said["before"])
         assert before, f"a before directive needs one quoted shell command, got {said['before']!r}"
