@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from wfm_sim.datasets.store import EpisodeReader
+from wfm_sim.datasets.store import EpisodeReader, StoreError
 from wfm_sim.viz import contact_sheet, save_png
 
 
 def dataset_sheet(reader: EpisodeReader, out: str | Path, episodes: int = 3, frames: int = 8) -> Path:
     """A PNG with one row per (episode, camera): ``frames`` frames spread over the episode."""
+    if reader.num_episodes == 0:
+        raise StoreError(f"{reader.path} holds no complete episode to draw; record some with `wfm-sim collect`")
     rows, labels = [], []
     picks = np.linspace(0, reader.num_episodes - 1, min(episodes, reader.num_episodes)).astype(int)
     for e in picks:

@@ -146,3 +146,11 @@ def test_a_store_is_never_written_into_a_model_folder(paths, capsys):
                  "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"would be written inside the model folder {Path(paths['model']).resolve()}" in err and not inside.exists()
+
+
+def test_an_empty_store_gets_a_sheet_refusal_not_a_python_message(tmp_path, capsys):
+    from wfm_sim.datasets import EpisodeWriter
+
+    EpisodeWriter(tmp_path / "e.zarr", ("CAM_FRONT",), 16, {"type": "discrete", "n": 2}, fps=10, source_env="x").close()
+    assert main(["dataset", "info", str(tmp_path / "e.zarr"), "--sheet", str(tmp_path / "s.png")]) == 2
+    assert "holds no complete episode to draw" in capsys.readouterr().err and not (tmp_path / "s.png").exists()
