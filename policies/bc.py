@@ -85,7 +85,7 @@ def _new_policy(reader: EpisodeReader, cameras: tuple[str, ...], cfg: BCConfig) 
                                        low=tuple(a["low"]), high=tuple(a["high"]), width=cfg.width, head=cfg.head))
 
 
-def _fit(policy: ConvPolicy, opt, frames: np.ndarray, actions: np.ndarray, cfg: BCConfig, steps: int,
+def fit_policy(policy: ConvPolicy, opt, frames: np.ndarray, actions: np.ndarray, cfg: BCConfig, steps: int,
          rng: np.random.Generator, desc: str, progress: bool) -> float:
     """``steps`` Adam steps of MSE regression of ``policy`` onto ``actions``; the last batch's loss."""
     lo, hi = policy.low.numpy(), policy.high.numpy()
@@ -112,7 +112,7 @@ def train_bc(store: str | Path, out: str | Path, cfg: BCConfig = BCConfig(), cam
     r, cams, frames, actions = _load(store, cfg.episodes, cameras)
     policy = _new_policy(r, cams, cfg)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
-    loss = _fit(policy, opt, frames, actions, cfg, cfg.steps, np.random.default_rng(cfg.seed), f"bc {Path(out).name}",
+    loss = fit_policy(policy, opt, frames, actions, cfg, cfg.steps, np.random.default_rng(cfg.seed), f"bc {Path(out).name}",
                 progress)
     policy.save_pretrained(out)
     record = {"data": str(store), "cameras": list(cams), "frames": int(len(frames)), "final_mse": loss, **asdict(cfg)}
@@ -165,7 +165,7 @@ def train_dagger(store: str | Path, out: str | Path, source: str, expert, cfg: B
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     name = Path(out).name
-    loss = _fit(policy, opt, frames, actions, cfg, cfg.steps, rng, f"bc {name}", progress)
+    loss = fit_policy(policy, opt, frames, actions, cfg, cfg.steps, rng, f"bc {name}", progress)
     horizon = get_source(source).max_steps
     env = make_real_vec(source, num_envs, r.image_size)
     history = []
@@ -181,7 +181,7 @@ def train_dagger(store: str | Path, out: str | Path, source: str, expert, cfg: B
             actions = np.concatenate([actions, *labeller.labels])
             history.append({"round": k, "return": float(np.mean([e.total_reward() for e in eps])),
                             "success": float(np.mean(succ)) if succ else None, "frames": int(len(frames))})
-            loss = _fit(policy, opt, frames, actions, cfg, steps_per_round, rng, f"dagger {name} {k + 1}/{rounds}",
+            loss = fit_policy(policy, opt, frames, actions, cfg, steps_per_round, rng, f"dagger {name} {k + 1}/{rounds}",
                         progress)
     finally:
         env.close()

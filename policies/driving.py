@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from wfm_sim.policies.base import Policy, ScriptedPolicy, SegmentSchedule, batch_size
+from wfm_sim.policies.base import Policy, ScriptedPolicy, SeededPolicy, SegmentSchedule, batch_size
 
 
 class TrackFollower(ScriptedPolicy):
@@ -93,6 +93,58 @@ class RoadCentroidDriver(Policy):
         cols = np.nonzero(road)[1]
         offset = (cols.mean() - (w - 1) / 2) / (w / 2)  # > 0: road to the right
         return np.array([float(np.clip(self.gain * offset, -1, 1)), self.gas, 0.0], dtype=np.float32)
+
+
+class RoadExplorer(SeededPolicy):
+    """:class:`RoadCentroidDriver` with exploration it can do from pixels alone, so it drives an
+    imagined env as well as a real one (policy ``road-explore``): steering noise on the follower's
+    action, interrupted now and then by a random action held for several steps (steering uniform
+    in [-1, 1], gas in [0.2, 1], the brake mostly off), after which the follower finds the road
+    again. The data it records holds recovery: frames off the road's centre with the action that
+    brings the car back, which the follower alone never shows. Each row draws from its episode's seed.
+
+    Args:
+        camera: the camera the follower reads.
+        noise: std of the Gaussian steering noise while following.
+        interrupt: probability per following step that a held random action starts.
+        hold: (min, max) steps a random action is held.
+    """
+
+    stream = 17
+
+    def __init__(self, camera: str = "CAM_FRONT", noise: float = 0.1, interrupt: float = 0.05,
+                 hold: tuple[int, int] = (4, 12)):
+        super().__init__()
+        if not 0 <= interrupt <= 1 or noise < 0 or not 1 <= hold[0] <= hold[1]:
+            raise ValueError(f"RoadExplorer needs noise >= 0, 0 <= interrupt <= 1 and 1 <= hold[0] <= hold[1]; got "
+                             f"noise={noise}, interrupt={interrupt}, hold={hold}")
+        self.follower = RoadCentroidDriver(camera=camera)
+        self.noise, self.interrupt, self.hold = noise, interrupt, hold
+        self._held: dict[int, tuple[int, np.ndarray]] = {}
+
+    def reset(self, seeds, rows=None, episodes=None) -> None:
+        super().reset(seeds, rows)
+        for r in self._rows(seeds, rows):
+            self._held.pop(r, None)
+
+    def __call__(self, obs, info=None) -> np.ndarray:
+        followed = self.follower(obs)
+        out = np.empty_like(followed)
+        for row, a in enumerate(followed):
+            rng = self.rng(row)
+            left, held = self._held.get(row, (0, None))
+            if left == 0 and rng.random() < self.interrupt:
+                brake = 0.0 if rng.random() < 0.8 else float(rng.uniform(0.0, 0.5))
+                held = np.array([rng.uniform(-1, 1), rng.uniform(0.2, 1.0), brake], np.float32)
+                left = int(rng.integers(self.hold[0], self.hold[1] + 1))
+            if left > 0:
+                self._held[row] = (left - 1, held)
+                out[row] = held
+            else:
+                a = a.copy()
+                a[0] = float(np.clip(a[0] + rng.normal(0, self.noise), -1, 1))
+                out[row] = a
+        return out
 
 
 class MixedDriver(ScriptedPolicy):

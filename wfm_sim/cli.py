@@ -74,6 +74,9 @@ def build_parser() -> Parser:
             "wfm-sim rollout --model driving --episodes 64 --horizon 32 --workers 2 --out data/imagined.zarr")
     command(sub, "generate", c.GenerateCommand, c.run_generate, "a synthetic dataset with provenance; resumable",
             "wfm-sim generate --model driving --episodes 16 --horizon 48 --out data/synthetic.zarr")
+    command(sub, "downstream", c.DownstreamCommand, c.run_downstream, "does synthetic data help? downstream models "
+            "trained on real and on real + synthetic data at matched steps", "wfm-sim downstream --model driving "
+            "--budgets 10 50 --synthetic 40 --seeds 3 --out runs/downstream")
     command(sub, "quality", c.QualityCommand, c.run_quality, "quality and diversity of a (generated) driving "
             "dataset; filter by quality", "wfm-sim quality data/synthetic.zarr --reference data/driving.zarr")
     command(sub, "dyna", DynaConfig, c.run_dyna_command, "the Dyna loop: policy in imagination, real score, "

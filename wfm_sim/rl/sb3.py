@@ -7,7 +7,7 @@ cost one batched world-model step::
     from stable_baselines3 import PPO
     from wfm_sim.rl.sb3 import SB3VecEnv
 
-    venv = SB3VecEnv(ImaginedVectorEnv(16, "driving", obs_mode="tokens", max_episode_steps=15))
+    venv = SB3VecEnv(ImaginedVectorEnv(16, "driving", obs_mode="tokens", max_episode_steps=15, autoreset_mode="same_step"))
     PPO("MlpPolicy", venv, n_steps=64).learn(10_000)
 
 SB3 semantics: an episode that ends is reset within the same ``step`` (the env runs with

@@ -1,0 +1,454 @@
+"""Does synthetic data help? ``wfm-sim downstream``: the same downstream models trained on real data
+alone and on real plus imagined data, for the same number of steps, over several seeds, scored on
+real outcomes the world model never saw.
+
+The study, every stage resumable (rerun the same command after a kill: finished stages are kept):
+
+1. **Real data.** ``max(budgets)`` episodes recorded in the real twin with ``policy`` (default
+   ``road-explore``: the pixel road follower with steering noise and held random actions, so the
+   data holds recoveries and actions that do not follow the road), or the first episodes of a
+   store the user brings (``real``). A real budget of B is its first B episodes.
+2. **Synthetic data.** For each budget, ``synthetic`` episodes imagined from real contexts of those B
+   episodes (``wfm-sim generate --starts``), driven by the same policy in imagination, with full
+   provenance (model, context episode and step, seed, sampler settings).
+3. **Quality gate** (``gate``). An inverse-dynamics model trained on the B real episodes recovers
+   the steering of every synthetic episode from its frames; episodes whose recovered steering
+   correlates with the commanded one below ``gate`` are rejected (frames that disagree with their
+   own actions). The same figure on held-out real episodes is reported beside it.
+4. **Downstream tasks**, per budget, per arm (real only; real + a share of the synthetic episodes;
+   real + the gated ones), per seed, with the same steps, batch and learning rate:
+
+   * ``policy``: a behaviour-cloned pixel policy on the model's whole camera rig, its targets the
+     ``teacher``'s action on every frame (default ``road``, a policy of pixels alone, so real and
+     imagined frames are labelled alike), scored by real return in the real twin on fresh seeds;
+   * ``perception``: steering inverse dynamics (which action took the frames from t to t + 1),
+     R^2 on held-out real episodes recorded with fresh seeds.
+
+5. **Report**: ``study.json`` (every run; per arm the mean, and the paired difference from real
+   only with a 95 % t interval over seeds), ``study.png`` (downstream score against synthetic
+   share), ``contact.png`` (real frames and synthetic frames from the same real context).
+
+Seeds: real recording from ``first_seed``, held-out perception episodes from ``first_seed +
+100_000``, policy evaluation from ``first_seed + 200_000``; choose ``first_seed`` away from the
+seeds the world model was trained on (its card lists them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from wfm_sim.checkpoint import atomic_write_json, read_json
+from wfm_sim.datasets.merge import filter_store
+from wfm_sim.datasets.store import EpisodeReader, StoreError
+from wfm_sim.envs.real import make_real_vec
+from wfm_sim.envs.sources import get_source
+from wfm_sim.models.world_model import WorldModel, resolve_pretrained
+from wfm_sim.policies import make_policy
+from wfm_sim.policies.base import ConvPolicy, ConvPolicyConfig
+from wfm_sim.policies.bc import BCConfig, fit_policy
+from wfm_sim.rollout.play import play
+from wfm_sim.rollout.record import record
+from wfm_sim.synthetic.downstream import IDMConfig, Transitions, evaluate_idm, load_transitions, train_idm
+from wfm_sim.synthetic.generate import GenerateConfig, generate
+
+TASKS = ("policy", "perception")
+FORMAT = "wfm_sim.downstream_study"
+
+# two-sided 95 % quantiles of Student's t by degrees of freedom (above 30: the normal's 1.96)
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 25: 2.060, 30: 2.042}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """One downstream study (``wfm-sim downstream``)."""
+
+    model: str = "driving"
+    """The world model that imagines the synthetic episodes (shipped name or folder)."""
+    source: str = "carracing-4cam"
+    """The real twin: it records the real data and scores the driving policies."""
+    real: str | None = None
+    """A store of real episodes to use instead of recording them (the model's rig and frame size)."""
+    budgets: tuple[int, ...] = (10, 50)
+    """Real-data budgets, in episodes (the first B of the real data)."""
+    synthetic: int = 40
+    """Synthetic episodes imagined per budget."""
+    fractions: tuple[float, ...] = (0.5, 1.0)
+    """Arms: real plus this share of the synthetic episodes (real only is always an arm)."""
+    horizon: int = 48
+    """Steps per synthetic episode."""
+    policy: str = "road-explore"
+    """Drives the real recording and the imagined episodes (a pixel policy, so it runs in both)."""
+    teacher: str = "road"
+    """Labels every frame for the driving-policy task (a pixel policy)."""
+    prompt: str | None = None
+    """Scenario text for a text-conditioned model."""
+    tasks: tuple[str, ...] = field(default=TASKS, metadata={"names": True})
+    """Downstream tasks: policy (behaviour cloning, real return), perception (steering inverse dynamics)."""
+    seeds: int = 3
+    """Training seeds per arm (the interval is over seeds)."""
+    bc_steps: int = 1500
+    idm_steps: int = 1500
+    batch_size: int = 64
+    real_steps: int | None = None
+    """Steps per recorded real episode (default: the source's episode length)."""
+    eval_episodes: int = 10
+    """Real-twin episodes (fresh seeds) that score each driving policy."""
+    eval_steps: int | None = None
+    """Steps per scoring episode (default: the source's episode length)."""
+    test_episodes: int = 10
+    """Held-out real episodes for the perception task (fresh seeds)."""
+    gate: float = 0.2
+    """The gated arm keeps synthetic episodes whose inverse-dynamics steering correlation is at least this."""
+    gated: bool = True
+    """Add the gated arm (and score every synthetic episode for it)."""
+    first_seed: int = 5_000_000
+    envs: int = 8
+    """Imagined envs per batch while generating."""
+    size: int | None = None
+    """Frame side (default: the model's)."""
+
+    def __post_init__(self):
+        for name in ("synthetic", "horizon", "seeds", "bc_steps", "idm_steps", "batch_size", "eval_episodes",
+                     "test_episodes", "envs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.budgets or any(b < 1 for b in self.budgets):
+            raise ValueError(f"budgets must be episode counts >= 1, got {self.budgets}")
+        if any(not 0 < f <= 1 for f in self.fractions):
+            raise ValueError(f"fractions are shares of the synthetic episodes, each in (0, 1]; got {self.fractions}")
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            raise ValueError(f"tasks are {', '.join(TASKS)}; got {list(self.tasks)}")
+        if not -1 <= self.gate <= 1:
+            raise ValueError(f"gate is a correlation in [-1, 1], got {self.gate}")
+        if self.first_seed < 0:
+            raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
+        for name in ("eval_steps", "real_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class _Data:
+    """Frames of a set of episodes, loaded once: ``(N, V, H, W, 3)`` plus the teacher's labels."""
+
+    frames: np.ndarray
+    labels: np.ndarray | None = None
+    transitions: Transitions | None = None
+    episodes: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _load(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _save(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, obj)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def t_interval(values) -> tuple[float, float]:
+    """Mean and the half-width of its two-sided 95 % Student-t interval (nan with one value)."""
+    v = np.asarray(values, np.float64)
+    if len(v) < 2:
+        return (float(v.mean()) if len(v) else float("nan")), float("nan")
+    df = len(v) - 1
+    q = _T975.get(df) or (_T975[max(k for k in _T975 if k <= df)] if df < 30 else 1.96)
+    return float(v.mean()), float(q * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+# ------------------------------------------------------------------ inputs
+
+def check_inputs(cfg: StudyConfig) -> dict:
+    """Refuse, before anything is recorded or imagined, what the study could not finish."""
+    folder = resolve_pretrained(cfg.model)
+    mc = WorldModel.read_config(folder)
+    src = get_source(cfg.source)
+    cams, size = tuple(mc.cameras), mc.tokenizer.image_size
+    if cfg.size is not None and cfg.size != size:
+        raise ValueError(f"--size {cfg.size}: the model {cfg.model} imagines {size}px frames; the study needs both "
+                         "alike")
+    if tuple(c for c in cams if c in src.cameras) != cams:
+        raise ValueError(f"the model {cfg.model} has cameras {list(cams)}; source {cfg.source} records "
+                         f"{list(src.cameras)}: choose the model's own twin")
+    if src.action_space.get("type") != "box" or mc.action.kind != "box":
+        raise ValueError(f"the downstream tasks regress continuous actions; {cfg.source} / {cfg.model} act "
+                         f"{src.action_space.get('type')} / {mc.action.kind}")
+    if cfg.prompt is not None and mc.backbone.text_dim == 0:
+        raise ValueError(f"--prompt needs a text-conditioned model; {cfg.model} has no text input")
+    for name in (cfg.policy, cfg.teacher):
+        pol = make_policy(name, None, source=cfg.source, camera=cams[0] if "CAM_FRONT" not in cams else None)
+        if getattr(pol, "privileged", False):
+            raise ValueError(f"{name!r} reads the real simulator's state; the study drives and labels imagined "
+                             "frames too, so it needs a pixel policy (road, road-explore, a policy folder)")
+    need = max(cfg.budgets)
+    if cfg.real is not None:
+        r = EpisodeReader(cfg.real)
+        if tuple(c for c in cams if c in r.cameras) != cams or r.image_size != size:
+            raise StoreError(f"--real {cfg.real} holds cameras {list(r.cameras)} at {r.image_size}px; the model "
+                             f"{cfg.model} needs cameras {list(cams)} at {size}px")
+        if r.num_episodes < need:
+            raise StoreError(f"--real {cfg.real} holds {r.num_episodes} episodes; the largest budget asks for {need}")
+    return {"cameras": cams, "size": size, "fps": mc.fps, "context": mc.context_video_frames}
+
+
+def _settings_file(cfg: StudyConfig, out: Path) -> None:
+    """A study folder holds one study: another setting that changes results is refused."""
+    path = out / "study_config.json"
+    mine = asdict(cfg)
+    if path.is_file():
+        have = read_json(path, FORMAT)["config"]
+        keep = ("budgets", "fractions", "tasks", "seeds")  # more of these extends a study; the rest must agree
+        diff = sorted(k for k in mine if k not in keep and have.get(k) != mine[k])
+        if diff:
+            raise StoreError(f"{out} holds a study run with other settings ({', '.join(diff)}); rerun with them or "
+                             "write to another --out")
+    atomic_write_json(path, {"format": FORMAT, "config": mine})
+
+
+# ------------------------------------------------------------------ data
+
+def _frames(store: str | Path, episodes: list[int], cameras: tuple[str, ...]) -> np.ndarray:
+    r = EpisodeReader(store)
+    parts = []
+    for e in episodes:
+        a, b = r.episode_bounds(int(e))
+        parts.append(np.stack([r.read(f"obs/{c}", a, b) for c in cameras], axis=1))
+    return np.concatenate(parts)
+
+
+def _teacher_labels(teacher, frames: np.ndarray, cameras: tuple[str, ...], chunk: int = 512) -> np.ndarray:
+    out = []
+    for i in range(0, len(frames), chunk):
+        obs = {c: frames[i : i + chunk, j] for j, c in enumerate(cameras)}
+        teacher.reset([0] * len(frames[i : i + chunk]))
+        out.append(np.asarray(teacher(obs), np.float32))
+    return np.concatenate(out)
+
+
+def _policy_cameras(cameras: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(cameras))  # the Dict observation's order, which ConvPolicy reads
+
+
+def _gate(cfg: StudyConfig, out: Path, budget: int, real_t: Transitions, syn_store: Path, test_t: Transitions | None,
+          space: dict, progress: bool) -> dict:
+    """Score every synthetic episode by how well real-trained inverse dynamics recovers its steering."""
+    path = out / f"gate{budget}.json"
+    if path.is_file():
+        return _load(path)
+    idm = train_idm([real_t], space, IDMConfig(steps=cfg.idm_steps, seed=0), progress=progress)
+    r = EpisodeReader(syn_store)
+
+    def corr(t: Transitions) -> float | None:
+        with torch.no_grad():
+            pred = idm(torch.from_numpy(t.frames)).numpy()[:, 0]
+        a = t.actions[:, 0]
+        if len(a) < 3 or a.std() < 1e-6 or pred.std() < 1e-6:
+            return None
+        return float(np.corrcoef(pred, a)[0, 1])
+
+    per = [corr(load_transitions(syn_store, [e], cameras=real_t.cameras)) for e in range(r.num_episodes)]
+    kept = [e for e, c in enumerate(per) if c is not None and c >= cfg.gate]
+    real_ref = None
+    if test_t is not None:
+        ref_store = out / "test.zarr"
+        tr = EpisodeReader(ref_store)
+        vals = [corr(load_transitions(ref_store, [e], cameras=real_t.cameras)) for e in range(tr.num_episodes)]
+        vals = [v for v in vals if v is not None]
+        real_ref = {"median": float(np.median(vals)), "share_above_gate": float(np.mean(np.array(vals) >= cfg.gate))} \
+            if vals else None
+    result = {"threshold": cfg.gate, "correlations": per, "kept": kept, "rejected_share": 1 - len(kept) / len(per),
+              "real_held_out": real_ref}
+    atomic_write_json(path, result)
+    return result
+
+
+# ------------------------------------------------------------------ runs
+
+def _train_policy(data: _Data, cams: tuple[str, ...], size: int, space: dict, cfg: StudyConfig, seed: int,
+                  folder: Path, progress: bool) -> ConvPolicy:
+    if (folder / "bc.json").is_file():
+        return ConvPolicy.from_pretrained(folder)
+    torch.manual_seed(seed)
+    policy = ConvPolicy(ConvPolicyConfig(image_size=size, cameras=len(cams), action_dim=space["shape"][0],
+                                         low=tuple(space["low"]), high=tuple(space["high"])))
+    bc = BCConfig(steps=cfg.bc_steps, batch_size=cfg.batch_size, seed=seed)
+    opt = torch.optim.Adam(policy.parameters(), lr=bc.lr)
+    loss = fit_policy(policy, opt, data.frames, data.labels, bc, bc.steps, np.random.default_rng(seed),
+                      f"bc {folder.parent.name} seed {seed}", progress)
+    policy.save_pretrained(folder)
+    atomic_write_json(folder / "bc.json", {"frames": int(len(data.frames)), "final_mse": loss, **asdict(bc)})
+    return policy
+
+
+def _real_return(policy: ConvPolicy, cfg: StudyConfig, size: int) -> list[float]:
+    src = get_source(cfg.source)
+    steps = cfg.eval_steps or src.max_steps
+    seeds = [cfg.first_seed + 200_000 + i for i in range(cfg.eval_episodes)]
+    n = min(len(seeds), 10)
+    env = make_real_vec(cfg.source, n, size, max_episode_steps=steps)
+    try:
+        returns = []
+        for c in range(0, len(seeds), n):
+            returns += [float(ep.total_reward()) for ep in play(env, policy, seeds[c : c + n], steps)]
+    finally:
+        env.close()
+    return returns
+
+
+def _summaries(runs: dict) -> dict:
+    """Per task and budget: each arm's mean and 95 % interval over seeds, and its paired difference
+    from real only (the same seed's real-only run)."""
+    out = {}
+    for task, budgets in runs.items():
+        out[task] = {}
+        for budget, arms in budgets.items():
+            base = arms.get("real only", {})
+            rows = {}
+            for arm, seeds in arms.items():
+                vals = [seeds[s]["score"] for s in sorted(seeds)]
+                mean, half = t_interval(vals)
+                row = {"mean": mean, "ci95": half, "seeds": len(vals), "synthetic_share": next(
+                    iter(seeds.values()))["synthetic_share"]}
+                paired = [seeds[s]["score"] - base[s]["score"] for s in sorted(seeds) if s in base]
+                if arm != "real only" and paired:
+                    d, dh = t_interval(paired)
+                    row |= {"difference": d, "difference_ci95": dh,
+                            "interval_excludes_zero": bool(dh == dh and abs(d) > dh)}
+                rows[arm] = row
+            out[task][budget] = rows
+    return out
+
+
+def run_study(cfg: StudyConfig, out: str | Path, progress: bool = True) -> dict:
+    """Run (or complete) the study ``cfg`` in folder ``out``; returns the report written to study.json."""
+    info = check_inputs(cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _settings_file(cfg, out)
+    cams, size = info["cameras"], info["size"]
+    pcams = _policy_cameras(cams)
+    budgets = sorted(set(cfg.budgets))
+
+    real = Path(cfg.real) if cfg.real else out / "real.zarr"
+    if cfg.real is None:
+        record(cfg.source, real, max(budgets), policy=cfg.policy, size=size, seed=cfg.first_seed,
+               max_steps=cfg.real_steps, progress=progress)
+    space = EpisodeReader(real).action_space
+    test_t = None
+    if "perception" in cfg.tasks or cfg.gated:
+        record(cfg.source, out / "test.zarr", cfg.test_episodes, policy=cfg.policy, size=size,
+               seed=cfg.first_seed + 100_000, max_steps=cfg.real_steps, progress=progress)
+        test_t = load_transitions(out / "test.zarr", cameras=cams)
+
+    teacher = make_policy(cfg.teacher, None, source=cfg.source) if "policy" in cfg.tasks else None
+    runs: dict = {t: {} for t in cfg.tasks}
+    gates, generated = {}, {}
+    for budget in budgets:
+        real_b = out / f"real{budget}.zarr"
+        filter_store(real, real_b, list(range(budget)), {"why": f"downstream study: real budget {budget}"})
+        syn = out / f"synthetic{budget}.zarr"
+        generated[budget] = generate(GenerateConfig(
+            model=cfg.model, episodes=cfg.synthetic, horizon=cfg.horizon, starts=str(real_b), policy=cfg.policy,
+            seed=cfg.first_seed + 300_000 + 1000 * budget, envs=cfg.envs, prompt=cfg.prompt), syn, progress=progress)
+        real_t = load_transitions(real_b, cameras=cams)
+        if cfg.gated:
+            gates[budget] = _gate(cfg, out, budget, real_t, syn, test_t, space, progress)
+
+        arms = {"real only": []}
+        for f in cfg.fractions:
+            arms[f"+{f:.0%} synthetic"] = list(range(max(1, round(f * cfg.synthetic))))
+        if cfg.gated:
+            arms[f"+synthetic, gated (corr >= {cfg.gate:g})"] = gates[budget]["kept"]
+
+        real_frames = _frames(real_b, list(range(budget)), pcams) if "policy" in cfg.tasks else None
+        real_labels = _teacher_labels(teacher, real_frames, pcams) if teacher is not None else None
+        syn_all = EpisodeReader(syn).num_episodes
+        syn_frames = _frames(syn, list(range(syn_all)), pcams) if "policy" in cfg.tasks else None
+        syn_labels = _teacher_labels(teacher, syn_frames, pcams) if teacher is not None else None
+        syn_bounds = [EpisodeReader(syn).episode_bounds(e) for e in range(syn_all)]
+
+        for arm, eps in arms.items():
+            if arm != "real only" and not eps:
+                continue  # the gate kept nothing: the arm is real only
+            share = 0.0
+            if "policy" in cfg.tasks:
+                rows = np.concatenate([np.arange(*syn_bounds[e]) for e in eps]) if eps else np.zeros(0, int)
+                frames = np.concatenate([real_frames, syn_frames[rows]]) if eps else real_frames
+                labels = np.concatenate([real_labels, syn_labels[rows]]) if eps else real_labels
+                share = len(rows) / len(frames)
+                data = _Data(frames, labels)
+                for s in range(cfg.seeds):
+                    path = out / "runs" / "policy" / f"real{budget}" / _slug(arm) / f"seed{s}.json"
+                    if path.is_file():
+                        res = _load(path)
+                    else:
+                        pol = _train_policy(data, pcams, size, space, cfg, s, path.with_suffix(""), progress)
+                        returns = _real_return(pol, cfg, size)
+                        res = {"score": float(np.mean(returns)), "returns": returns, "synthetic_share": share,
+                               "train_frames": int(len(frames))}
+                        _save(path, res)
+                    runs["policy"].setdefault(str(budget), {}).setdefault(arm, {})[s] = res
+            if "perception" in cfg.tasks:
+                parts = [real_t] + ([load_transitions(syn, eps, cameras=cams)] if eps else [])
+                n_syn = sum(len(p) for p in parts[1:])
+                share_t = n_syn / sum(len(p) for p in parts)
+                mean = np.concatenate([p.actions for p in parts]).mean(0)
+                for s in tqdm(range(cfg.seeds), desc=f"idm {arm}", disable=not progress):
+                    path = out / "runs" / "perception" / f"real{budget}" / _slug(arm) / f"seed{s}.json"
+                    if path.is_file():
+                        res = _load(path)
+                    else:
+                        idm = train_idm(parts, space, IDMConfig(steps=cfg.idm_steps, seed=s))
+                        ev = evaluate_idm(idm, test_t, mean)
+                        res = {"score": float(ev["r2"][0]), "r2": ev["r2"], "mse": ev["mse"], "synthetic_share": share_t,
+                               "train_transitions": int(sum(len(p) for p in parts))}
+                        _save(path, res)
+                    runs["perception"].setdefault(str(budget), {}).setdefault(arm, {})[s] = res
+
+    report = {"format": FORMAT, "config": asdict(cfg), "units": {"policy": "real return (mean over eval episodes)",
+                                                                 "perception": "steering R^2 on held-out real frames"},
+              "summary": _summaries(runs), "gate": {str(b): {k: v for k, v in g.items() if k != "correlations"}
+                                                    for b, g in gates.items()},
+              "generate": {str(b): g for b, g in generated.items()}, "runs": runs}
+    from wfm_sim.synthetic.study_plots import contact_sheet_from_context, plot_study
+
+    report["files"] = {"plot": str(plot_study(report, out / "study.png")),
+                       "contact_sheet": str(contact_sheet_from_context(out / f"synthetic{budgets[0]}.zarr", cams,
+                                                                        out / "contact.png", info["context"]))}
+    atomic_write_json(out / "study.json", report)
+    return report
+
+
+def study_table(report: dict) -> str:
+    """The report's arms as a markdown table per task."""
+    lines = []
+    for task, budgets in report["summary"].items():
+        lines += [f"{task} ({report['units'][task]})", "",
+                  "| real episodes | arm | synthetic share | score (95 % CI) | difference from real only (95 % CI) |",
+                  "| --- | --- | --- | --- | --- |"]
+        for budget, arms in budgets.items():
+            for arm, r in arms.items():
+                diff = (f"{r['difference']:+.3f} +- {r['difference_ci95']:.3f}" if "difference" in r else "")
+                lines.append(f"| {budget} | {arm} | {r['synthetic_share']:.2f} | {r['mean']:.3f} +- {r['ci95']:.3f} | "
+                             f"{diff} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+__all__ = ["StudyConfig", "check_inputs", "run_study", "study_table", "t_interval"]
