@@ -147,6 +147,54 @@ class RoadExplorer(SeededPolicy):
         return out
 
 
+class OffRoadExcursion(SeededPolicy):
+    """A scenario from pixels alone (policy ``offroad``): the road follower for a few steps, then a
+    swerve off the road (steering held at 0.7-1.0 to one side with gas), then the follower again,
+    which brings the car back: an off-road excursion and its recovery, the event a recorder of
+    good driving sees seldom. Lead, swerve length, side and strength are drawn from each episode's
+    seed; it drives imagined envs and real twins alike.
+
+    Args:
+        camera: the camera the follower reads.
+        lead: (min, max) steps of following before the swerve.
+        swerve: (min, max) steps the swerve lasts.
+    """
+
+    stream = 19
+
+    def __init__(self, camera: str = "CAM_FRONT", lead: tuple[int, int] = (2, 6), swerve: tuple[int, int] = (8, 12)):
+        super().__init__()
+        if not 0 <= lead[0] <= lead[1] or not 1 <= swerve[0] <= swerve[1]:
+            raise ValueError(f"OffRoadExcursion needs 0 <= lead[0] <= lead[1] and 1 <= swerve[0] <= swerve[1]; got "
+                             f"lead={lead}, swerve={swerve}")
+        self.follower = RoadCentroidDriver(camera=camera)
+        self.lead, self.swerve = lead, swerve
+        self._plan: dict[int, list] = {}
+
+    def reset(self, seeds, rows=None, episodes=None) -> None:
+        super().reset(seeds, rows)
+        for r in self._rows(seeds, rows):
+            rng = self.rng(r)
+            start = int(rng.integers(self.lead[0], self.lead[1] + 1))
+            end = start + int(rng.integers(self.swerve[0], self.swerve[1] + 1))
+            self._plan[r] = [0, start, end, float(rng.choice((-1.0, 1.0)) * rng.uniform(0.7, 1.0))]
+
+    def window(self, row: int) -> tuple[int, int]:
+        """The steps ``[start, end)`` of row ``row``'s swerve."""
+        return self._plan[row][1], self._plan[row][2]
+
+    def __call__(self, obs, info=None) -> np.ndarray:
+        out = self.follower(obs)
+        for row in range(len(out)):
+            self.rng(row)  # a row without an episode seed is an error, as for every seeded policy
+            plan = self._plan[row]
+            t, start, end, steer = plan
+            if start <= t < end:
+                out[row] = np.array([steer, 0.5, 0.0], np.float32)
+            plan[0] = t + 1
+        return out
+
+
 class MixedDriver(ScriptedPolicy):
     """Driving data that teaches consequences: the track follower, interrupted by swerves off the
     road, random actions, braking to a stop and coasting, after which it finds the track again.

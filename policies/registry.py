@@ -4,6 +4,8 @@
 * ``road``: :class:`~wfm_sim.policies.RoadCentroidDriver` (pixels, driving rigs);
 * ``road-explore``: :class:`~wfm_sim.policies.driving.RoadExplorer`, ``road`` with steering noise
   and random actions held several steps (pixels: real twins and imagination alike);
+* ``offroad``: :class:`~wfm_sim.policies.driving.OffRoadExcursion`, a scenario: ``road``, a swerve
+  off the road, and the recovery (pixels);
 * ``driver``: :class:`~wfm_sim.policies.TrackFollower` with 0.15 steering noise (scripted,
   real CarRacing only);
 * ``mixed``: on CarRacing :class:`~wfm_sim.policies.MixedDriver`, the track follower interrupted
@@ -43,10 +45,11 @@ from wfm_sim.policies.actor_critic import FORMAT, ActorCritic
 from wfm_sim.policies.base import ConstantPolicy, ConvPolicy, PlanPolicy, Policy, RandomPolicy, as_policy
 from wfm_sim.policies.lerobot_policy import PREFIX as LEROBOT_PREFIX
 from wfm_sim.policies.lerobot_policy import LeRobotPolicy
-from wfm_sim.policies.driving import BranchingDriver, MixedDriver, RoadCentroidDriver, RoadExplorer, TrackFollower
+from wfm_sim.policies.driving import (BranchingDriver, MixedDriver, OffRoadExcursion, RoadCentroidDriver, RoadExplorer,
+                                      TrackFollower)
 from wfm_sim.policies.manipulation import MetaWorldExpert, MixedManipulation
 
-NAMES = ("random", "road", "road-explore", "driver", "mixed", "mixed-v2", "branching", "expert", "expert-clean")
+NAMES = ("random", "road", "road-explore", "offroad", "driver", "mixed", "mixed-v2", "branching", "expert", "expert-clean")
 SCRIPTED = ("driver", "mixed", "mixed-v2", "branching", "expert", "expert-clean")
 """Names of the scripted policies: they read the real simulator's state, so they never run in imagination."""
 SHIPPED_POLICIES = PRETRAINED_DIR / "policies"
@@ -76,6 +79,8 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
         return RoadCentroidDriver(camera=camera or "CAM_FRONT")
     if name == "road-explore":
         return RoadExplorer(camera=camera or "CAM_FRONT")
+    if name == "offroad":
+        return OffRoadExcursion(camera=camera or "CAM_FRONT")
     if name == "driver":
         if source is not None and not source.startswith("carracing"):
             raise ValueError(f"'driver' drives CarRacing; source {source!r} has no track to follow")

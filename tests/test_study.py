@@ -153,3 +153,25 @@ def test_road_explorer_holds_random_actions_and_repeats_per_seed():
     assert runs.min() >= 4 and runs.max() <= 24  # held 4-12 steps (two holds can touch)
     with pytest.raises(ValueError, match="interrupt"):
         type(make_policy("road-explore"))(interrupt=1.5)
+
+
+def test_scenario_control_is_checked_from_real_contexts_by_a_real_trained_detector(front_model, tmp_path):
+    from wfm_sim.synthetic.scenarios import ScenarioConfig, scenario_control
+
+    cfg = ScenarioConfig(model=str(front_model), source="carracing-front", episodes=4, horizon=12,
+                         detector_episodes=3, detector_steps=5, envs=2, first_seed=70)
+    rep = scenario_control(cfg, tmp_path / "sc", progress=False)
+    s, c = (EpisodeReader(tmp_path / "sc" / f"{n}.zarr") for n in ("offroad", "road"))
+    # scenario and control start from the same real contexts, episode by episode
+    for e in range(cfg.episodes):
+        a, _ = s.episode_bounds(e)
+        b, _ = c.episode_bounds(e)
+        assert s.read("start_context", a, a + 1)[0] == c.read("start_context", b, b + 1)[0]
+        assert (s.read("action", a, a + 12)[:, 1] == 0.5).sum() >= 6  # the swerve (from step 2-6): gas 0.5 (the follower gives 0.3)
+    assert s.attrs["provenance"]["settings"]["starts"] == str(tmp_path / "sc" / "starts.zarr")
+    assert rep["detector"]["train_frames"] > 0 and 0 <= rep["detector"]["test_accuracy"] <= 1
+    per = rep["per_episode"]
+    changed = np.mean([(x > y) and x > 0 for x, y in zip(per["offroad"], per["road"])])
+    assert rep["imagined"]["episodes_changed"] == pytest.approx(changed)
+    assert rep["real"]["episodes"] == 4
+    assert json.loads((tmp_path / "sc" / "scenario.json").read_text())["imagined"] == rep["imagined"]

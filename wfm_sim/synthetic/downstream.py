@@ -9,7 +9,7 @@ the two frames of every camera stacked on channels; its error is reported per ac
 as a mean squared error in the action space's own units and as R^2 against predicting the
 training mean (0: no better than the mean; 1: exact).
 
-``python scripts/downstream_idm.py`` runs the whole study on the driving data.
+``wfm-sim downstream`` (:mod:`wfm_sim.synthetic.study`) runs the whole study on the driving data.
 """
 
 from __future__ import annotations
