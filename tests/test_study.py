@@ -175,3 +175,19 @@ def test_scenario_control_is_checked_from_real_contexts_by_a_real_trained_detect
     assert rep["imagined"]["episodes_changed"] == pytest.approx(changed)
     assert rep["real"]["episodes"] == 4
     assert json.loads((tmp_path / "sc" / "scenario.json").read_text())["imagined"] == rep["imagined"]
+
+
+def test_the_command_completes_a_finished_study_and_prints_its_table(study, capsys):
+    from wfm_sim.cli import main
+
+    cfg, out, rep = study
+    flags = ["--model", cfg.model, "--source", cfg.source, "--budgets", "2", "3", "--synthetic", "3", "--horizon", "5",
+             "--seeds", "2", "--bc-steps", "3", "--idm-steps", "3", "--batch-size", "8", "--real-steps", "6",
+             "--eval-episodes", "2", "--eval-steps", "5", "--test-episodes", "2", "--envs", "2", "--gate", "-1",
+             "--quiet"]
+    assert main(["downstream", "--out", str(out), *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "| 2 | +100% synthetic |" in printed and "steering R^2 on held-out real frames" in printed
+    assert json.loads(printed.strip().splitlines()[-1])["plot"] == str(out / "study.png")
+    assert main(["downstream", "--out", str(out), *flags[:-1], "--horizon", "6", "--quiet"]) == 2  # other settings
+    assert "holds a study run with other settings (horizon)" in capsys.readouterr().err
