@@ -12,8 +12,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from wfm_sim.policies.base import Policy, ScriptedPolicy, SeededPolicy, SegmentSchedule, batch_size
+from wfm_sim.policies.base import (
+    Policy,
+    ScriptedPolicy,
+    SeededPolicy,
+    SegmentSchedule,
+    batch_size,
+)
 
 
 class TrackFollower(ScriptedPolicy):
@@ -178,10 +183,6 @@ class OffRoadExcursion(SeededPolicy):
             start = int(rng.integers(self.lead[0], self.lead[1] + 1))
             end = start + int(rng.integers(self.swerve[0], self.swerve[1] + 1))
             self._plan[r] = [0, start, end, float(rng.choice((-1.0, 1.0)) * rng.uniform(0.7, 1.0))]
-
-    def window(self, row: int) -> tuple[int, int]:
-        """The steps ``[start, end)`` of row ``row``'s swerve."""
-        return self._plan[row][1], self._plan[row][2]
 
     def __call__(self, obs, info=None) -> np.ndarray:
         out = self.follower(obs)

@@ -38,6 +38,16 @@ class Transitions:
         return len(self.actions)
 
 
+def camera_frames(store: str | Path, episodes, cameras: tuple[str, ...]) -> np.ndarray:
+    """Every frame of ``episodes`` of ``store``, all ``cameras`` of a step together: ``(N, V, H, W, 3)`` uint8."""
+    r = EpisodeReader(store)
+    parts = []
+    for e in episodes:
+        a, b = r.episode_bounds(int(e))
+        parts.append(np.stack([r.read(f"obs/{c}", a, b) for c in cameras], axis=1))
+    return np.concatenate(parts)
+
+
 def load_transitions(store: str | Path, episodes: list[int] | None = None, stride: int = 1,
                      cameras: tuple[str, ...] | None = None) -> Transitions:
     """Every ``stride``-th transition (frame t, action t, frame t+1) of ``episodes`` of ``store``."""
@@ -158,6 +168,6 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["IDMConfig", "InverseDynamics", "Transitions", "evaluate_idm", "load_transitions", "run_arms", "table",
+__all__ = ["IDMConfig", "InverseDynamics", "Transitions", "camera_frames", "evaluate_idm", "load_transitions", "run_arms", "table",
            "train_idm"]
 

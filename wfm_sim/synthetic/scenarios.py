@@ -32,6 +32,7 @@ from wfm_sim.envs.captions import CAR_CAPTIONS
 from wfm_sim.evaluation.probes import fit_probe, predict
 from wfm_sim.models.world_model import WorldModel, resolve_pretrained
 from wfm_sim.rollout.record import record
+from wfm_sim.synthetic.downstream import camera_frames
 from wfm_sim.synthetic.generate import GenerateConfig, generate
 
 OFF_ROAD = CAR_CAPTIONS.index("off the road on grass")
@@ -55,15 +56,9 @@ class ScenarioConfig:
     envs: int = 8
 
 
-def _frames(store: str | Path, episodes, cameras) -> tuple[np.ndarray, np.ndarray]:
-    """``(N, 1, V, H, W, 3)`` windows of one frame and the step's episode index."""
-    r = EpisodeReader(store)
-    out, owner = [], []
-    for e in episodes:
-        a, b = r.episode_bounds(int(e))
-        out.append(np.stack([r.read(f"obs/{c}", a, b) for c in cameras], axis=1)[:, None])
-        owner.append(np.full(b - a, int(e)))
-    return np.concatenate(out), np.concatenate(owner)
+def _windows(store: str | Path, episodes, cameras) -> np.ndarray:
+    """``(N, 1, V, H, W, 3)``: every frame of ``episodes`` as a probe window of one frame."""
+    return camera_frames(store, episodes, cameras)[:, None]
 
 
 def train_detector(store: str | Path, cameras, steps: int, seed: int = 0):
@@ -78,10 +73,10 @@ def train_detector(store: str | Path, cameras, steps: int, seed: int = 0):
         raise StoreError(f"{store} holds {n} episode; the detector needs >= 2 (train and held-out test)")
     split = max(1, int(round(n * 0.8))) if n > 2 else 1
     train_eps, test_eps = list(range(split)), list(range(split, n))
-    x, _ = _frames(store, train_eps, cameras)
+    x = _windows(store, train_eps, cameras)
     y = np.concatenate([r.read("caption", *r.episode_bounds(e)) == OFF_ROAD for e in train_eps])
     probe = fit_probe(x, y, "classify", steps=steps, seed=seed)
-    xt, _ = _frames(store, test_eps, cameras)
+    xt = _windows(store, test_eps, cameras)
     yt = np.concatenate([r.read("caption", *r.episode_bounds(e)) == OFF_ROAD for e in test_eps])
     pt = predict(probe, xt)
     pos, neg = yt.sum(), (~yt).sum()
@@ -96,7 +91,7 @@ def _per_episode(probe, store: str | Path, cameras) -> list[float]:
     r = EpisodeReader(store)
     out = []
     for e in range(r.num_episodes):
-        x, _ = _frames(store, [e], cameras)
+        x = _windows(store, [e], cameras)
         out.append(float(predict(probe, x[1:]).mean()) if len(x) > 1 else 0.0)
     return out
 

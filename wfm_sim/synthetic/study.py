@@ -56,8 +56,16 @@ from wfm_sim.policies.base import ConvPolicy, ConvPolicyConfig
 from wfm_sim.policies.bc import BCConfig, fit_policy
 from wfm_sim.rollout.play import play
 from wfm_sim.rollout.record import record
-from wfm_sim.synthetic.downstream import IDMConfig, Transitions, evaluate_idm, load_transitions, train_idm
+from wfm_sim.synthetic.downstream import (
+    IDMConfig,
+    Transitions,
+    camera_frames,
+    evaluate_idm,
+    load_transitions,
+    train_idm,
+)
 from wfm_sim.synthetic.generate import GenerateConfig, generate
+from wfm_sim.synthetic.study_plots import contact_sheet_from_context, plot_study
 
 TASKS = ("policy", "perception")
 FORMAT = "wfm_sim.downstream_study"
@@ -138,17 +146,6 @@ class StudyConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-@dataclass
-class _Data:
-    """Frames of a set of episodes, loaded once: ``(N, V, H, W, 3)`` plus the teacher's labels."""
-
-    frames: np.ndarray
-    labels: np.ndarray | None = None
-    transitions: Transitions | None = None
-    episodes: int = 0
-    extra: dict = field(default_factory=dict)
-
-
 def _load(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -223,15 +220,6 @@ def _settings_file(cfg: StudyConfig, out: Path) -> None:
 
 # ------------------------------------------------------------------ data
 
-def _frames(store: str | Path, episodes: list[int], cameras: tuple[str, ...]) -> np.ndarray:
-    r = EpisodeReader(store)
-    parts = []
-    for e in episodes:
-        a, b = r.episode_bounds(int(e))
-        parts.append(np.stack([r.read(f"obs/{c}", a, b) for c in cameras], axis=1))
-    return np.concatenate(parts)
-
-
 def _teacher_labels(teacher, frames: np.ndarray, cameras: tuple[str, ...], chunk: int = 512) -> np.ndarray:
     out = []
     for i in range(0, len(frames), chunk):
@@ -280,7 +268,7 @@ def _gate(cfg: StudyConfig, out: Path, budget: int, real_t: Transitions, syn_sto
 
 # ------------------------------------------------------------------ runs
 
-def _train_policy(data: _Data, cams: tuple[str, ...], size: int, space: dict, cfg: StudyConfig, seed: int,
+def _train_policy(frames: np.ndarray, labels: np.ndarray, cams: tuple[str, ...], size: int, space: dict, cfg: StudyConfig, seed: int,
                   folder: Path, progress: bool) -> ConvPolicy:
     if (folder / "bc.json").is_file():
         return ConvPolicy.from_pretrained(folder)
@@ -289,10 +277,10 @@ def _train_policy(data: _Data, cams: tuple[str, ...], size: int, space: dict, cf
                                          low=tuple(space["low"]), high=tuple(space["high"])))
     bc = BCConfig(steps=cfg.bc_steps, batch_size=cfg.batch_size, seed=seed)
     opt = torch.optim.Adam(policy.parameters(), lr=bc.lr)
-    loss = fit_policy(policy, opt, data.frames, data.labels, bc, bc.steps, np.random.default_rng(seed),
+    loss = fit_policy(policy, opt, frames, labels, bc, bc.steps, np.random.default_rng(seed),
                       f"bc {folder.parent.name} seed {seed}", progress)
     policy.save_pretrained(folder)
-    atomic_write_json(folder / "bc.json", {"frames": int(len(data.frames)), "final_mse": loss, **asdict(bc)})
+    atomic_write_json(folder / "bc.json", {"frames": int(len(frames)), "final_mse": loss, **asdict(bc)})
     return policy
 
 
@@ -329,9 +317,53 @@ def _summaries(runs: dict) -> dict:
                 if arm != "real only" and paired:
                     d, dh = t_interval(paired)
                     row |= {"difference": d, "difference_ci95": dh,
-                            "interval_excludes_zero": bool(dh == dh and abs(d) > dh)}
+                            "interval_excludes_zero": bool(not math.isnan(dh) and abs(d) > dh)}
                 rows[arm] = row
             out[task][budget] = rows
+    return out
+
+
+def _policy_data(real_b: Path, budget: int, syn: Path, cams: tuple[str, ...], teacher) -> dict:
+    """The budget's real and synthetic frames with the teacher's label on each, and each synthetic episode's rows."""
+    r = EpisodeReader(syn)
+    real = camera_frames(real_b, range(budget), cams)
+    fake = camera_frames(syn, range(r.num_episodes), cams)
+    return {"real": (real, _teacher_labels(teacher, real, cams)), "synthetic": (fake, _teacher_labels(teacher, fake, cams)),
+            "bounds": [r.episode_bounds(e) for e in range(r.num_episodes)]}
+
+
+def _policy_runs(cfg: StudyConfig, folder: Path, data: dict, eps: list[int], cams, size: int, space: dict,
+                 progress: bool) -> dict:
+    """One arm of the policy task: a behaviour-cloned policy per seed, scored by real return (finished seeds are read)."""
+    (real, real_labels), (fake, fake_labels) = data["real"], data["synthetic"]
+    rows = np.concatenate([np.arange(*data["bounds"][e]) for e in eps]) if eps else np.zeros(0, int)
+    frames, labels = np.concatenate([real, fake[rows]]), np.concatenate([real_labels, fake_labels[rows]])
+    out = {}
+    for s in range(cfg.seeds):
+        path = folder / f"seed{s}.json"
+        if not path.is_file():
+            returns = _real_return(_train_policy(frames, labels, cams, size, space, cfg, s, folder / f"seed{s}", progress),
+                                   cfg, size)
+            _save(path, {"score": float(np.mean(returns)), "returns": returns, "synthetic_share": len(rows) / len(frames),
+                         "train_frames": int(len(frames))})
+        out[s] = _load(path)
+    return out
+
+
+def _perception_runs(cfg: StudyConfig, folder: Path, real_t: Transitions, syn: Path, eps: list[int], cams,
+                     test_t: Transitions, space: dict, progress: bool, arm: str) -> dict:
+    """One arm of the perception task: steering inverse dynamics per seed, R^2 on held-out real frames."""
+    parts = [real_t] + ([load_transitions(syn, eps, cameras=cams)] if eps else [])
+    total = sum(len(p) for p in parts)
+    mean = np.concatenate([p.actions for p in parts]).mean(0)
+    out = {}
+    for s in tqdm(range(cfg.seeds), desc=f"idm {arm}", disable=not progress):
+        path = folder / f"seed{s}.json"
+        if not path.is_file():
+            ev = evaluate_idm(train_idm(parts, space, IDMConfig(steps=cfg.idm_steps, seed=s)), test_t, mean)
+            _save(path, {"score": float(ev["r2"][0]), "r2": ev["r2"], "mse": ev["mse"],
+                         "synthetic_share": (total - len(real_t)) / total, "train_transitions": int(total)})
+        out[s] = _load(path)
     return out
 
 
@@ -370,64 +402,31 @@ def run_study(cfg: StudyConfig, out: str | Path, progress: bool = True) -> dict:
         if cfg.gated:
             gates[budget] = _gate(cfg, out, budget, real_t, syn, test_t, space, progress)
 
+        policy_data = None  # frames and teacher labels, loaded once per budget when the policy task runs
         arms = {"real only": []}
         for f in cfg.fractions:
             arms[f"+{f:.0%} synthetic"] = list(range(max(1, round(f * cfg.synthetic))))
         if cfg.gated:
             arms[f"+synthetic, gated (corr >= {cfg.gate:g})"] = gates[budget]["kept"]
 
-        real_frames = _frames(real_b, list(range(budget)), pcams) if "policy" in cfg.tasks else None
-        real_labels = _teacher_labels(teacher, real_frames, pcams) if teacher is not None else None
-        syn_all = EpisodeReader(syn).num_episodes
-        syn_frames = _frames(syn, list(range(syn_all)), pcams) if "policy" in cfg.tasks else None
-        syn_labels = _teacher_labels(teacher, syn_frames, pcams) if teacher is not None else None
-        syn_bounds = [EpisodeReader(syn).episode_bounds(e) for e in range(syn_all)]
-
         for arm, eps in arms.items():
             if arm != "real only" and not eps:
                 continue  # the gate kept nothing: the arm is real only
-            share = 0.0
             if "policy" in cfg.tasks:
-                rows = np.concatenate([np.arange(*syn_bounds[e]) for e in eps]) if eps else np.zeros(0, int)
-                frames = np.concatenate([real_frames, syn_frames[rows]]) if eps else real_frames
-                labels = np.concatenate([real_labels, syn_labels[rows]]) if eps else real_labels
-                share = len(rows) / len(frames)
-                data = _Data(frames, labels)
-                for s in range(cfg.seeds):
-                    path = out / "runs" / "policy" / f"real{budget}" / _slug(arm) / f"seed{s}.json"
-                    if path.is_file():
-                        res = _load(path)
-                    else:
-                        pol = _train_policy(data, pcams, size, space, cfg, s, path.with_suffix(""), progress)
-                        returns = _real_return(pol, cfg, size)
-                        res = {"score": float(np.mean(returns)), "returns": returns, "synthetic_share": share,
-                               "train_frames": int(len(frames))}
-                        _save(path, res)
-                    runs["policy"].setdefault(str(budget), {}).setdefault(arm, {})[s] = res
+                policy_data = policy_data or _policy_data(real_b, budget, syn, pcams, teacher)
+                runs["policy"].setdefault(str(budget), {})[arm] = _policy_runs(
+                    cfg, out / "runs" / "policy" / f"real{budget}" / _slug(arm), policy_data, eps, pcams, size,
+                    space, progress)
             if "perception" in cfg.tasks:
-                parts = [real_t] + ([load_transitions(syn, eps, cameras=cams)] if eps else [])
-                n_syn = sum(len(p) for p in parts[1:])
-                share_t = n_syn / sum(len(p) for p in parts)
-                mean = np.concatenate([p.actions for p in parts]).mean(0)
-                for s in tqdm(range(cfg.seeds), desc=f"idm {arm}", disable=not progress):
-                    path = out / "runs" / "perception" / f"real{budget}" / _slug(arm) / f"seed{s}.json"
-                    if path.is_file():
-                        res = _load(path)
-                    else:
-                        idm = train_idm(parts, space, IDMConfig(steps=cfg.idm_steps, seed=s))
-                        ev = evaluate_idm(idm, test_t, mean)
-                        res = {"score": float(ev["r2"][0]), "r2": ev["r2"], "mse": ev["mse"], "synthetic_share": share_t,
-                               "train_transitions": int(sum(len(p) for p in parts))}
-                        _save(path, res)
-                    runs["perception"].setdefault(str(budget), {}).setdefault(arm, {})[s] = res
+                runs["perception"].setdefault(str(budget), {})[arm] = _perception_runs(
+                    cfg, out / "runs" / "perception" / f"real{budget}" / _slug(arm), real_t, syn, eps, cams, test_t,
+                    space, progress, arm)
 
     report = {"format": FORMAT, "config": asdict(cfg), "units": {"policy": "real return (mean over eval episodes)",
                                                                  "perception": "steering R^2 on held-out real frames"},
               "summary": _summaries(runs), "gate": {str(b): {k: v for k, v in g.items() if k != "correlations"}
                                                     for b, g in gates.items()},
               "generate": {str(b): g for b, g in generated.items()}, "runs": runs}
-    from wfm_sim.synthetic.study_plots import contact_sheet_from_context, plot_study
-
     report["files"] = {"plot": str(plot_study(report, out / "study.png")),
                        "contact_sheet": str(contact_sheet_from_context(out / f"synthetic{budgets[0]}.zarr", cams,
                                                                         out / "contact.png", info["context"]))}
