@@ -82,6 +82,29 @@ CASES = [
     "rollout --model {model} --episodes 1 --horizon 2 --policy {empty_npy} --out {out}/r.zarr",
     # score
     "score --model {model} --policies {empty_npy} --out {out}/s",
+    "score --model {model} --policies random --seed -1 --out {out}/s",
+    # plan
+    "plan --model {model} --init-std inf --out {out}/p",
+    "plan --model {model} --seed -1 --out {out}/p",
+    # numbers that are not finite or in range, refused before any work
+    "evaluate {model} --data {store} --temperature nan",
+    "evaluate {model} --data {store} --diffusion-steps 0",
+    "evaluate {model} --counterfactual --min-spread nan",
+    "train backbone --data {store} --out {out}/b --preset tiny --batch-size 100000000",
+]
+
+# Refused after the command has started (a model loaded, a store opened): nothing may be left behind.
+LEAVE_NOTHING = [
+    "train policy --model {model} --out {out}/p --lr 0",
+    "train policy --model {model} --out {out}/p --entropy-coef nan",
+    "train policy --model {model} --out {out}/p --clip 0",
+    "train policy --model {model} --out {out}/p --width 0",
+    "train policy --model {model} --out {out}/p --data {missing}",
+    "train policy --model {model} --out {out}/p --init-policy {missing}",
+    "dyna --model {model} --source carracing --data {store} --out {out}/p",
+    "dyna --model {model} --source nope --data {store} --out {out}/p",
+    "dyna --model {model} --source carracing --data {store} --out {out}/p --wm-lr nan",
+    "collect carracing --episodes 1 --policy {plan3} --out {out}/p",
 ]
 
 
@@ -154,3 +177,13 @@ def test_an_empty_store_gets_a_sheet_refusal_not_a_python_message(tmp_path, caps
     EpisodeWriter(tmp_path / "e.zarr", ("CAM_FRONT",), 16, {"type": "discrete", "n": 2}, fps=10, source_env="x").close()
     assert main(["dataset", "info", str(tmp_path / "e.zarr"), "--sheet", str(tmp_path / "s.png")]) == 2
     assert "holds no complete episode to draw" in capsys.readouterr().err and not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("case", LEAVE_NOTHING)
+def test_a_refused_run_leaves_no_folder_or_store(case, paths, tmp_path, capsys):
+    np.save(tmp_path / "plan3.npy", np.zeros((2, 3, 3), np.float32))  # 3 steps: shorter than an episode
+    argv = case.format(**{**paths, "out": str(tmp_path), "plan3": str(tmp_path / "plan3.npy")}).split()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0], err
+    assert not (tmp_path / "p").exists(), f"{case!r} left {sorted(p.name for p in (tmp_path / 'p').iterdir())}"

@@ -129,8 +129,9 @@ def run_collect(cfg: CollectCommand) -> dict:
         raise ValueError(f"{', '.join(given)} apply to gym:<EnvId> sources only; {source} has a fixed rig and rate")
     if cfg.captions:
         source = get_source(source).with_captions().name  # fails with the sources that cannot caption
-    return _rounded(record(source, cfg.out, cfg.episodes, policy=cfg.policy, size=cfg.size, max_steps=cfg.max_steps,
-                           seed=cfg.seed, progress=cfg.progress))
+    with no_empty_store_left(cfg.out):
+        return _rounded(record(source, cfg.out, cfg.episodes, policy=cfg.policy, size=cfg.size,
+                               max_steps=cfg.max_steps, seed=cfg.seed, progress=cfg.progress))
 
 
 # --------------------------------------------------------------------------- dataset

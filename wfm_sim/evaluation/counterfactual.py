@@ -27,6 +27,7 @@ Dimension legend: :mod:`wfm_sim.dims`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,8 +105,8 @@ class CounterfactualConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.branches < 2:
             raise ValueError(f"a counterfactual needs >= 2 branches to compare, got {self.branches}")
-        if self.lead < 0 or self.min_spread < 0:
-            raise ValueError(f"lead and min_spread must be >= 0, got {self.lead} and {self.min_spread}")
+        if self.lead < 0 or not math.isfinite(self.min_spread) or self.min_spread < 0:
+            raise ValueError(f"lead must be >= 0 and min_spread a finite number >= 0, got {self.lead} and {self.min_spread}")
         if not 0 <= self.policy_branches <= self.branches:
             raise ValueError(f"policy_branches must lie in [0, branches={self.branches}], got {self.policy_branches}")
         for name in ("start_seed", "probe_seed"):

@@ -48,6 +48,13 @@ class EvalConfig:
     seed: int = 0
     """Sampling seeds of the rollouts."""
 
+    def __post_init__(self):
+        for name in ("horizon", "windows", "parallel_steps", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.diffusion_steps is not None and self.diffusion_steps < 1:
+            raise ValueError(f"diffusion-steps must be >= 1, got {self.diffusion_steps}")
+
 
 def eval_windows(model: WorldModel, data: str, cfg: EvalConfig, split: Split | None = None) -> Batch:
     """``cfg.windows`` real windows of ``context + horizon`` frames from ``data``."""

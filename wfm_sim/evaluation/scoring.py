@@ -91,6 +91,8 @@ class ScoreConfig:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.start_episode < 0:
             raise ValueError(f"start_episode must be >= 0, got {self.start_episode}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
     @property
     def start_seeds(self) -> list[int]:

@@ -41,3 +41,22 @@ def check_limits(cfg, fields: tuple[str, ...] | None = None, limits: dict | None
                 "a corrupt or mistyped config"
             raise ValueError(f"{type(cfg).__name__}.{name} = {v} is outside the sane range [{lo}, {hi}]; "
                              f"a typo? ({hint})")
+
+
+def check_numbers(cfg, positive: tuple[str, ...] = (), nonnegative: tuple[str, ...] = (),
+                  unit: tuple[str, ...] = ()) -> None:
+    """Raise ``ValueError`` for a training hyper-parameter of ``cfg`` that is not a finite number in
+    its range: ``positive`` (> 0, a learning rate, a clip), ``nonnegative`` (>= 0, a penalty or a
+    loss weight) or ``unit`` ([0, 1], a discount or a fraction). ``None`` passes (an unset option).
+
+    A NaN learning rate or entropy weight would otherwise train for minutes and end in a
+    distribution's "invalid values" error; a zero learning rate or clip would train to nothing.
+    """
+    rules = [(n, "> 0", lambda v: v > 0) for n in positive] + [(n, ">= 0", lambda v: v >= 0) for n in nonnegative]
+    rules += [(n, "in [0, 1]", lambda v: 0 <= v <= 1) for n in unit]
+    for name, what, ok in rules:
+        v = getattr(cfg, name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            raise ValueError(f"{name.replace('_', '-')} must be a finite number {what}, got {v!r}")

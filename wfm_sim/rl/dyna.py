@@ -33,6 +33,7 @@ from wfm_sim.datasets.store import EpisodeReader
 from wfm_sim.envs.sources import get_source
 from wfm_sim.evaluation.scoring import ScoreConfig, check_rig, score_policies
 from wfm_sim.models import WorldModel
+from wfm_sim.models.limits import check_numbers
 from wfm_sim.models.world_model import resolve_pretrained
 from wfm_sim.policies.actor_critic import ActorCritic
 from wfm_sim.policies.base import SeededPolicy
@@ -71,9 +72,11 @@ class DynaConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("iterations", "collect_episodes", "wm_steps", "policy_iterations", "score_starts"):
+        for name in ("iterations", "collect_episodes", "wm_steps", "wm_batch", "policy_iterations", "num_envs",
+                     "horizon", "parallel_steps", "score_starts"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_numbers(self, positive=("wm_lr", "reward_scale"), nonnegative=("collect_noise", "uncertainty_penalty"))
 
 
 class NoisyPolicy(SeededPolicy):
@@ -116,7 +119,8 @@ def _write_log(out: Path, logs: list[dict]) -> None:
 def run_dyna(cfg: DynaConfig) -> list[dict]:
     """Run (or resume) the loop; returns one log line per finished iteration."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; a Dyna run needs a folder")
     run_file = out / "dyna.json"
     mine = json.loads(json.dumps(asdict(cfg)))
     mine.pop("progress")
@@ -125,9 +129,22 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
         diff = sorted(k for k in mine if k != "iterations" and saved.get(k) != mine[k])
         if diff:
             raise ValueError(f"{out} holds a Dyna run with other settings ({', '.join(diff)}); use another --out")
-    ckpt.atomic_write_json(run_file, mine)
+    # Every check before the run folder is made: a refused run leaves nothing behind.
     src = get_source(cfg.source)
-    check_rig(WorldModel.from_pretrained(cfg.model, device="cpu", precision="fp32"), cfg.source, 2)
+    model = WorldModel.from_pretrained(cfg.model, device="cpu", precision="fp32")
+    check_rig(model, cfg.source, 2)
+    store = EpisodeReader(cfg.data)
+    recorded = store.attrs.get("source")
+    if recorded is not None and recorded != cfg.source:
+        raise ValueError(f"--data {cfg.data} was recorded from source {recorded!r}, not {cfg.source!r}: Dyna appends "
+                         f"{cfg.source} episodes to it")
+    missing = [c for c in model.cfg.cameras if c not in store.cameras]
+    if missing or store.image_size != model.cfg.tokenizer.image_size:
+        raise ValueError(f"--data {cfg.data} holds cameras {list(store.cameras)} at {store.image_size}px; the model "
+                         f"sees {list(model.cfg.cameras)} at {model.cfg.tokenizer.image_size}px")
+    del model, store
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_json(run_file, mine)
     logs = _logged(out)
     _write_log(out, logs)  # also mends a log an older version wrote twice
     prev_model, prev_policy = str(resolve_pretrained(cfg.model)), None

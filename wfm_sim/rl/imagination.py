@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from wfm_sim import checkpoint as ckpt
 from wfm_sim.envs.imagined import ImaginedVectorEnv
+from wfm_sim.models.limits import POLICY_LIMITS, check_limits, check_numbers
 from wfm_sim.models.world_model import resolve_pretrained
 from wfm_sim.policies.actor_critic import ActorCritic, ActorCriticConfig
 from wfm_sim.training.state import load_train_state, save_train_state
@@ -83,8 +84,11 @@ class ImaginationRLConfig:
         for name in ("iterations", "num_envs", "horizon", "epochs", "minibatches", "save_every", "parallel_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ValueError(f"gamma and lam must lie in [0, 1], got {self.gamma}, {self.lam}")
+        check_numbers(self, positive=("lr", "clip", "max_grad_norm", "reward_scale", "max_entropy"),
+                      nonnegative=("entropy_coef", "value_coef", "uncertainty_penalty"), unit=("gamma", "lam"))
+        if self.decoder not in ("token", "diffusion"):
+            raise ValueError(f"decoder must be one of ('token', 'diffusion'), got {self.decoder!r}")
+        check_limits(self, ("width",), POLICY_LIMITS)
         if (self.num_envs * self.horizon) % self.minibatches:
             raise ValueError(f"num_envs * horizon ({self.num_envs * self.horizon}) must divide into {self.minibatches} minibatches")
 
@@ -149,6 +153,7 @@ class ImaginationTrainer:
                                  f"{start.cfg.action_dim} actions at width {start.cfg.width}; this run needs "
                                  f"{list(ac.cameras)}, {ac.action_dim}, width {ac.width}")
             self.policy.load_state_dict(start.state_dict())
+        self._claim_run_folder()
 
     # ------------------------------------------------------------------ run folder
     def _check_run_folder(self, resume: bool) -> None:
@@ -163,9 +168,13 @@ class ImaginationTrainer:
                 raise ValueError(f"--resume with a different config: {', '.join(f'{k}: run has {saved.get(k)!r}, given {mine.get(k)!r}' for k in diff)}")
         elif run.is_file():
             raise ValueError(f"{self.out} holds a policy run already: pass --resume to continue it, or another --out")
+        elif self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file; a policy run needs a folder")
+
+    def _claim_run_folder(self) -> None:
+        """Written only once every check has passed: a refused run leaves no folder behind."""
         self.out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            ckpt.atomic_write_json(run, {"format": RUN_FORMAT, "config": self.cfg.fingerprint()})
+        ckpt.atomic_write_json(self.out / "run.json", {"format": RUN_FORMAT, "config": self.cfg.fingerprint()})
 
     def _save(self) -> None:
         self.policy.save_pretrained(self.out / "policy")

@@ -23,6 +23,7 @@ from wfm_sim.envs.real import make_real_vec
 from wfm_sim.evaluation.policy_sets import expert_for
 from wfm_sim.evaluation.scoring import play_rows
 from wfm_sim.evaluation.starts import neutral_action, seed_starts
+from wfm_sim.models.limits import check_numbers
 from wfm_sim.policies.base import PlanPolicy
 from wfm_sim.rollout.play import play
 
@@ -46,6 +47,9 @@ class PlanConfig:
         for name in ("horizon", "population", "elites", "iterations", "samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        check_numbers(self, positive=("init_std",))
         if self.elites > self.population:
             raise ValueError(f"elites ({self.elites}) must not exceed the population ({self.population})")
 

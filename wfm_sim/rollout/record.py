@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from wfm_sim.datasets.store import EpisodeWriter
 from wfm_sim.envs.real import make_real_vec
 from wfm_sim.envs.sources import Source, get_source
+from wfm_sim.policies.base import PlanPolicy
 from wfm_sim.policies.registry import make_policy
 from wfm_sim.rollout.play import play
 
@@ -62,6 +63,9 @@ def record(source: str | Source, out: str | Path, episodes: int, policy=None, si
     try:
         pol = make_policy(name, env.single_action_space, source=src.name) if policy is None or isinstance(policy, str) \
             else policy
+        if isinstance(pol, PlanPolicy) and len(pol) < steps:
+            raise ValueError(f"the plan has {len(pol)} steps and a {src.name} episode runs up to {steps}: give a plan "
+                             f"of at least {steps} steps, or max_steps={len(pol)} (--max-steps)")
         writer = EpisodeWriter(out, src.cameras, size, src.action_space, src.fps, src.env_id, extras=src.extras,
                                metadata={"source": src.name, "source_version": src.env_version(), "policy": name})
     except BaseException:

@@ -95,8 +95,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.component not in TASKS:
             raise ValueError(f"component must be one of {tuple(TASKS)}, got {self.component!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be >= 1")
+        if self.steps < 1 or not 1 <= self.batch_size <= 65536:
+            raise ValueError(f"steps must be >= 1 and batch-size in [1, 65536]; got {self.steps} and {self.batch_size}")
 
 
 class NonFiniteLossError(RuntimeError):
