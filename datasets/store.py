@@ -141,8 +141,11 @@ class EpisodeReader:
 
     # ----------------------------------------------------------------- read
     def read(self, key: str, start: int, stop: int) -> np.ndarray:
-        if stop > self.num_steps:
-            raise IndexError(f"rows [{start}, {stop}) exceed the {self.num_steps} committed rows")
+        if not 0 <= start <= stop <= self.num_steps:
+            raise IndexError(f"rows [{start}, {stop}) of {self.path}: expected 0 <= start <= stop <= "
+                             f"{self.num_steps} (the committed rows)")
+        if key not in self.arrays:
+            raise StoreError(f"{self.path} has no array {key!r}; it holds {sorted(self.arrays)}")
         return self.arrays[key][start:stop]
 
     def episode(self, i: int) -> Episode:

@@ -160,8 +160,18 @@ class ImaginedVectorEnv(VectorEnv):
 
     # ------------------------------------------------------------------ reset
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"reset options must be a dict (context, frames/actions, episode, prompt, reset_mask), "
+                            f"got {type(options).__name__}")
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
+        if isinstance(seed, (np.integer, int)) and not isinstance(seed, bool):
+            seed = int(seed)
+        elif seed is not None and not (isinstance(seed, (list, tuple, np.ndarray)) and all(
+                isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in seed)):
+            raise TypeError(f"seed must be an int, a list of {self.num_envs} ints or None, got {seed!r}")
+        if seed is not None and (min(np.atleast_1d(seed)) < 0 or max(np.atleast_1d(seed)) >= 2**63):
+            raise ValueError(f"seeds must lie in [0, 2**63), got {seed!r}")
         rows = np.arange(self.num_envs) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
         if mask is not None and np.asarray(mask).shape != (self.num_envs,):
             raise ValueError(f"reset_mask must be a bool array of shape ({self.num_envs},)")
@@ -374,8 +384,8 @@ class ImaginedEnv(gym.Env):
         return self._vec.model
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = self._vec.reset(seed=seed, options=options)  # checks the seed and options first
         super().reset(seed=seed)
-        obs, info = self._vec.reset(seed=seed, options=options)
         return self._first(obs), {k: v[0] for k, v in info.items() if not k.startswith("_")}
 
     def step(self, action):

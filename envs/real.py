@@ -83,13 +83,16 @@ class RealEnv(gym.Env):
         self._steps, self._seed, self._obs = 0, None, None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or not 0 <= int(seed) < 2**32):
+            raise ValueError(f"seed must be an integer in [0, 2**32) or None, got {seed!r}")
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"reset options must be a dict ({{'warmup': actions}}), got {type(options).__name__}")
         super().reset(seed=seed)
         options = dict(options or {})
         warmup = options.pop("warmup", None)
         if options:
             raise ValueError(f"RealEnv.reset takes only options['warmup'], got {sorted(options)}")
-        if seed is not None and not 0 <= int(seed) < 2**32:
-            raise ValueError(f"seed must lie in [0, 2**32), got {seed}")
         raw = self.sim.reset(seed)
         self._frames.clear()
         self._actions.clear()
@@ -170,6 +173,8 @@ def make_real_vec(source: str = "carracing-4cam", num_envs: int = 1, size: int =
     ``vec.call("context")`` returns each sub-env's :class:`~wfm_sim.envs.contexts.Context`.
     """
     src = get_source(source)
+    if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
     limit = src.max_steps if max_episode_steps is None else int(max_episode_steps)
 
     def make():

@@ -57,6 +57,11 @@ def model_action_space(cfg, group: int | None = None) -> spaces.Space:
     return action_space(spec, cfg.frames_per_step if group is None else group)
 
 
+def _verb(who: str) -> str:
+    """'contain' after plural nouns ("actions (num_envs=2)", "context actions"), 'contains' after "action"."""
+    return "contain" if who.split(" (")[0].endswith("s") else "contains"
+
+
 def check_actions(space: spaces.Space, actions, lead: tuple[int, ...] = (), who: str = "actions") -> np.ndarray:
     """Validate ``actions`` against ``space`` (with ``lead`` batch dims); returns them as an array.
 
@@ -81,7 +86,7 @@ def check_actions(space: spaces.Space, actions, lead: tuple[int, ...] = (), who:
             raise ValueError(f"discrete {who} must lie in [0, {hi}), got {a.tolist()}")
         return a
     if not np.isfinite(a).all():
-        raise ValueError(f"{who} contain NaN or inf{_where(~np.isfinite(a), a, len(lead))}")
+        raise ValueError(f"{who} {_verb(who)} NaN or inf{_where(~np.isfinite(a), a, len(lead))}")
     tol = 1e-6
     out = (a < space.low - tol) | (a > space.high + tol)
     if out.any():

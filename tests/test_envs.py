@@ -209,6 +209,48 @@ def test_bad_actions_raise(tiny_model_dir_with_contexts, action, err, match):
         env.step(action)
 
 
+@pytest.mark.parametrize("seed,options,err,match", [
+    (-1, None, ValueError, r"seeds must lie in \[0, 2\*\*63\), got -1"),  # not numpy's "Seed must be greater"
+    (1.5, None, TypeError, r"seed must be an int, a list of 2 ints or None, got 1.5"),
+    ([0, "a"], None, TypeError, r"seed must be an int"),
+    (0, [1], TypeError, r"reset options must be a dict .*got list"),
+])
+def test_bad_reset_arguments_are_named(tiny_model_dir_with_contexts, seed, options, err, match):
+    env = ImaginedVectorEnv(2, str(tiny_model_dir_with_contexts))
+    with pytest.raises(err, match=match):
+        env.reset(seed=seed, options=options)
+    with pytest.raises(ValueError, match="got -1"):  # the single env checks before Gymnasium's own seeding
+        ImaginedEnv(model=str(tiny_model_dir_with_contexts)).reset(seed=-1)
+
+
+def test_real_env_bad_arguments_are_named():
+    from wfm_sim.envs.real import RealEnv, make_real_vec
+
+    env = RealEnv("carracing", 16)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\) or None, got -1"):
+        env.reset(seed=-1)
+    with pytest.raises(TypeError, match="reset options must be a dict"):
+        env.reset(seed=0, options=[1])
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"^action contains NaN or inf"):
+        env.step(np.array([np.nan, 0, 0], np.float32))
+    with pytest.raises(ValueError, match="num_envs must be an integer >= 1, got 0"):
+        make_real_vec("carracing", 0, 16)
+
+
+def test_device_and_store_reads_are_named(square_store):
+    from wfm_sim.datasets import EpisodeReader
+    from wfm_sim.device import resolve_device
+
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda, cuda:N or mps, got 'nope'"):
+        resolve_device("nope")
+    r = EpisodeReader(square_store)
+    with pytest.raises(ValueError, match=r"has no array 'obs/NOPE'; it holds \['action', 'obs/CAM_FRONT'"):
+        r.read("obs/NOPE", 0, 1)
+    with pytest.raises(IndexError, match=r"rows \[-5, 2\) of .*: expected 0 <= start <= stop"):
+        r.read("obs/CAM_FRONT", -5, 2)
+
+
 def test_step_before_reset_and_after_end(tiny_model_dir_with_contexts):
     env = ImaginedEnv(model=str(tiny_model_dir_with_contexts), max_episode_steps=1)
     with pytest.raises(RuntimeError, match="before reset"):
