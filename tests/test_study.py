@@ -11,7 +11,8 @@ from wfm_sim.datasets import EpisodeReader, StoreError
 from wfm_sim.synthetic.study import StudyConfig, run_study, t_interval
 
 TINY = dict(source="carracing-front", budgets=(2, 3), synthetic=3, horizon=5, seeds=2, bc_steps=3, idm_steps=3,
-            batch_size=8, real_steps=6, eval_episodes=2, eval_steps=5, test_episodes=2, envs=2, gate=-1.0)
+            batch_size=8, real_steps=6, eval_episodes=2, eval_steps=5, test_episodes=2, envs=2, gate=-1.0,
+            teacher="road")  # the default teacher, pixel-driver, reads the 4-camera rig at 64 px
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,7 @@ def test_bad_inputs_are_refused_before_anything_is_recorded(front_model, study, 
         (dict(source="carracing"), ValueError, "has cameras \\['CAM_FRONT'\\]; source carracing records \\['CAM_TOP'\\]"),
         (dict(prompt="a sharp left bend"), ValueError, "needs a text-conditioned model"),
         (dict(policy="driver"), ValueError, "reads the real simulator's state"),
+        (dict(teacher="pixel-driver"), ValueError, "'pixel-driver' reads 4 camera\\(s\\) at 64px; the model .* imagines 1 at 16px"),
         (dict(real=str(out / "real2.zarr"), budgets=(2, 5)), StoreError, "holds 2 episodes; the largest budget asks for 5"),
     ]
     for change, error, message in cases:
@@ -183,7 +185,7 @@ def test_the_command_completes_a_finished_study_and_prints_its_table(study, caps
     cfg, out, rep = study
     flags = ["--model", cfg.model, "--source", cfg.source, "--budgets", "2", "3", "--synthetic", "3", "--horizon", "5",
              "--seeds", "2", "--bc-steps", "3", "--idm-steps", "3", "--batch-size", "8", "--real-steps", "6",
-             "--eval-episodes", "2", "--eval-steps", "5", "--test-episodes", "2", "--envs", "2", "--gate", "-1",
+             "--eval-episodes", "2", "--eval-steps", "5", "--test-episodes", "2", "--envs", "2", "--gate", "-1", "--teacher", "road",
              "--quiet"]
     assert main(["downstream", "--out", str(out), *flags]) == 0
     printed = capsys.readouterr().out

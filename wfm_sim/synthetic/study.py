@@ -19,8 +19,9 @@ The study, every stage resumable (rerun the same command after a kill: finished 
    real + the gated ones), per seed, with the same steps, batch and learning rate:
 
    * ``policy``: a behaviour-cloned pixel policy on the model's whole camera rig, its targets the
-     ``teacher``'s action on every frame (default ``road``, a policy of pixels alone, so real and
-     imagined frames are labelled alike), scored by real return in the real twin on fresh seeds;
+     ``teacher``'s action on every frame (default ``pixel-driver``, the scripted driver distilled
+     into a policy of pixels alone, so real and imagined frames are labelled alike), scored by
+     real return in the real twin on fresh seeds;
    * ``perception``: steering inverse dynamics (which action took the frames from t to t + 1),
      R^2 on held-out real episodes recorded with fresh seeds.
 
@@ -96,8 +97,10 @@ class StudyConfig:
     """Steps per synthetic episode."""
     policy: str = "road-explore"
     """Drives the real recording and the imagined episodes (a pixel policy, so it runs in both)."""
-    teacher: str = "road"
-    """Labels every frame for the driving-policy task (a pixel policy)."""
+    teacher: str = "pixel-driver"
+    """Labels every frame for the driving-policy task (a pixel policy; the shipped ``pixel-driver``
+    drives about as well as the scripted driver, which reads the simulator's state and so cannot
+    label imagined frames)."""
     prompt: str | None = None
     """Scenario text for a text-conditioned model."""
     tasks: tuple[str, ...] = field(default=TASKS, metadata={"names": True})
@@ -192,7 +195,12 @@ def check_inputs(cfg: StudyConfig) -> dict:
         pol = make_policy(name, None, source=cfg.source, camera=cams[0] if "CAM_FRONT" not in cams else None)
         if getattr(pol, "privileged", False):
             raise ValueError(f"{name!r} reads the real simulator's state; the study drives and labels imagined "
-                             "frames too, so it needs a pixel policy (road, road-explore, a policy folder)")
+                             "frames too, so it needs a pixel policy (pixel-driver, road, road-explore, a policy folder)")
+        pc = getattr(pol, "cfg", None)
+        if isinstance(pc, ConvPolicyConfig) and (pc.cameras != len(cams) or pc.image_size != size):
+            raise ValueError(f"{name!r} reads {pc.cameras} camera(s) at {pc.image_size}px; the model {cfg.model} "
+                             f"imagines {len(cams)} at {size}px: give --policy / --teacher a policy of this rig "
+                             "(road and road-explore fit any)")
     need = max(cfg.budgets)
     if cfg.real is not None:
         r = EpisodeReader(cfg.real)
