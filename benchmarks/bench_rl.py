@@ -55,11 +55,41 @@ def trainer_speed(model_dir: str, batch: int, device: str = "cpu") -> dict:
         trainer.train()
         t0 = time.perf_counter()
         cfg2 = trainer.cfg
-        trainer.cfg = type(cfg2)(**{**cfg2.__dict__, "iterations": 4})
+        trainer.cfg = type(cfg2)(**{**cfg2.__dict__, "iterations": 7})  # 5 iterations, one checkpoint, as in a run
         trainer.train()
         dt = time.perf_counter() - t0
     return {"model": "PPO trainer (collect + update)", "cameras": 1, "batch": batch, "obs": "pixels", "passes": 2,
-            "env_steps_s": 2 * batch * 15 / dt}
+            "env_steps_s": 5 * batch * 15 / dt}
+
+
+def encoder_precision_ab(model_dir: str, batch: int, reps: int = 4) -> list[dict]:
+    """The PPO iteration (collect + update, no checkpoint) with the policy's conv encoder in fp32
+    against the model's precision (bf16 autocast where native), interleaved in one process."""
+    from wfm_sim.rl.imagination import ImaginationRLConfig, ImaginationTrainer
+
+    trainers, times = {}, {}
+    with tempfile.TemporaryDirectory() as out:
+        for name in ("fp32", "model precision"):
+            cfg = ImaginationRLConfig(model_dir, f"{out}/{len(trainers)}", iterations=100, num_envs=batch, horizon=15,
+                                      parallel_steps=2, device="cpu", progress=False, minibatches=4)
+            t = ImaginationTrainer(cfg)
+            if name == "fp32":
+                t.amp = None
+            t.update(t.collect())  # warm-up
+            trainers[name], times[name] = t, []
+        for _ in range(reps):
+            for name, t in trainers.items():
+                t0 = time.perf_counter()
+                roll = t.collect()
+                t1 = time.perf_counter()
+                t.update(roll)
+                times[name].append((t1 - t0, time.perf_counter() - t1))
+    rows = []
+    for name, v in times.items():
+        c, u = np.mean(v, axis=0)
+        rows.append({"model": f"PPO iteration, policy encoder {name}", "cameras": 1, "batch": batch, "obs": "pixels",
+                     "passes": 2, "env_steps_s": batch * 15 / (c + u), "update_s": u})
+    return rows
 
 
 def main() -> None:
@@ -90,6 +120,7 @@ def main() -> None:
         frames = np.random.default_rng(1).integers(0, 255, (8, rl.cfg.context_frames, 1, s, s, 3), dtype=np.uint8)
         ContextBank(frames, np.zeros((8, rl.cfg.context_frames - 1, 3), np.float32), ["bench"] * 8).save(folder)
     rows.append(trainer_speed(folder, args.batch))
+    rows += encoder_precision_ab(folder, args.batch)
     emit("RL in imagination", rows, info)
 
 

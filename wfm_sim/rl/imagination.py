@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wfm_sim import checkpoint as ckpt
+from wfm_sim.device import autocast, autocast_dtype
 from wfm_sim.envs.imagined import ImaginedVectorEnv
 from wfm_sim.models.limits import POLICY_LIMITS, check_limits, check_numbers
 from wfm_sim.models.world_model import resolve_pretrained
@@ -133,6 +134,9 @@ class ImaginationTrainer:
             raise ValueError(f"{cfg.model} has no trained reward or termination heads (its backbone was never trained, "
                              f"trained: {list(trained)}): run `wfm-sim train backbone` on a store with rewards first")
         self.device = next(self.env.model.parameters()).device
+        # The policy's conv encoder runs in the model's precision (bf16 autocast where the machine has
+        # it natively, fp32 master weights); its heads, log-probabilities and losses stay fp32.
+        self.amp = autocast_dtype(self.device, cfg.precision)
         ac = ActorCriticConfig.for_spaces(self.env.cameras, self.env.model.cfg.tokenizer.image_size,
                                           self.env.single_action_space, width=cfg.width,
                                           trained_in=f"{cfg.model} ({ckpt.content_hash(resolve_pretrained(cfg.model))})")
@@ -200,7 +204,7 @@ class ImaginationTrainer:
         buf = {k: [] for k in ("frames", "u", "logp", "value", "reward", "raw_reward", "terminated", "entropy")}
         for _ in range(cfg.horizon):
             frames = self.policy.frames(obs)
-            h = self.policy.features(frames)
+            h = self._features(frames)
             dist = self.policy.distribution(h)
             u = _sample(dist, self.gen, self.policy.cfg.action_kind)
             action = self.policy.to_env(u)
@@ -218,10 +222,14 @@ class ImaginationTrainer:
             buf["reward"].append((reward - cfg.uncertainty_penalty * ent) * cfg.reward_scale)
             buf["terminated"].append(term)
             buf["entropy"].append(ent)
-        last = self.policy.value(self.policy.features(self.policy.frames(obs))).cpu()
+        last = self.policy.value(self._features(self.policy.frames(obs))).cpu()
         out = {k: torch.stack(v) for k, v in buf.items()}  # (s, b, ...)
         out["adv"], out["ret"] = gae(out["reward"], out["value"], out["terminated"], last, cfg.gamma, cfg.lam)
         return out
+
+    def _features(self, frames: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.amp):
+            return self.policy.features(frames).float()
 
     def update(self, roll: dict) -> dict:
         cfg = self.cfg
@@ -233,7 +241,7 @@ class ImaginationTrainer:
         for _ in range(cfg.epochs):
             perm = torch.randperm(total, generator=self.gen)
             for idx in perm.chunk(cfg.minibatches):
-                h = self.policy.features(flat["frames"][idx].to(self.device))
+                h = self._features(flat["frames"][idx].to(self.device))
                 dist = self.policy.distribution(h)
                 logp = self.policy.log_prob(dist, flat["u"][idx].to(self.device))
                 ratio = (logp - flat["logp"][idx].to(self.device)).exp()
