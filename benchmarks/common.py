@@ -65,8 +65,9 @@ def emit(name: str, rows: list[dict], info: dict) -> None:
     print(f"\n== {name} ==  ({info['cuda'] or info['cpu']}; fp32 matmul peak {info['fp32_matmul_gflops']} GFLOP/s, "
           f"bf16 {info['bf16_matmul_gflops']} GFLOP/s, {info['cpu_threads']} threads)")
     if rows:
-        keys = list(rows[0])
+        keys = list(dict.fromkeys(k for r in rows for k in r))  # every column any row has, in order
         print(" | ".join(f"{k:>14s}" for k in keys))
         for r in rows:
-            print(" | ".join(f"{v:>14.4g}" if isinstance(v, (int, float)) else f"{str(v):>14s}" for v in r.values()))
+            cells = (r.get(k, "") for k in keys)
+            print(" | ".join(f"{v:>14.4g}" if isinstance(v, (int, float)) else f"{str(v):>14s}" for v in cells))
     print("JSON " + json.dumps({"benchmark": name, "machine": info, "rows": rows}))
