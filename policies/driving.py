@@ -12,13 +12,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from wfm_sim.policies.base import (
-    Policy,
-    ScriptedPolicy,
-    SeededPolicy,
-    SegmentSchedule,
-    batch_size,
-)
+
+from wfm_sim.policies.base import Policy, ScriptedPolicy, SeededPolicy, SegmentSchedule, batch_size
 
 
 class TrackFollower(ScriptedPolicy):

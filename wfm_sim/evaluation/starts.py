@@ -101,6 +101,19 @@ def seed_starts(source: str, seeds: list[int], size: int, warmup: int) -> Starts
                   [f"seed={s}" for s in seeds])
 
 
+def check_store_rig(r: EpisodeReader, source: str, cameras: tuple[str, ...], size: int, use: str) -> None:
+    """A recorded store must be of ``source`` (when it says), hold ``cameras`` and ``size``-px frames;
+    ``use`` says why the source matters (appended to that message)."""
+    recorded = r.attrs.get("source")
+    if recorded is not None and recorded != source:
+        raise ValueError(f"{r.path} was recorded from source {recorded!r}, not {source!r}: {use}")
+    missing = [c for c in cameras if c not in r.cameras]
+    if missing:
+        raise StoreError(f"{r.path} lacks camera(s) {missing} the model sees; it has {list(r.cameras)}")
+    if r.image_size != size:
+        raise ValueError(f"{r.path} holds {r.image_size}px frames, the model takes {size}px")
+
+
 def dataset_starts(store: str | Path, source: str, cameras: tuple[str, ...], size: int, warmup: int,
                    count: int, first: int = 0, check_real: bool = True) -> Starts:
     """The first ``warmup + 1`` frames (and the actions between) of episodes ``first ..
@@ -108,15 +121,7 @@ def dataset_starts(store: str | Path, source: str, cameras: tuple[str, ...], siz
     real twin at the episode's seed with its recorded warm-up, and the largest pixel difference
     from the stored context is kept (``Starts.context_max_diff``; 0: the twin is exactly there)."""
     r = EpisodeReader(store)
-    recorded = r.attrs.get("source")
-    if recorded is not None and recorded != source:
-        raise ValueError(f"{store} was recorded from source {recorded!r}, not {source!r}: its starts are not "
-                         f"states of {source}")
-    missing = [c for c in cameras if c not in r.cameras]
-    if missing:
-        raise StoreError(f"{store} lacks camera(s) {missing} the model sees; it has {list(r.cameras)}")
-    if r.image_size != size:
-        raise ValueError(f"{store} holds {r.image_size}px frames, the model takes {size}px")
+    check_store_rig(r, source, cameras, size, f"its starts are not states of {source}")
     if first < 0 or first + count > r.num_episodes:
         raise ValueError(f"starts {first}..{first + count - 1} asked of {store}, which holds episodes "
                          f"0..{r.num_episodes - 1}")

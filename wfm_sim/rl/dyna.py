@@ -32,6 +32,7 @@ from wfm_sim import checkpoint as ckpt
 from wfm_sim.datasets.store import EpisodeReader
 from wfm_sim.envs.sources import get_source
 from wfm_sim.evaluation.scoring import ScoreConfig, check_rig, score_policies
+from wfm_sim.evaluation.starts import check_store_rig
 from wfm_sim.models import WorldModel
 from wfm_sim.models.limits import check_numbers
 from wfm_sim.models.world_model import resolve_pretrained
@@ -133,16 +134,9 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
     src = get_source(cfg.source)
     model = WorldModel.from_pretrained(cfg.model, device="cpu", precision="fp32")
     check_rig(model, cfg.source, 2)
-    store = EpisodeReader(cfg.data)
-    recorded = store.attrs.get("source")
-    if recorded is not None and recorded != cfg.source:
-        raise ValueError(f"--data {cfg.data} was recorded from source {recorded!r}, not {cfg.source!r}: Dyna appends "
-                         f"{cfg.source} episodes to it")
-    missing = [c for c in model.cfg.cameras if c not in store.cameras]
-    if missing or store.image_size != model.cfg.tokenizer.image_size:
-        raise ValueError(f"--data {cfg.data} holds cameras {list(store.cameras)} at {store.image_size}px; the model "
-                         f"sees {list(model.cfg.cameras)} at {model.cfg.tokenizer.image_size}px")
-    del model, store
+    check_store_rig(EpisodeReader(cfg.data), cfg.source, tuple(model.cfg.cameras), model.cfg.tokenizer.image_size,
+                    f"Dyna appends {cfg.source} episodes to it")
+    del model
     out.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_json(run_file, mine)
     logs = _logged(out)

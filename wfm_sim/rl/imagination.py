@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from wfm_sim import checkpoint as ckpt
 from wfm_sim.device import autocast, autocast_dtype
 from wfm_sim.envs.imagined import ImaginedVectorEnv
-from wfm_sim.models.limits import POLICY_LIMITS, check_limits, check_numbers
+from wfm_sim.models.limits import check_numbers
 from wfm_sim.models.world_model import resolve_pretrained
 from wfm_sim.policies.actor_critic import ActorCritic, ActorCriticConfig
 from wfm_sim.training.state import load_train_state, save_train_state
@@ -87,9 +87,6 @@ class ImaginationRLConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_numbers(self, positive=("lr", "clip", "max_grad_norm", "reward_scale", "max_entropy"),
                       nonnegative=("entropy_coef", "value_coef", "uncertainty_penalty"), unit=("gamma", "lam"))
-        if self.decoder not in ("token", "diffusion"):
-            raise ValueError(f"decoder must be one of ('token', 'diffusion'), got {self.decoder!r}")
-        check_limits(self, ("width",), POLICY_LIMITS)
         if (self.num_envs * self.horizon) % self.minibatches:
             raise ValueError(f"num_envs * horizon ({self.num_envs * self.horizon}) must divide into {self.minibatches} minibatches")
 

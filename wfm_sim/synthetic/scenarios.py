@@ -61,6 +61,11 @@ def _windows(store: str | Path, episodes, cameras) -> np.ndarray:
     return camera_frames(store, episodes, cameras)[:, None]
 
 
+def _off_road(r: EpisodeReader, episodes) -> np.ndarray:
+    """Per frame of ``episodes``: the simulator's state says off the road (from the stored captions)."""
+    return np.concatenate([r.read("caption", *r.episode_bounds(e)) == OFF_ROAD for e in episodes])
+
+
 def train_detector(store: str | Path, cameras, steps: int, seed: int = 0):
     """The off-road detector, trained on the first four fifths of ``store``'s episodes (a recording
     with captions) and tested on the rest; returns ``(probe, test figures)``."""
@@ -74,10 +79,10 @@ def train_detector(store: str | Path, cameras, steps: int, seed: int = 0):
     split = max(1, int(round(n * 0.8))) if n > 2 else 1
     train_eps, test_eps = list(range(split)), list(range(split, n))
     x = _windows(store, train_eps, cameras)
-    y = np.concatenate([r.read("caption", *r.episode_bounds(e)) == OFF_ROAD for e in train_eps])
+    y = _off_road(r, train_eps)
     probe = fit_probe(x, y, "classify", steps=steps, seed=seed)
     xt = _windows(store, test_eps, cameras)
-    yt = np.concatenate([r.read("caption", *r.episode_bounds(e)) == OFF_ROAD for e in test_eps])
+    yt = _off_road(r, test_eps)
     pt = predict(probe, xt)
     pos, neg = yt.sum(), (~yt).sum()
     return probe, {"train_frames": int(len(y)), "train_off_road_share": float(y.mean()), "test_frames": int(len(yt)),
@@ -126,7 +131,7 @@ def scenario_control(cfg: ScenarioConfig, out: str | Path, progress: bool = True
     record(captioned, real_store, min(cfg.episodes, 20), policy=cfg.scenario, size=size,
            max_steps=cfg.horizon + 1, seed=cfg.first_seed + 30_000, progress=progress)
     rr = EpisodeReader(real_store)
-    real_truth = [bool((rr.read("caption", *rr.episode_bounds(e))[1:] == OFF_ROAD).any()) for e in range(rr.num_episodes)]
+    real_truth = [bool(_off_road(rr, [e])[1:].any()) for e in range(rr.num_episodes)]
     real_detected = [v > 0 for v in _per_episode(probe, real_store, cams)]
 
     report = {"config": asdict(cfg), "detector": det,

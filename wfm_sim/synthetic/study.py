@@ -57,14 +57,8 @@ from wfm_sim.policies.base import ConvPolicy, ConvPolicyConfig
 from wfm_sim.policies.bc import BCConfig, fit_policy
 from wfm_sim.rollout.play import play
 from wfm_sim.rollout.record import record
-from wfm_sim.synthetic.downstream import (
-    IDMConfig,
-    Transitions,
-    camera_frames,
-    evaluate_idm,
-    load_transitions,
-    train_idm,
-)
+from wfm_sim.synthetic.downstream import (IDMConfig, Transitions, camera_frames, evaluate_idm, load_transitions,
+                                           train_idm)
 from wfm_sim.synthetic.generate import GenerateConfig, generate
 from wfm_sim.synthetic.study_plots import contact_sheet_from_context, plot_study
 
@@ -191,8 +185,9 @@ def check_inputs(cfg: StudyConfig) -> dict:
                          f"{src.action_space.get('type')} / {mc.action.kind}")
     if cfg.prompt is not None and mc.backbone.text_dim == 0:
         raise ValueError(f"--prompt needs a text-conditioned model; {cfg.model} has no text input")
+    policies = {}
     for name in (cfg.policy, cfg.teacher):
-        pol = make_policy(name, None, source=cfg.source, camera=cams[0] if "CAM_FRONT" not in cams else None)
+        policies[name] = pol = make_policy(name, None, source=cfg.source, camera=cams[0] if "CAM_FRONT" not in cams else None)
         if getattr(pol, "privileged", False):
             raise ValueError(f"{name!r} reads the real simulator's state; the study drives and labels imagined "
                              "frames too, so it needs a pixel policy (pixel-driver, road, road-explore, a policy folder)")
@@ -209,7 +204,7 @@ def check_inputs(cfg: StudyConfig) -> dict:
                              f"{cfg.model} needs cameras {list(cams)} at {size}px")
         if r.num_episodes < need:
             raise StoreError(f"--real {cfg.real} holds {r.num_episodes} episodes; the largest budget asks for {need}")
-    return {"cameras": cams, "size": size, "fps": mc.fps, "context": mc.context_video_frames}
+    return {"cameras": cams, "size": size, "fps": mc.fps, "context": mc.context_video_frames, "policies": policies}
 
 
 def _settings_file(cfg: StudyConfig, out: Path) -> None:
@@ -396,7 +391,7 @@ def run_study(cfg: StudyConfig, out: str | Path, progress: bool = True) -> dict:
                seed=cfg.first_seed + 100_000, max_steps=cfg.real_steps, progress=progress)
         test_t = load_transitions(out / "test.zarr", cameras=cams)
 
-    teacher = make_policy(cfg.teacher, None, source=cfg.source) if "policy" in cfg.tasks else None
+    teacher = info["policies"][cfg.teacher]  # built and checked by check_inputs
     runs: dict = {t: {} for t in cfg.tasks}
     gates, generated = {}, {}
     for budget in budgets:
