@@ -36,7 +36,8 @@ def env_speed(model, name: str, batch: int, obs_mode: str, passes: int, steps: i
     frames = np.random.default_rng(0).integers(0, 255, (c, len(model.cfg.cameras), s, s, 3), dtype=np.uint8)
     env.reset(seed=0, options={"frames": frames, "actions": np.zeros((c - 1, 3), np.float32)})
     act = np.tile(np.array([0.0, 0.5, 0.0], np.float32), (batch, 1))
-    env.step(act)  # warm-up
+    for _ in range(3):  # warm-up (the first steps allocate and pick kernels)
+        env.step(act)
     t0 = time.perf_counter()
     for _ in range(steps):
         env.step(act)

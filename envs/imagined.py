@@ -276,6 +276,8 @@ class ImaginedVectorEnv(VectorEnv):
             fields = [out.reward.float(), out.entropy.float(), out.terminated.float()]
             if out.success is not None:
                 fields.append(out.success.float())
+            if out.reward_std is not None:
+                fields.append(out.reward_std.float())
             stats, obs = self._handover(torch.stack(fields, 1))
             reward[rows], ent_rows = stats[:, 0], stats[:, 1]
             if not (np.isfinite(reward[rows]).all() and np.isfinite(ent_rows).all()):
@@ -294,6 +296,10 @@ class ImaginedVectorEnv(VectorEnv):
                 succ = np.zeros(n, bool)
                 succ[rows] = stats[:, 3] > 0
                 infos.update({"success": succ, "_success": mask})
+            if out.reward_std is not None:
+                spread = np.zeros(n, np.float32)
+                spread[rows] = stats[:, -1]
+                infos.update({"reward_std": spread, "_reward_std": mask})
         self._done = terminated | truncated
         if mode == AutoresetMode.SAME_STEP and self._done.any():
             ended = np.flatnonzero(self._done)

@@ -127,8 +127,13 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is a folder but not a saved policy (no config.json)")
 
-        if f'"{FORMAT}"' in (path / "config.json").read_text(errors="replace"):
+        text = (path / "config.json").read_text(errors="replace")
+        if f'"{FORMAT}"' in text:
             return ActorCritic.from_pretrained(path)
+        if '"wfm_sim.SB3Policy"' in text:  # the real-twin PPO baseline (wfm-sim baseline)
+            from wfm_sim.rl.real_ppo import SB3PixelPolicy
+
+            return SB3PixelPolicy.from_pretrained(path)
         return ConvPolicy.from_pretrained(path)
     if ":" in name and not path.exists():
         return _entry_point(name)

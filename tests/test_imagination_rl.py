@@ -112,6 +112,7 @@ def test_the_dyna_loop_runs_logs_both_worlds_and_resumes(tmp_path):
     world model is fine-tuned on it, each iteration's real and imagined returns are logged, and
     a rerun after the end redoes nothing."""
     from wfm_sim.datasets import EpisodeReader
+    from wfm_sim.rl import dyna
     from wfm_sim.rl.dyna import DynaConfig, run_dyna
     from wfm_sim.rollout import record
     from wfm_sim.envs import sources
@@ -126,16 +127,34 @@ def test_the_dyna_loop_runs_logs_both_worlds_and_resumes(tmp_path):
                           save_every=100, progress=False, num_workers=0))
     cfg = DynaConfig(str(model), "carracing", str(store), str(tmp_path / "dyna"), iterations=2, collect_episodes=1,
                      wm_steps=1, wm_batch=2, policy_iterations=1, num_envs=2, horizon=2, score_starts=1,
-                     progress=False)
+                     test_starts=2, test_seed=2_000_000, progress=False)
     limit = sources.SOURCES["carracing"]
     monkey = {"carracing": type(limit)(**{**limit.__dict__, "max_steps": 4})}  # short real episodes for the test
     old = dict(sources.SOURCES)
     sources.SOURCES.update(monkey)
+    scored = []  # (first seed, starts, the choice on disk when that score was asked for)
+    real_score = dyna.score_policies
+
+    def spy(model, source, policies, sc, **kw):
+        best = tmp_path / "dyna" / "best.json"
+        scored.append((sc.start_seed, sc.starts, json.loads(best.read_text()) if best.is_file() else None))
+        return real_score(model, source, policies, sc, **kw)
+
+    dyna.score_policies = spy
     try:
         logs = run_dyna(cfg)
         assert [x["iteration"] for x in logs] == [0, 1]
         assert all(np.isfinite(x["real_return"]) and np.isfinite(x["imagined_return"]) for x in logs)
         assert logs[1]["data_episodes"] == 4 and EpisodeReader(store).num_episodes == 5  # 3 + 1 per iteration
+        assert logs[1]["real_steps"] == EpisodeReader(store).num_steps - 4  # the data before iteration 1's collect
+        # Selection never reads test seeds: every iteration is scored on the validation seed, the
+        # choice is the best validation return, and the test seeds are played once, after it.
+        assert [s[:2] for s in scored] == [(1_000_000, 1), (1_000_000, 1), (2_000_000, 2)]
+        chosen = json.loads((tmp_path / "dyna" / "best.json").read_text())
+        assert chosen["iteration"] == max(logs, key=lambda x: x["real_return"])["iteration"]
+        assert scored[-1][2] == chosen  # already on disk when the test score was asked for
+        test = json.loads((tmp_path / "dyna" / "test.json").read_text())
+        assert test["iteration"] == chosen["iteration"] and test["test_seed"] == 2_000_000
         assert (tmp_path / "dyna" / "iter_1" / "model" / "model.safetensors").is_file()
         assert (tmp_path / "dyna" / "dyna.png").read_bytes()[:4] == b"\x89PNG"  # real vs imagined per iteration
         again = run_dyna(cfg)  # finished stages are not redone: no new data, no new log lines
@@ -149,6 +168,48 @@ def test_the_dyna_loop_runs_logs_both_worlds_and_resumes(tmp_path):
         assert [json.loads(x) for x in log.read_text().splitlines()] == resumed == logs
         with pytest.raises(ValueError, match="other settings \\(horizon\\)"):
             run_dyna(DynaConfig(**{**cfg.__dict__, "horizon": 3}))
+        assert len(scored) == 3  # nothing was rescored on any rerun
+        with pytest.raises(ValueError, match=r"test seeds \[1000000, 1000002\) overlap the validation"):
+            DynaConfig(**{**cfg.__dict__, "test_seed": 1_000_000})
+        with pytest.raises(ValueError, match="overlap the collection seeds"):
+            DynaConfig(**{**cfg.__dict__, "test_seed": 15_000})
     finally:
+        dyna.score_policies = real_score
         sources.SOURCES.clear()
         sources.SOURCES.update(old)
+
+
+def test_a_reward_ensemble_is_fitted_onto_a_model_and_penalises_imagined_rewards(steer_world, square_store, tmp_path):
+    """``train heads --reward-ensemble`` adds members to a trained model (its weights kept), the
+    imagined env reports their spread, and ``--uncertainty ensemble`` subtracts it from the reward."""
+    import shutil
+
+    from wfm_sim.envs import ImaginedVectorEnv
+    from wfm_sim.models import WorldModel
+    from wfm_sim.training.loop import TrainConfig, train, with_reward_ensemble
+
+    base = WorldModel.from_pretrained(steer_world, device="cpu", precision="fp32")
+    grown = with_reward_ensemble(base, 3)
+    kept = base.state_dict()
+    assert grown.cfg.backbone.reward_ensemble == 3 and len(grown.backbone.head_reward_ens) == 3
+    assert all(torch.equal(v, kept[k]) for k, v in grown.state_dict().items() if k in kept)  # nothing else moved
+    with pytest.raises(ValueError, match="--uncertainty ensemble needs a model with reward-ensemble heads"):
+        ImaginationTrainer(_cfg(steer_world, tmp_path / "none", uncertainty="ensemble"))
+    with pytest.raises(ValueError, match="uncertainty must be 'entropy' or 'ensemble'"):
+        _cfg(steer_world, tmp_path / "x", uncertainty="dropout")
+
+    model = tmp_path / "ens"
+    shutil.copytree(steer_world, model)
+    train(TrainConfig("heads", str(square_store), str(model), steps=2, batch_size=2, eval_every=100, save_every=100,
+                      progress=False, num_workers=0, reward_ensemble=3))
+    assert WorldModel.read_config(model).backbone.reward_ensemble == 3
+    env = ImaginedVectorEnv(4, str(model), device="cpu", precision="fp32", max_episode_steps=None)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.tile(np.array([0.5, 0.5, 0.0], np.float32), (4, 1)))
+    assert info["reward_std"].shape == (4,) and (info["reward_std"] > 0).all() and info["_reward_std"].all()
+
+    trainer = ImaginationTrainer(_cfg(model, tmp_path / "run", uncertainty="ensemble", uncertainty_penalty=2.0,
+                                      reward_scale=0.5))
+    roll = trainer.collect()
+    assert (roll["uncertainty"] > 0).all()
+    assert torch.allclose(roll["reward"], (roll["raw_reward"] - 2.0 * roll["uncertainty"]) * 0.5)

@@ -88,6 +88,23 @@ def content_hash(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def run_settings(cfg: Any, run_file: Path, what: str, free: tuple[str, ...] = ()) -> dict:
+    """A run config's settings (JSON-ready, without ``progress``), refused with the names of the
+    differing ones when ``run_file`` holds another run's; ``free`` settings may change between
+    runs (a budget that grows). Write the result to ``run_file`` once every other check passed."""
+    from dataclasses import asdict
+
+    mine = json.loads(json.dumps(asdict(cfg)))
+    mine.pop("progress", None)
+    if run_file.is_file():
+        saved = json.loads(run_file.read_text())
+        diff = sorted(k for k in mine if k not in free and saved.get(k) != mine[k])
+        if diff:
+            raise ValueError(f"{run_file.parent} holds a {what} with other settings ({', '.join(diff)}); "
+                             "use another --out")
+    return mine
+
+
 def read_json(path: Path, fmt: str) -> dict:
     """Read a config written by us; ``fmt`` is the expected ``"format"`` tag."""
     path = Path(path)

@@ -12,6 +12,7 @@ from wfm_sim import commands as c
 from wfm_sim.cli_args import Parser, command
 from wfm_sim.envs.sources import SOURCES
 from wfm_sim.rl.dyna import DynaConfig
+from wfm_sim.rl.real_ppo import RealPPOConfig
 from wfm_sim.training.loop import TrainConfig
 
 USES = """Three uses, one command each (every command's --help shows an example):
@@ -82,6 +83,9 @@ def build_parser() -> Parser:
     command(sub, "dyna", DynaConfig, c.run_dyna_command, "the Dyna loop: policy in imagination, real score, "
             "real data, world-model update", "wfm-sim dyna --model runs/rl --source carracing --data data/rl.zarr "
             "--out runs/dyna")
+    command(sub, "baseline", RealPPOConfig, c.run_baseline, "the model-free baseline: SB3 PPO on the real twin "
+            "with a real-step budget, scored on validation seeds", "wfm-sim baseline --source carracing-front "
+            "--real-steps 75000 --out runs/ppo_real")
     command(sub, "cosmos-tokenize", c.CosmosTokenizeCommand, c.run_cosmos_tokenize, "tokenize and reconstruct a "
             "video with NVIDIA's Cosmos-Tokenize1 DV weights from a local folder",
             "wfm-sim cosmos-tokenize Cosmos-Tokenize1-DV4x8x8-360p --video clip.mp4")

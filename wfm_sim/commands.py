@@ -634,6 +634,12 @@ def run_dyna_command(cfg) -> str:
     return "\n".join(json.dumps(_rounded(line)) for line in run_dyna(cfg))
 
 
+def run_baseline(cfg) -> str:
+    from wfm_sim.rl.real_ppo import train_real_ppo
+
+    return "\n".join(json.dumps(_rounded(line)) for line in train_real_ppo(cfg))
+
+
 @dataclass(frozen=True)
 class CosmosTokenizeCommand:
     """Tokenize and reconstruct a video with NVIDIA's Cosmos-Tokenize1 DV weights from a local

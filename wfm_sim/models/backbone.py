@@ -63,6 +63,10 @@ class BackboneConfig:
     """0: reward regression; 3: classify the reward's sign (-, 0, +), as IRIS does."""
     success_head: bool = False
     """Predict task success (manipulation)."""
+    reward_ensemble: int = 0
+    """Extra reward heads, each initialised apart and trained on the same targets. With them the
+    heads report ``reward_std``, the members' spread (env units): small where the data taught
+    them all the same answer, large off the data (the epistemic uncertainty RL penalises)."""
     reward_scale: float = 1.0
     """Rewards are regressed as ``reward / reward_scale`` (set from the data's max |reward|)."""
     parallel_fraction: float = 0.5
@@ -76,6 +80,9 @@ class BackboneConfig:
             raise ValueError(f"dim ({self.dim}) % heads ({self.heads}) and heads % kv_heads ({self.kv_heads}) must be 0")
         if self.reward_classes not in (0, 3):
             raise ValueError(f"reward_classes must be 0 (regression) or 3 (sign classes), got {self.reward_classes}")
+        if self.reward_ensemble < 0 or (self.reward_ensemble and self.reward_classes):
+            raise ValueError(f"reward_ensemble must be >= 0 and needs reward regression (reward_classes 0), got "
+                             f"{self.reward_ensemble} with reward_classes {self.reward_classes}")
         if self.reward_scale <= 0:
             raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
         if not 0.0 <= self.parallel_fraction <= 1.0:
@@ -193,7 +200,12 @@ class Backbone(nn.Module):
         self.head_mask = nn.Linear(d, dims.vocab_size, bias=False)  # parallel: the masked token p
         self.head_reward = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, max(1, cfg.reward_classes)))
         self.head_done = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 2 if cfg.success_head else 1))
+        self.head_reward_ens = nn.ModuleList(nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1))
+                                             for _ in range(cfg.reward_ensemble))
         self.apply(self._init)
+        for m in self.head_reward_ens.modules():  # PyTorch's wider default init: members that start apart
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -259,6 +271,10 @@ class Backbone(nn.Module):
         else:
             out["reward_normed"] = r[..., 0]
             out["reward"] = r[..., 0] * self.cfg.reward_scale
+        if self.cfg.reward_ensemble:
+            members = torch.stack([r[..., 0]] + [m(h)[..., 0].float() for m in self.head_reward_ens])
+            out["reward_members"] = members
+            out["reward_std"] = members.std(0, unbiased=False) * self.cfg.reward_scale
         if self.cfg.success_head:
             out["success_logit"] = done[..., 1]
         return out
@@ -359,6 +375,12 @@ class Backbone(nn.Module):
         d_loss = (F.binary_cross_entropy_with_logits(out["terminated_logit"], terminated.float(), reduction="none") * vf).sum() / denom
         logs = {"reward_loss": r_loss.detach(), "terminated_loss": d_loss.detach()}
         loss = r_loss + d_loss
+        if self.cfg.reward_ensemble:  # every extra member regresses the same targets
+            target = reward.float() / self.cfg.reward_scale
+            e_loss = (F.mse_loss(out["reward_members"][1:], target.expand_as(out["reward_members"][1:]),
+                                 reduction="none") * vf).sum() / (denom * self.cfg.reward_ensemble)
+            logs["reward_ensemble_loss"] = e_loss.detach()
+            loss = loss + e_loss
         if self.cfg.success_head and success is not None:
             s_loss = (F.binary_cross_entropy_with_logits(out["success_logit"], success.float(), reduction="none") * vf).sum() / denom
             logs["success_loss"] = s_loss.detach()

@@ -64,6 +64,8 @@ class StepOut:
     frames: torch.Tensor | None = None
     """``(r, f, v, H, W, 3)`` uint8: the new latent frame's ``f`` frames, oldest first (None
     when the rollout does not decode)."""
+    reward_std: torch.Tensor | None = None
+    """``(r,)`` spread of the reward-ensemble members (models with ``reward_ensemble``), else None."""
 
 
 @dataclass
@@ -307,7 +309,8 @@ class Rollout:
         self.ticks[host] += 1
         success = heads.get("success_logit")
         return StepOut(tokens=self._grid(frame), reward=heads["reward"], terminated=heads["terminated_logit"] > 0,
-                       success=None if success is None else success > 0, entropy=ent, frames=group)
+                       success=None if success is None else success > 0, entropy=ent, frames=group,
+                       reward_std=heads.get("reward_std"))
 
     # --------------------------------------------------------------- branching
     def snapshot(self, rows=None) -> RolloutState:

@@ -13,6 +13,12 @@ Each iteration ``i`` (folder ``out/iter_<i>``):
 4. **collect**: ``collect_episodes`` real episodes with the policy (plus Gaussian exploration
    noise) appended to ``data``, under keys that name the run and iteration.
 
+**Selection.** After every score, ``best.json`` names the iteration whose policy made the
+highest real return on the validation starts (``score_seed``), with its policy and model
+folders. With ``test_starts``, the loop ends by scoring that policy once on the test seeds
+(``test_seed``..., refused if they overlap the validation or collection seeds) into
+``test.json``: the test figures are read after the choice is made and never feed it.
+
 Every stage records its completion, so a run killed anywhere resumes at the stage it was in:
 real episodes already collected are skipped (episode keys), a policy run resumes from its last
 saved iteration, and nothing finished is redone. The real simulator is used for data and
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +73,15 @@ class DynaConfig:
     parallel_steps: int = 2
     reward_scale: float = 0.1
     uncertainty_penalty: float = 0.2
+    uncertainty: str = "entropy"
+    """What the penalty reads: 'entropy' (token entropy) or 'ensemble' (the spread of the model's
+    reward-ensemble heads, which every world-model update refits with the rest of the backbone)."""
     score_starts: int = 5
     score_seed: int = 1_000_000
+    """First validation seed: every iteration is scored (and the best chosen) on these."""
+    test_starts: int = 0
+    """After the loop, score the chosen policy on this many test seeds (0: skip)."""
+    test_seed: int = 3_000_000
     seed: int = 0
     progress: bool = True
 
@@ -78,6 +91,21 @@ class DynaConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         check_numbers(self, positive=("wm_lr", "reward_scale"), nonnegative=("collect_noise", "uncertainty_penalty"))
+        if self.uncertainty not in ("entropy", "ensemble"):
+            raise ValueError(f"uncertainty must be 'entropy' or 'ensemble', got {self.uncertainty!r}")
+        if self.test_starts < 0:
+            raise ValueError(f"test-starts must be >= 0, got {self.test_starts}")
+        if self.test_starts:
+            test = range(self.test_seed, self.test_seed + self.test_starts)
+            for name, used in (("validation (score-seed)", range(self.score_seed, self.score_seed + self.score_starts)),
+                               ("collection", range(self.collect_seed(0), self.collect_seed(self.iterations)))):
+                if test.start < used.stop and used.start < test.stop:
+                    raise ValueError(f"the test seeds [{test.start}, {test.stop}) overlap the {name} seeds "
+                                     f"[{used.start}, {used.stop}): choose a --test-seed apart from both")
+
+    def collect_seed(self, iteration: int) -> int:
+        """First seed of the real episodes collected in ``iteration`` (each iteration's block is 10,000 wide)."""
+        return self.seed * 100_000 + 10_000 * (iteration + 1)
 
 
 class NoisyPolicy(SeededPolicy):
@@ -123,17 +151,14 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; a Dyna run needs a folder")
     run_file = out / "dyna.json"
-    mine = json.loads(json.dumps(asdict(cfg)))
-    mine.pop("progress")
-    if run_file.is_file():
-        saved = json.loads(run_file.read_text())
-        diff = sorted(k for k in mine if k != "iterations" and saved.get(k) != mine[k])
-        if diff:
-            raise ValueError(f"{out} holds a Dyna run with other settings ({', '.join(diff)}); use another --out")
+    mine = ckpt.run_settings(cfg, run_file, "Dyna run", free=("iterations", "test_starts", "test_seed"))
     # Every check before the run folder is made: a refused run leaves nothing behind.
     src = get_source(cfg.source)
     model = WorldModel.from_pretrained(cfg.model, device="cpu", precision="fp32")
     check_rig(model, cfg.source, 2)
+    if cfg.uncertainty == "ensemble" and not model.cfg.backbone.reward_ensemble:
+        raise ValueError(f"--uncertainty ensemble needs a model with reward-ensemble heads; {cfg.model} has none: "
+                         f"fit them with `wfm-sim train heads --data {cfg.data} --out MODEL --reward-ensemble 4`")
     check_store_rig(EpisodeReader(cfg.data), cfg.source, tuple(model.cfg.cameras), model.cfg.tokenizer.image_size,
                     f"Dyna appends {cfg.source} episodes to it")
     del model
@@ -141,6 +166,8 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
     ckpt.atomic_write_json(run_file, mine)
     logs = _logged(out)
     _write_log(out, logs)  # also mends a log an older version wrote twice
+    if logs:
+        _write_best(out, logs)  # a kill between a score and its best.json loses nothing
     prev_model, prev_policy = str(resolve_pretrained(cfg.model)), None
     for it in range(cfg.iterations):
         folder = out / f"iter_{it}"
@@ -163,7 +190,8 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
         rl = ImaginationRLConfig(str(model_dir), str(folder / "policy_run"), data=cfg.data,
                                  iterations=cfg.policy_iterations, num_envs=cfg.num_envs, horizon=cfg.horizon,
                                  parallel_steps=cfg.parallel_steps, reward_scale=cfg.reward_scale,
-                                 uncertainty_penalty=cfg.uncertainty_penalty, seed=cfg.seed + it,
+                                 uncertainty_penalty=cfg.uncertainty_penalty, uncertainty=cfg.uncertainty,
+                                 seed=cfg.seed + it,
                                  progress=cfg.progress, device="cpu")
         if not _done(folder, "policy"):
             resume = (folder / "policy_run" / "train_state" / "state.json").is_file()
@@ -183,20 +211,53 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
             row = next(r for r in rep["policies"] if r["policy"] == "policy")
             line = {"iteration": it, "real_return": row["real_return"], "real_return_std": row["real_return_std"],
                     "imagined_return": row["imagined_return"], "starts": cfg.score_starts,
-                    "data_episodes": _episodes(cfg.data)}
+                    "data_episodes": _episodes(cfg.data), "real_steps": EpisodeReader(cfg.data).num_steps}
             _mark(folder, "score", line)
             logs = _logged(out)
             _write_log(out, logs)
+            _write_best(out, logs)
         # 4. real data with the current policy (never a gradient step in the real simulator)
         if not _done(folder, "collect"):
             a = src.action_space
             noisy = NoisyPolicy(policy, cfg.collect_noise, a["low"], a["high"])
             record(cfg.source, cfg.data, cfg.collect_episodes, policy=noisy, size=policy.cfg.image_size,
-                   seed=cfg.seed * 100_000 + 10_000 * (it + 1), progress=cfg.progress,
+                   seed=cfg.collect_seed(it), progress=cfg.progress,
                    tag=f"dyna-{out.name}-it{it}")
             _mark(folder, "collect")
         prev_model, prev_policy = str(model_dir), str(policy_dir)
+    if cfg.test_starts and not (out / "test.json").is_file():
+        score_test(cfg, out, src.max_steps - 1)
     return logs
+
+
+def best_iteration(logs: list[dict]) -> dict:
+    """The log line of the iteration with the highest validation real return (the earliest on ties)."""
+    return max(logs, key=lambda x: (x["real_return"], -x["iteration"]))
+
+
+def _write_best(out: Path, logs: list[dict]) -> None:
+    b = best_iteration(logs)
+    folder = out / f"iter_{b['iteration']}"
+    model = folder / "model" if (folder / "model" / "config.json").is_file() else Path(json.loads(
+        (out / "dyna.json").read_text())["model"])
+    ckpt.atomic_write_json(out / "best.json", {**b, "chosen_by": "validation real return (score-seed)",
+                                               "policy": str(folder / "policy_run" / "policy"),
+                                               "model": str(resolve_pretrained(str(model)))})
+
+
+def score_test(cfg: DynaConfig, out: Path, horizon: int) -> dict:
+    """The chosen policy (``best.json``) on the test seeds, in both worlds, into ``test.json``."""
+    best = json.loads((out / "best.json").read_text())
+    model = WorldModel.from_pretrained(best["model"], device="cpu")
+    sc = ScoreConfig(starts=cfg.test_starts, start_seed=cfg.test_seed, samples=1, horizon=horizon,
+                     batch=min(cfg.test_starts, 32), real_batch=min(cfg.test_starts, 5), videos=0)
+    rep = score_policies(model, cfg.source, {"policy": ActorCritic.from_pretrained(best["policy"])}, sc, progress=False)
+    row = next(r for r in rep["policies"] if r["policy"] == "policy")
+    result = {"iteration": best["iteration"], "test_seed": cfg.test_seed, "test_starts": cfg.test_starts,
+              "real_return": row["real_return"], "real_return_std": row["real_return_std"],
+              "imagined_return": row["imagined_return"], "real_steps": best.get("real_steps")}
+    ckpt.atomic_write_json(out / "test.json", result)
+    return result
 
 
 def plot_dyna(logs: list[dict], path: Path) -> Path:

@@ -65,7 +65,11 @@ class ImaginationRLConfig:
     value_coef: float = 0.5
     max_grad_norm: float = 0.5
     uncertainty_penalty: float = 0.0
-    """Reward minus this times the model's mean token entropy (nats) of the predicted frame."""
+    """Reward minus this times the model's uncertainty (``uncertainty``) at each imagined step."""
+    uncertainty: str = "entropy"
+    """What the penalty reads: 'entropy' (mean token entropy of the predicted frame, nats) or
+    'ensemble' (the spread of the model's reward-ensemble heads, reward units: MOPO's penalty;
+    the model needs ``reward_ensemble`` heads, see ``wfm-sim train heads --reward-ensemble``)."""
     max_entropy: float | None = None
     """End an imagined rollout (terminated) where the token entropy exceeds this."""
     reward_scale: float = 1.0
@@ -87,6 +91,8 @@ class ImaginationRLConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_numbers(self, positive=("lr", "clip", "max_grad_norm", "reward_scale", "max_entropy"),
                       nonnegative=("entropy_coef", "value_coef", "uncertainty_penalty"), unit=("gamma", "lam"))
+        if self.uncertainty not in ("entropy", "ensemble"):
+            raise ValueError(f"uncertainty must be 'entropy' or 'ensemble', got {self.uncertainty!r}")
         if (self.num_envs * self.horizon) % self.minibatches:
             raise ValueError(f"num_envs * horizon ({self.num_envs * self.horizon}) must divide into {self.minibatches} minibatches")
 
@@ -130,6 +136,9 @@ class ImaginationTrainer:
         if trained is not None and "backbone" not in trained:
             raise ValueError(f"{cfg.model} has no trained reward or termination heads (its backbone was never trained, "
                              f"trained: {list(trained)}): run `wfm-sim train backbone` on a store with rewards first")
+        if cfg.uncertainty == "ensemble" and not self.env.model.cfg.backbone.reward_ensemble:
+            raise ValueError(f"--uncertainty ensemble needs a model with reward-ensemble heads; {cfg.model} has none: "
+                             f"fit them with `wfm-sim train heads --data STORE --out MODEL --reward-ensemble 4`")
         self.device = next(self.env.model.parameters()).device
         # The policy's conv encoder runs in the model's precision (bf16 autocast where the machine has
         # it natively, fp32 master weights); its heads, log-probabilities and losses stay fp32.
@@ -198,7 +207,8 @@ class ImaginationTrainer:
         cfg, n = self.cfg, self.cfg.num_envs
         seeds = [cfg.seed * 1_000_003 + self.iteration * n + i for i in range(n)]
         obs, _ = self.env.reset(seed=seeds)
-        buf = {k: [] for k in ("frames", "u", "logp", "value", "reward", "raw_reward", "terminated", "entropy")}
+        buf = {k: [] for k in ("frames", "u", "logp", "value", "reward", "raw_reward", "terminated", "entropy",
+                               "uncertainty")}
         for _ in range(cfg.horizon):
             frames = self.policy.frames(obs)
             h = self._features(frames)
@@ -211,14 +221,16 @@ class ImaginationTrainer:
             term = torch.as_tensor(np.asarray(term, bool))
             if cfg.max_entropy is not None:
                 term = term | (ent > cfg.max_entropy)
+            unc = ent if cfg.uncertainty == "entropy" else torch.as_tensor(np.asarray(info["reward_std"], np.float32))
             buf["frames"].append(frames.cpu())
             buf["u"].append(u.cpu())
             buf["logp"].append(self.policy.log_prob(dist, u).cpu())
             buf["value"].append(self.policy.value(h).cpu())
             buf["raw_reward"].append(reward)
-            buf["reward"].append((reward - cfg.uncertainty_penalty * ent) * cfg.reward_scale)
+            buf["reward"].append((reward - cfg.uncertainty_penalty * unc) * cfg.reward_scale)
             buf["terminated"].append(term)
             buf["entropy"].append(ent)
+            buf["uncertainty"].append(unc)
         last = self.policy.value(self._features(self.policy.frames(obs))).cpu()
         out = {k: torch.stack(v) for k, v in buf.items()}  # (s, b, ...)
         out["adv"], out["ret"] = gae(out["reward"], out["value"], out["terminated"], last, cfg.gamma, cfg.lam)
@@ -278,6 +290,7 @@ class ImaginationTrainer:
                         "imagined_return_per_rollout": float(roll["raw_reward"].sum(0).mean()),
                         "terminated_frac": float(roll["terminated"].float().mean()),
                         "token_entropy": float(roll["entropy"].mean()),
+                        "uncertainty": float(roll["uncertainty"].mean()),
                         "imagined_steps_per_s": steps / max(t1 - t0, 1e-9), "seconds": time.perf_counter() - t0,
                         **logs}
                 with open(log_path, "a") as f:

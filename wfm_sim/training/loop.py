@@ -91,6 +91,10 @@ class TrainConfig:
     local T5 folder), saved into ``out/text_encoder``; the store must hold scene captions."""
     ray_workers: int = 0
     """> 0: data-parallel on Ray Train with this many workers."""
+    reward_ensemble: int | None = arg(None, min=1)
+    """heads / a new backbone: give the model this many extra reward heads (an ensemble whose
+    spread is the uncertainty RL penalises; ``--uncertainty ensemble``). Existing heads keep their
+    weights; new members start from their own random initialisation."""
 
     def __post_init__(self):
         if self.component not in TASKS:
@@ -157,6 +161,19 @@ def reward_scale(reader: EpisodeReader) -> float:
     return float(max(abs(stats["min"][0]), abs(stats["max"][0]), 1e-3)) if stats else 1.0
 
 
+def with_reward_ensemble(model: WorldModel, k: int, seed: int = 0) -> WorldModel:
+    """``model`` with ``k`` extra reward heads: every existing weight kept (members it already
+    has included), new members freshly initialised from ``seed``."""
+    cfg = replace(model.cfg, backbone=replace(model.cfg.backbone, reward_ensemble=k))
+    torch.manual_seed(seed)
+    fresh = WorldModel(cfg)
+    state = fresh.state_dict()
+    state.update({n: v for n, v in model.state_dict().items() if n in state and v.shape == state[n].shape})
+    fresh.load_state_dict(state)
+    fresh.trained = model.trained
+    return fresh.setup(str(next(model.parameters()).device), model.precision)
+
+
 def open_model(cfg: TrainConfig) -> WorldModel:
     """The model in ``cfg.out`` (created from the preset and the data on first use), built once
     with its final config: a backbone trained afresh regresses rewards in units of this data's
@@ -174,9 +191,17 @@ def open_model(cfg: TrainConfig) -> WorldModel:
         fresh_backbone = cfg.component == "backbone" and not (cfg.resume and _has_state(cfg))
         if fresh_backbone:
             model_cfg = replace(model_cfg, backbone=replace(model_cfg.backbone, reward_scale=reward_scale(r)))
-        return WorldModel.from_pretrained(out, device=cfg.device, precision=cfg.precision, config=model_cfg)
+        model = WorldModel.from_pretrained(out, device=cfg.device, precision=cfg.precision, config=model_cfg)
+        if cfg.reward_ensemble is not None and cfg.reward_ensemble != model_cfg.backbone.reward_ensemble:
+            if cfg.component not in (HEADS, "backbone"):
+                raise ValueError(f"--reward-ensemble changes the backbone's heads: use it with `train heads` or "
+                                 f"`train backbone`, not `train {cfg.component}`")
+            model = with_reward_ensemble(model, cfg.reward_ensemble, cfg.seed)
+        return model
     torch.manual_seed(cfg.seed)
     model_cfg = config_for_data(cfg.preset, cfg.data, out.name, cfg.cameras)
+    if cfg.reward_ensemble is not None:
+        model_cfg = replace(model_cfg, backbone=replace(model_cfg.backbone, reward_ensemble=cfg.reward_ensemble))
     if cfg.text_encoder is not None:
         if "caption" not in EpisodeReader(cfg.data).extras:
             raise StoreError(f"{cfg.data} holds no scene captions to train a text-conditioned model on; record it "

@@ -296,7 +296,7 @@ def frozen_except(model: WorldModel, name: str) -> None:
         mod.requires_grad_(comp == name)
         mod.train(comp == name)
     if name == HEADS:
-        for head in (model.backbone.head_reward, model.backbone.head_done):
+        for head in (model.backbone.head_reward, model.backbone.head_done, model.backbone.head_reward_ens):
             head.requires_grad_(True)
             head.train()
 
