@@ -105,6 +105,15 @@ LEAVE_NOTHING = [
     "dyna --model {model} --source nope --data {store} --out {out}/p",
     "dyna --model {model} --source carracing --data {store} --out {out}/p --wm-lr nan",
     "collect carracing --episodes 1 --policy {plan3} --out {out}/p",
+    "train policy --model {model} --out {out}/p --uncertainty ensemble",
+    "train policy --model {model} --out {out}/p --uncertainty dropout",
+    "dyna --model {model} --source carracing --data {store} --out {out}/p --test-starts 5 --test-seed 1000000",
+    "dyna --model {model} --source carracing --data {store} --out {out}/p --uncertainty ensemble",
+    "baseline --source nope --out {out}/p",
+    "baseline --source carracing-front --out {out}/p --real-steps 0",
+    "baseline --source carracing-front --out {out}/p --lr nan",
+    "baseline --source carracing-front --out {out}/p --size 16",
+    "baseline --source carracing-front --out {out}/p --compare {missing}",
 ]
 
 

@@ -37,6 +37,9 @@ def test_the_baseline_counts_real_steps_keeps_the_best_and_resumes(tmp_path, sho
     curve = train_real_ppo(cfg)
     assert [c["real_steps"] for c in curve] == [8, 16]  # one validation score per 8 real steps
     assert all(np.isfinite(c["val_return"]) for c in curve)
+    for c in curve:  # scored acting on the mean and sampling; the better one is the score
+        assert c["val_return"] == max(c["val_return_mean"], c["val_return_sampled"])
+        assert c["val_return"] == c[f"val_return_{c['val_mode']}"]
     best = json.loads((tmp_path / "ppo" / "best" / "config.json").read_text())["config"]
     assert best["val_return"] == max(c["val_return"] for c in curve)
     # The saved policy is safetensors + JSON, loads by folder like every policy, and drives the

@@ -3,8 +3,10 @@
 Learning in imagination is worth its trouble only if it needs fewer real environment steps
 than model-free RL. This trains SB3's PPO directly on a real simulator (``wfm-sim collect``
 source, the same camera rig and frame size as a world model of it), counts every real step it
-takes, and every ``eval_every`` real steps plays the current policy (deterministic) on
-``eval_starts`` validation seeds for full episodes. Validation episodes are not charged to the
+takes, and every ``eval_every`` real steps plays the current policy on ``eval_starts``
+validation seeds for full episodes, twice: acting on its Gaussian's mean and sampling from it
+(an early PPO policy's clipped mean can sit at "no gas" while its samples drive); the better
+way is recorded and saved with the policy. Validation episodes are not charged to the
 budget; training episodes use seeds from ``train_seed`` on, so neither touches the test seeds a
 final ``wfm-sim score`` uses.
 
@@ -36,7 +38,7 @@ from wfm_sim import checkpoint as ckpt
 from wfm_sim.envs.real import RealEnv
 from wfm_sim.envs.sources import get_source
 from wfm_sim.models.limits import check_numbers
-from wfm_sim.policies.base import Policy, camera_stack
+from wfm_sim.policies.base import Policy, SeededPolicy, camera_stack
 
 FORMAT = "wfm_sim.SB3Policy"
 
@@ -60,7 +62,7 @@ class RealPPOConfig:
     eval_every: int = 10_000
     """Real training steps between validation scores."""
     eval_starts: int = 5
-    """Validation episodes per score (full length, deterministic policy)."""
+    """Validation episodes per score (full length; the policy's mean and sampled actions each)."""
     eval_seed: int = 1_000_000
     """First validation seed (Dyna scores its iterations on the same ones)."""
     train_seed: int = 8_000_000
@@ -147,19 +149,27 @@ def _build_kwargs(kw: dict) -> dict:
     return {**kw, "activation_fn": acts[kw["activation_fn"]]}
 
 
-class SB3PixelPolicy(Policy):
-    """A saved SB3 pixel policy as a wfm_sim :class:`~wfm_sim.policies.Policy` (deterministic).
+class SB3PixelPolicy(SeededPolicy):
+    """A saved SB3 pixel policy as a wfm_sim :class:`~wfm_sim.policies.Policy`.
 
     It keeps the last ``frame_stack`` frames of each row, as :class:`StackedFrames` did in
-    training; :meth:`reset` starts a row's stack afresh."""
+    training; :meth:`reset` starts a row's stack afresh. Deterministic (the Gaussian's mean,
+    clipped to the bounds) unless made with ``deterministic=False``: then each step draws from
+    the policy's per-step Gaussian with the row's episode generator (seeded by :meth:`reset`).
+    A clipped mean can sit at a bound the samples often leave (no gas while the samples press
+    it), so an early PPO policy may drive only when sampled."""
 
-    def __init__(self, sb3_policy, meta: dict):
-        self.net, self.meta = sb3_policy.eval(), meta
+    stream = 17
+
+    def __init__(self, sb3_policy, meta: dict, deterministic: bool = True):
+        super().__init__()
+        self.net, self.meta, self.deterministic = sb3_policy.eval(), meta, bool(deterministic)
         self.cameras, self.k = tuple(meta["cameras"]), int(meta["frame_stack"])
         self.image_size = int(meta["image_size"])
         self._stacks: dict[int, deque] = {}
 
     def reset(self, seeds, rows=None, episodes=None) -> None:
+        super().reset(seeds, rows, episodes)
         for r in self._rows(seeds, rows):
             self._stacks.pop(r, None)
 
@@ -190,11 +200,20 @@ class SB3PixelPolicy(Policy):
             else:
                 q.append(f)
             stacked.append(np.concatenate(list(q), axis=0))
-        actions, _ = self.net.predict(np.stack(stacked), deterministic=True)
+        if self.deterministic:
+            actions, _ = self.net.predict(np.stack(stacked), deterministic=True)
+        else:
+            x, _ = self.net.obs_to_tensor(np.stack(stacked))
+            dist = self.net.get_distribution(x).distribution
+            mean, std = dist.mean.numpy(), dist.stddev.numpy()
+            noise = np.stack([self.rng(r).standard_normal(mean.shape[1]) for r in range(len(mean))])
+            actions = mean + std * noise
         return np.clip(actions, self.meta["low"], self.meta["high"]).astype(np.float32)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "SB3PixelPolicy":
+    def from_pretrained(cls, path: str | Path, deterministic: bool | None = None) -> "SB3PixelPolicy":
+        """``deterministic``: act on the mean or sample (default: the way the saved policy
+        scored best on validation, ``config.json``'s ``deterministic``)."""
         from stable_baselines3.common.policies import ActorCriticCnnPolicy
 
         from wfm_sim.models.world_model import load_state_strict
@@ -206,7 +225,7 @@ class SB3PixelPolicy(Policy):
                                    gym.spaces.Box(np.asarray(meta["low"], np.float32), np.asarray(meta["high"], np.float32)),
                                    lambda _: 0.0, use_sde=bool(meta["use_sde"]), **_build_kwargs(meta["policy_kwargs"]))
         load_state_strict(net, ckpt.load_tensors(path / "model.safetensors"), path)
-        return cls(net, meta)
+        return cls(net, meta, meta.get("deterministic", True) if deterministic is None else deterministic)
 
 
 def save_sb3_policy(model, cfg: RealPPOConfig, path: Path, info: dict | None = None) -> Path:
@@ -322,14 +341,19 @@ def _train(cfg: RealPPOConfig, src, out: Path, curve: list[dict], done: int) -> 
             if curve and curve[-1]["real_steps"] >= steps:
                 return
             policy_dir = save_sb3_policy(self.model, cfg, out / "policy", {"real_steps": steps})
-            returns = evaluate_real(SB3PixelPolicy.from_pretrained(policy_dir), cfg.source,
-                                    list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_starts)), cfg.size)
-            row = {"real_steps": int(steps), "val_return": float(np.mean(returns)),
-                   "val_return_std": float(np.std(returns)), "val_seeds": [cfg.eval_seed, cfg.eval_starts],
-                   "wall_s": time.perf_counter() - t0}
+            seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_starts))
+            modes = {m: evaluate_real(SB3PixelPolicy.from_pretrained(policy_dir, deterministic=m == "mean"),
+                                      cfg.source, seeds, cfg.size) for m in ("mean", "sampled")}
+            mode = max(modes, key=lambda m: np.mean(modes[m]))  # the policy's better way to act
+            row = {"real_steps": int(steps), "val_return": float(np.mean(modes[mode])),
+                   "val_return_std": float(np.std(modes[mode])), "val_mode": mode,
+                   **{f"val_return_{m}": float(np.mean(r)) for m, r in modes.items()},
+                   "val_seeds": [cfg.eval_seed, cfg.eval_starts], "wall_s": time.perf_counter() - t0}
+            save_sb3_policy(self.model, cfg, out / "policy", {"real_steps": steps, "deterministic": mode == "mean"})
             if row["val_return"] > best:
                 best = row["val_return"]
-                save_sb3_policy(self.model, cfg, out / "best", {"real_steps": steps, "val_return": best})
+                save_sb3_policy(self.model, cfg, out / "best", {"real_steps": steps, "val_return": best,
+                                                                 "deterministic": mode == "mean"})
             _save_state(self.model, state_dir)
             curve.append(row)
             ckpt.atomic_write_bytes(curve_file, "".join(json.dumps(c) + "\n" for c in curve).encode())
