@@ -78,7 +78,7 @@ class ImaginationRLConfig:
     parallel_steps: int = 4
     width: int = 32
     init_policy: str | None = None
-    """A saved ActorCritic folder to start from (fine-tuning; the same rig and action space)."""
+    """A saved ActorCritic folder or shipped policy name to start from (fine-tuning; the same rig and action space)."""
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -157,7 +157,12 @@ class ImaginationTrainer:
         if resume:  # killed before its first save: it starts again at iteration 0, its log with it
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         if cfg.init_policy is not None:
-            start = ActorCritic.from_pretrained(cfg.init_policy)
+            from wfm_sim.policies.registry import SHIPPED_POLICIES, shipped_policies
+
+            path = Path(cfg.init_policy)
+            if not path.exists() and cfg.init_policy in shipped_policies():  # a shipped name (carracing-dyna)
+                path = SHIPPED_POLICIES / cfg.init_policy
+            start = ActorCritic.from_pretrained(path)
             if start.cfg.cameras != ac.cameras or start.cfg.action_dim != ac.action_dim or start.cfg.width != ac.width:
                 raise ValueError(f"--init-policy {cfg.init_policy} acts on cameras {list(start.cfg.cameras)} with "
                                  f"{start.cfg.action_dim} actions at width {start.cfg.width}; this run needs "
