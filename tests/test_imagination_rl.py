@@ -213,3 +213,10 @@ def test_a_reward_ensemble_is_fitted_onto_a_model_and_penalises_imagined_rewards
     roll = trainer.collect()
     assert (roll["uncertainty"] > 0).all()
     assert torch.allclose(roll["reward"], (roll["raw_reward"] - 2.0 * roll["uncertainty"]) * 0.5)
+
+
+def test_init_policy_takes_a_shipped_name(steer_world, tmp_path):
+    """``--init-policy carracing-dyna`` finds the shipped policy (then refuses it here by rig, not as a missing folder)."""
+    with pytest.raises(ValueError, match=r"--init-policy carracing-dyna acts on cameras \['CAM_FRONT'\]"):
+        ImaginationTrainer(_cfg(steer_world, tmp_path / "run", init_policy="carracing-dyna"))
+    assert not (tmp_path / "run").exists()
