@@ -100,7 +100,8 @@ class RealPPOConfig:
             raise ValueError(f"n-steps * num-envs ({self.n_steps * self.num_envs}) must divide into batches of "
                              f"batch-size {self.batch_size}")
         lo, hi = self.eval_seed, self.eval_seed + self.eval_starts
-        if self.train_seed < hi and lo < self.train_seed + self.real_steps:  # at most one episode per step
+        # at most one episode per step, seeds offset by the steps already done on a resume
+        if self.train_seed < hi and lo < self.train_seed + 2 * self.real_steps + self.num_envs:
             raise ValueError(f"training seeds (from {self.train_seed}) would reach the validation seeds "
                              f"[{lo}, {hi}); give --train-seed or --eval-seed ranges apart")
 
