@@ -42,9 +42,7 @@ def fit(args, out: Path) -> Path:
     model = out / "model"
     if not (model / ".fitted").is_file():
         shutil.rmtree(model, ignore_errors=True)
-        model.mkdir(parents=True)
-        for name in ("config.json", "model.safetensors"):
-            shutil.copy(resolve_pretrained(args.model) / name, model / name)
+        shutil.copytree(resolve_pretrained(args.model), model)  # a text model's encoder and contexts too
         train(TrainConfig("heads", str(store), str(model), steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, reward_ensemble=args.members, eval_every=args.steps, save_every=args.steps,
                           num_workers=0))
@@ -74,7 +72,7 @@ def replay(model: WorldModel, store: Path) -> dict:
         spread.append(out.reward_std.cpu().numpy())
     real = np.stack([e.reward[C - 1 : T - 1] for e in eps], axis=1)
     return {"pred": np.stack(pred), "real": real, "spread": np.stack(spread),
-            "policy": [k.split("/")[1] if "/" in k else k for k in r.episode_keys()]}
+            "policy": [k.split("/")[1] if "/" in k else k for k in r.episode_keys]}
 
 
 def main() -> None:
