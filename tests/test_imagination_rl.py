@@ -116,6 +116,7 @@ def test_the_dyna_loop_runs_logs_both_worlds_and_resumes(tmp_path):
     from wfm_sim.rl.dyna import DynaConfig, run_dyna
     from wfm_sim.rollout import record
     from wfm_sim.envs import sources
+    from wfm_sim.policies import ActorCriticConfig
     from wfm_sim.training.loop import TrainConfig, train
 
     pytest.importorskip("Box2D")
@@ -125,9 +126,11 @@ def test_the_dyna_loop_runs_logs_both_worlds_and_resumes(tmp_path):
     for c in ("tokenizer", "backbone"):
         train(TrainConfig(c, str(store), str(model), preset="tiny", steps=2, batch_size=2, eval_every=100,
                           save_every=100, progress=False, num_workers=0))
+    start = ActorCritic(ActorCriticConfig(("CAM_TOP",), 16))  # iteration 0 starts from a saved policy
+    start.save_pretrained(tmp_path / "start")
     cfg = DynaConfig(str(model), "carracing", str(store), str(tmp_path / "dyna"), iterations=2, collect_episodes=1,
                      wm_steps=1, wm_batch=2, policy_iterations=1, num_envs=2, horizon=2, score_starts=1,
-                     test_starts=2, test_seed=2_000_000, progress=False)
+                     test_starts=2, test_seed=2_000_000, init_policy=str(tmp_path / "start"), progress=False)
     limit = sources.SOURCES["carracing"]
     monkey = {"carracing": type(limit)(**{**limit.__dict__, "max_steps": 4})}  # short real episodes for the test
     old = dict(sources.SOURCES)
@@ -147,6 +150,9 @@ def test_the_dyna_loop_runs_logs_both_worlds_and_resumes(tmp_path):
         assert all(np.isfinite(x["real_return"]) and np.isfinite(x["imagined_return"]) for x in logs)
         assert logs[1]["data_episodes"] == 4 and EpisodeReader(store).num_episodes == 5  # 3 + 1 per iteration
         assert logs[1]["real_steps"] == EpisodeReader(store).num_steps - 4  # the data before iteration 1's collect
+        runs = [json.loads((tmp_path / "dyna" / f"iter_{i}" / "policy_run" / "run.json").read_text())["config"]
+                for i in (0, 1)]
+        assert runs[0]["init_policy"] == str(tmp_path / "start") and runs[1]["init_policy"] is None  # then the last one
         # Selection never reads test seeds: every iteration is scored on the validation seed, the
         # choice is the best validation return, and the test seeds are played once, after it.
         assert [s[:2] for s in scored] == [(1_000_000, 1), (1_000_000, 1), (2_000_000, 2)]
@@ -173,6 +179,12 @@ def test_the_dyna_loop_runs_logs_both_worlds_and_resumes(tmp_path):
             DynaConfig(**{**cfg.__dict__, "test_seed": 1_000_000})
         with pytest.raises(ValueError, match="overlap the collection seeds"):
             DynaConfig(**{**cfg.__dict__, "test_seed": 15_000})
+        # A start policy for another rig is refused before the run folder exists.
+        fresh = tmp_path / "dyna_init"
+        with pytest.raises(ValueError, match=r"--init-policy carracing-dyna acts on cameras \['CAM_FRONT'\] at 64px.*"
+                                             r"this run needs \['CAM_TOP'\] at 16px"):
+            run_dyna(DynaConfig(**{**cfg.__dict__, "out": str(fresh), "init_policy": "carracing-dyna"}))
+        assert not fresh.exists()
     finally:
         dyna.score_policies = real_score
         sources.SOURCES.clear()
@@ -213,6 +225,15 @@ def test_a_reward_ensemble_is_fitted_onto_a_model_and_penalises_imagined_rewards
     roll = trainer.collect()
     assert (roll["uncertainty"] > 0).all()
     assert torch.allclose(roll["reward"], (roll["raw_reward"] - 2.0 * roll["uncertainty"]) * 0.5)
+
+    # MOReL's halt: a rollout ends (terminated, no bootstrap) exactly where the spread passes the limit.
+    limit = float(roll["uncertainty"].median())
+    halted = ImaginationTrainer(_cfg(model, tmp_path / "halt", uncertainty="ensemble", max_uncertainty=limit)).collect()
+    torch.testing.assert_close(halted["uncertainty"], roll["uncertainty"])  # same seeds, same imagined steps
+    assert torch.equal(halted["terminated"], roll["terminated"] | (roll["uncertainty"] > limit))
+    assert halted["terminated"].any() and not halted["terminated"].all()
+    with pytest.raises(ValueError, match="max-uncertainty must be a finite number > 0"):
+        _cfg(model, tmp_path / "y", uncertainty="ensemble", max_uncertainty=0.0)
 
 
 def test_init_policy_takes_a_shipped_name(steer_world, tmp_path):

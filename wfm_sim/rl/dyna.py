@@ -37,14 +37,16 @@ import numpy as np
 from wfm_sim import checkpoint as ckpt
 from wfm_sim.datasets.store import EpisodeReader
 from wfm_sim.envs.sources import get_source
+from wfm_sim.envs.spaces import action_space
 from wfm_sim.evaluation.scoring import ScoreConfig, check_rig, score_policies
 from wfm_sim.evaluation.starts import check_store_rig
 from wfm_sim.models import WorldModel
 from wfm_sim.models.limits import check_numbers
+from wfm_sim.models.text import TEXT_FOLDER
 from wfm_sim.models.world_model import resolve_pretrained
-from wfm_sim.policies.actor_critic import ActorCritic
+from wfm_sim.policies.actor_critic import ActorCritic, ActorCriticConfig
 from wfm_sim.policies.base import SeededPolicy
-from wfm_sim.rl.imagination import ImaginationRLConfig, ImaginationTrainer
+from wfm_sim.rl.imagination import ImaginationRLConfig, ImaginationTrainer, load_init_policy
 from wfm_sim.rollout.record import record
 from wfm_sim.training.loop import TrainConfig, train
 
@@ -76,6 +78,11 @@ class DynaConfig:
     uncertainty: str = "entropy"
     """What the penalty reads: 'entropy' (token entropy) or 'ensemble' (the spread of the model's
     reward-ensemble heads, which every world-model update refits with the rest of the backbone)."""
+    max_uncertainty: float | None = None
+    """End an imagined rollout where that uncertainty exceeds this (MOReL's halt; default: never)."""
+    init_policy: str | None = None
+    """Start iteration 0's policy from this saved ActorCritic folder or shipped policy name
+    (default: a fresh policy); later iterations start from the one before."""
     score_starts: int = 5
     score_seed: int = 1_000_000
     """First validation seed: every iteration is scored (and the best chosen) on these."""
@@ -90,7 +97,7 @@ class DynaConfig:
                      "horizon", "parallel_steps", "score_starts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        check_numbers(self, positive=("wm_lr", "reward_scale"), nonnegative=("collect_noise", "uncertainty_penalty"))
+        check_numbers(self, positive=("wm_lr", "reward_scale", "max_uncertainty"), nonnegative=("collect_noise", "uncertainty_penalty"))
         if self.uncertainty not in ("entropy", "ensemble"):
             raise ValueError(f"uncertainty must be 'entropy' or 'ensemble', got {self.uncertainty!r}")
         if self.test_starts < 0:
@@ -161,6 +168,9 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
                          f"fit them with `wfm-sim train heads --data {cfg.data} --out MODEL --reward-ensemble 4`")
     check_store_rig(EpisodeReader(cfg.data), cfg.source, tuple(model.cfg.cameras), model.cfg.tokenizer.image_size,
                     f"Dyna appends {cfg.source} episodes to it")
+    if cfg.init_policy is not None:  # refused here, before the run folder exists
+        load_init_policy(cfg.init_policy, ActorCriticConfig.for_spaces(
+            model.cfg.cameras, model.cfg.tokenizer.image_size, action_space(src.action_space), width=ImaginationRLConfig.width))
     del model
     out.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_json(run_file, mine)
@@ -181,6 +191,8 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
             model_dir.mkdir()
             for name in ("config.json", "model.safetensors"):
                 shutil.copy(Path(prev_model) / name, model_dir / name)
+            if (Path(prev_model) / TEXT_FOLDER).is_dir():  # a text-conditioned model's frozen T5 travels with it
+                shutil.copytree(Path(prev_model) / TEXT_FOLDER, model_dir / TEXT_FOLDER)
             train(TrainConfig("backbone", cfg.data, str(model_dir), steps=cfg.wm_steps, batch_size=cfg.wm_batch,
                               lr=cfg.wm_lr, eval_every=cfg.wm_steps, save_every=max(1, cfg.wm_steps // 4),
                               seed=cfg.seed + it, progress=cfg.progress, num_workers=0,
@@ -191,7 +203,8 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
                                  iterations=cfg.policy_iterations, num_envs=cfg.num_envs, horizon=cfg.horizon,
                                  parallel_steps=cfg.parallel_steps, reward_scale=cfg.reward_scale,
                                  uncertainty_penalty=cfg.uncertainty_penalty, uncertainty=cfg.uncertainty,
-                                 seed=cfg.seed + it,
+                                 max_uncertainty=cfg.max_uncertainty, seed=cfg.seed + it,
+                                 init_policy=cfg.init_policy if it == 0 else None,
                                  progress=cfg.progress, device="cpu")
         if not _done(folder, "policy"):
             resume = (folder / "policy_run" / "train_state" / "state.json").is_file()

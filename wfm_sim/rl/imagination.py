@@ -8,8 +8,9 @@ PPO on GAE(lambda) advantages. The real simulator is never stepped here.
 
 Guard against exploiting model errors: the model's own uncertainty, its mean token entropy of
 the predicted frame, is subtracted from the reward (``uncertainty_penalty`` per nat), and an
-imagined rollout whose entropy exceeds ``max_entropy`` ends there (terminated, no bootstrap):
-a policy gains nothing by steering into frames the model cannot predict.
+imagined rollout whose entropy exceeds ``max_entropy``, or whose uncertainty exceeds
+``max_uncertainty`` (the reward ensemble's spread with ``uncertainty='ensemble'``), ends there
+(terminated, no bootstrap): a policy gains nothing by steering into frames the model cannot predict.
 
 On disk (``out``): ``policy/`` (the :class:`~wfm_sim.policies.ActorCritic`, loadable by every
 ``--policy`` flag), ``run.json`` (the config, checked on ``--resume``), ``metrics.jsonl``
@@ -72,6 +73,9 @@ class ImaginationRLConfig:
     the model needs ``reward_ensemble`` heads, see ``wfm-sim train heads --reward-ensemble``)."""
     max_entropy: float | None = None
     """End an imagined rollout (terminated) where the token entropy exceeds this."""
+    max_uncertainty: float | None = None
+    """End an imagined rollout (terminated, no bootstrap) where the uncertainty (``uncertainty``)
+    exceeds this: MOReL's halt, a stop at the edge of the data instead of a per-step tax on it."""
     reward_scale: float = 1.0
     """Rewards are multiplied by this for the update (logs stay in env units)."""
     decoder: str = "token"
@@ -89,7 +93,8 @@ class ImaginationRLConfig:
         for name in ("iterations", "num_envs", "horizon", "epochs", "minibatches", "save_every", "parallel_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        check_numbers(self, positive=("lr", "clip", "max_grad_norm", "reward_scale", "max_entropy"),
+        check_numbers(self, positive=("lr", "clip", "max_grad_norm", "reward_scale", "max_entropy",
+                                          "max_uncertainty"),
                       nonnegative=("entropy_coef", "value_coef", "uncertainty_penalty"), unit=("gamma", "lam"))
         if self.uncertainty not in ("entropy", "ensemble"):
             raise ValueError(f"uncertainty must be 'entropy' or 'ensemble', got {self.uncertainty!r}")
@@ -157,17 +162,7 @@ class ImaginationTrainer:
         if resume:  # killed before its first save: it starts again at iteration 0, its log with it
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         if cfg.init_policy is not None:
-            from wfm_sim.policies.registry import SHIPPED_POLICIES, shipped_policies
-
-            path = Path(cfg.init_policy)
-            if not path.exists() and cfg.init_policy in shipped_policies():  # a shipped name (carracing-dyna)
-                path = SHIPPED_POLICIES / cfg.init_policy
-            start = ActorCritic.from_pretrained(path)
-            if start.cfg.cameras != ac.cameras or start.cfg.action_dim != ac.action_dim or start.cfg.width != ac.width:
-                raise ValueError(f"--init-policy {cfg.init_policy} acts on cameras {list(start.cfg.cameras)} with "
-                                 f"{start.cfg.action_dim} actions at width {start.cfg.width}; this run needs "
-                                 f"{list(ac.cameras)}, {ac.action_dim}, width {ac.width}")
-            self.policy.load_state_dict(start.state_dict())
+            self.policy.load_state_dict(load_init_policy(cfg.init_policy, ac).state_dict())
         self._claim_run_folder()
 
     # ------------------------------------------------------------------ run folder
@@ -227,6 +222,8 @@ class ImaginationTrainer:
             if cfg.max_entropy is not None:
                 term = term | (ent > cfg.max_entropy)
             unc = ent if cfg.uncertainty == "entropy" else torch.as_tensor(np.asarray(info["reward_std"], np.float32))
+            if cfg.max_uncertainty is not None:
+                term = term | (unc > cfg.max_uncertainty)
             buf["frames"].append(frames.cpu())
             buf["u"].append(u.cpu())
             buf["logp"].append(self.policy.log_prob(dist, u).cpu())
@@ -309,6 +306,23 @@ class ImaginationTrainer:
         return last
 
 
+def load_init_policy(name: str, needs: ActorCriticConfig) -> ActorCritic:
+    """The ActorCritic a run starts from (a folder or a shipped name), refused unless it acts on
+    the cameras, action count and width of ``needs``."""
+    from wfm_sim.policies.registry import SHIPPED_POLICIES, shipped_policies
+
+    path = Path(name)
+    if not path.exists() and name in shipped_policies():  # a shipped name (carracing-dyna)
+        path = SHIPPED_POLICIES / name
+    start = ActorCritic.from_pretrained(path)
+    mine = (start.cfg.cameras, start.cfg.image_size, start.cfg.action_dim, start.cfg.width)
+    if mine != (needs.cameras, needs.image_size, needs.action_dim, needs.width):
+        raise ValueError(f"--init-policy {name} acts on cameras {list(start.cfg.cameras)} at {start.cfg.image_size}px "
+                         f"with {start.cfg.action_dim} actions at width {start.cfg.width}; this run needs "
+                         f"{list(needs.cameras)} at {needs.image_size}px, {needs.action_dim} actions, width {needs.width}")
+    return start
+
+
 def _sample(dist, gen: torch.Generator, kind: str) -> torch.Tensor:
     """A sample drawn from ``gen`` (on CPU, so runs repeat across devices)."""
     if kind == "discrete":
@@ -323,4 +337,4 @@ def train_policy(cfg: ImaginationRLConfig, resume: bool = False) -> dict:
     return ImaginationTrainer(cfg, resume).train()
 
 
-__all__ = ["ImaginationRLConfig", "ImaginationTrainer", "gae", "train_policy"]
+__all__ = ["ImaginationRLConfig", "ImaginationTrainer", "gae", "load_init_policy", "train_policy"]
