@@ -62,7 +62,7 @@ def replay(model: WorldModel, store: Path) -> dict:
         frames = torch.from_numpy(np.stack([e.obs[c][:T] for c in cams], axis=1))[None]  # (1, T, v, H, W, 3)
         tokens.append(model.encode(frames)[0].flatten(1))
     tokens = torch.stack(tokens)  # (E, T, n)
-    acts = torch.as_tensor(np.stack([e.action[:T] for e in eps]), dtype=torch.float32)
+    acts = torch.as_tensor(np.stack([e.action[:T] for e in eps]), dtype=torch.float32)[:, :, None]  # (E, T, f=1, a)
     im = model.imagine(len(eps), mode="parallel")
     im.reset(None, tokens=tokens[:, :C], actions=acts[:, : C - 1], seeds=[0] * len(eps))
     pred, spread = [], []

@@ -38,6 +38,10 @@ def test_wheel_has_only_the_wfm_sim_top_level_package(tmp_path):
     for name in shipped_policies():
         for f in ("config.json", "model.safetensors", "README.md"):
             assert f"wfm_sim/pretrained/policies/{name}/{f}" in names, f"policy {name}/{f} missing from the wheel"
+        wm = ROOT / "wfm_sim" / "pretrained" / "policies" / name / "world_model"
+        for f in (sorted(p for p in wm.rglob("*") if p.is_file()) if wm.is_dir() else ()):  # the model it was trained in
+            rel = f.relative_to(ROOT).as_posix()
+            assert rel in names, f"{rel} missing from the wheel"
     target = tmp_path / "site"
     inst = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                           capture_output=True, text=True)

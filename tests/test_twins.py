@@ -275,3 +275,21 @@ def test_the_shipped_imagination_policy_loads_by_name_and_drives_the_real_front_
     assert np.abs(np.concatenate([e.action for e in first])[:, 0]).max() <= 1.0
     with pytest.raises(ValueError, match="shipped policy"):
         make_policy("no-such-policy")
+
+
+def test_a_shipped_policy_ships_the_world_model_it_was_trained_in():
+    """``carracing-dyna-text`` loads by name, its ``world_model/`` by ``policies/NAME/world_model``,
+    and the pair runs: the policy fits the model's rig and the model reports its ensemble's spread."""
+    from wfm_sim.envs import ImaginedVectorEnv
+    from wfm_sim.policies import make_policy
+
+    policy = make_policy("carracing-dyna-text")
+    env = ImaginedVectorEnv(2, "policies/carracing-dyna-text/world_model", device="cpu", precision="fp32")
+    assert env.model.cfg.backbone.reward_ensemble == 4 and env.model.cfg.cameras == ("CAM_FRONT",)
+    first = play(env, policy, [0, 1], horizon=3)
+    again = play(env, policy, [0, 1], horizon=3)
+    for a, b in zip(first, again):  # the shipped pair, seeded: the same imagined drive twice
+        assert np.array_equal(a.action, b.action) and np.array_equal(a.reward, b.reward)
+    obs, _ = env.reset(seed=[0, 1])
+    _, _, _, _, info = env.step(policy(obs))
+    assert info["reward_std"].shape == (2,) and (info["reward_std"] > 0).all()
