@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench_rl import CAR, env_speed, trainer_speed
+from bench_rl import CAR, env_speed, random_rl_model, trainer_speed
 from common import emit, machine, sync
 from wfm_sim.envs import ImaginedVectorEnv
 from wfm_sim.envs.contexts import ContextBank
@@ -106,9 +106,7 @@ def imagination(model: WorldModel, batches: list[int], steps: int, info: dict) -
 
 
 def rl(info: dict, batch: int, device: str, precision: str) -> list[dict]:
-    torch.manual_seed(0)
-    model = WorldModel(preset("rl", cameras=("CAM_FRONT",), action=CAR, name="rl-random")).setup(device, precision)
-    model.eval()
+    model = random_rl_model(device, precision)
     rows = [env_speed(model, "rl preset env", 1, "pixels", 2, 30), env_speed(model, "rl preset env", batch, "tokens", 2, 5)]
     folder = tempfile.mkdtemp()
     model.save_pretrained(folder)
