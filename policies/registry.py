@@ -62,6 +62,14 @@ def shipped_policies() -> list[str]:
     return sorted(p.name for p in SHIPPED_POLICIES.iterdir() if (p / "config.json").is_file())
 
 
+def policy_path(name: str) -> Path:
+    """``name`` as a path: the folder or file it names, else the shipped policy of that name."""
+    path = Path(name)
+    if not path.exists() and name in shipped_policies():
+        return SHIPPED_POLICIES / name
+    return path
+
+
 def make_policy(name: str, space=None, source: str | None = None, camera: str | None = None):
     """Build the policy ``name`` (see the module docstring) for an env with action space ``space``.
 
@@ -108,9 +116,7 @@ def make_policy(name: str, space=None, source: str | None = None, camera: str | 
         return _constant(name, space)
     if name.startswith(LEROBOT_PREFIX):
         return LeRobotPolicy(name[len(LEROBOT_PREFIX):])
-    path = Path(name)
-    if not path.exists() and name in shipped_policies():
-        path = SHIPPED_POLICIES / name
+    path = policy_path(name)
     if path.suffix == ".npy":
         if not path.is_file():
             raise FileNotFoundError(f"no plan file {path}")

@@ -28,7 +28,7 @@ from wfm_sim.envs.contexts import ContextBank
 from wfm_sim.evaluation.fidelity import EvalConfig, evaluate
 from wfm_sim.evaluation.report import summary_table, write_report
 from wfm_sim.models import SamplingConfig, WorldModel
-from wfm_sim.models.text import TEXT_FOLDER
+from wfm_sim.models.text import TEXT_FOLDER, copy_text_encoder
 
 ROOT = Path(os.environ.get("WFM_SIM_SHIP_ROOT") or Path(__file__).resolve().parents[1])
 """Where wfm_sim/pretrained/NAME and docs/eval_NAME.* are written: this checkout, or
@@ -68,8 +68,7 @@ def main() -> None:
     model.cfg = replace(saved, name=args.name, decoder=decoder)
     shutil.rmtree(out, ignore_errors=True)
     model.save_pretrained(out, storage=args.storage)
-    if (run / TEXT_FOLDER).is_dir():  # a text-conditioned model travels with its encoder
-        shutil.copytree(run / TEXT_FOLDER, out / TEXT_FOLDER)
+    copy_text_encoder(run, out)
     reader = EpisodeReader(args.data)
     shutil.copy(run / "split.json", out / "split.json")
     if args.eval_data:  # a store the model never saw: all of it

@@ -23,7 +23,7 @@ from pathlib import Path
 from wfm_sim import checkpoint as ckpt
 from wfm_sim.card import refresh_card
 from wfm_sim.models import WorldModel
-from wfm_sim.models.text import TEXT_FOLDER
+from wfm_sim.models.text import copy_text_encoder
 from wfm_sim.policies.actor_critic import ActorCritic
 from wfm_sim.policies.registry import SHIPPED_POLICIES
 
@@ -38,12 +38,9 @@ def ship(policy: Path, name: str, model: Path | None, score: Path | None, comman
         wm = out / "world_model"
         shutil.rmtree(wm, ignore_errors=True)
         WorldModel.from_pretrained(model, device="cpu", precision="fp32").save_pretrained(wm, storage="int8")
-        for extra in ("contexts.safetensors", TEXT_FOLDER):
-            src = model / extra
-            if src.is_dir():
-                shutil.copytree(src, wm / extra)
-            elif src.is_file():
-                shutil.copy(src, wm / extra)
+        if (model / "contexts.safetensors").is_file():
+            shutil.copy(model / "contexts.safetensors", wm / "contexts.safetensors")
+        copy_text_encoder(model, wm)
     if score is not None:
         report = json.loads((score / "report.json").read_text())
         names = [r["policy"] for r in report["policies"]]

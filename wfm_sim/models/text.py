@@ -23,6 +23,16 @@ TEXT_FOLDER = "text_encoder"
 """Where a model folder keeps the text encoder it was trained with."""
 
 
+def copy_text_encoder(src: str | Path, dst: str | Path) -> bool:
+    """Copy a text-conditioned model's frozen encoder from model folder ``src`` into ``dst``
+    (a copied, fine-tuned or shipped model must travel with it); False for other models."""
+    enc = Path(src) / TEXT_FOLDER
+    if not enc.is_dir():
+        return False
+    shutil.copytree(enc, Path(dst) / TEXT_FOLDER)
+    return True
+
+
 def _transformers():
     try:
         import transformers

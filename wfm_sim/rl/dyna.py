@@ -42,7 +42,7 @@ from wfm_sim.evaluation.scoring import ScoreConfig, check_rig, score_policies
 from wfm_sim.evaluation.starts import check_store_rig
 from wfm_sim.models import WorldModel
 from wfm_sim.models.limits import check_numbers
-from wfm_sim.models.text import TEXT_FOLDER
+from wfm_sim.models.text import copy_text_encoder
 from wfm_sim.models.world_model import resolve_pretrained
 from wfm_sim.policies.actor_critic import ActorCritic, ActorCriticConfig
 from wfm_sim.policies.base import SeededPolicy
@@ -191,8 +191,7 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
             model_dir.mkdir()
             for name in ("config.json", "model.safetensors"):
                 shutil.copy(Path(prev_model) / name, model_dir / name)
-            if (Path(prev_model) / TEXT_FOLDER).is_dir():  # a text-conditioned model's frozen T5 travels with it
-                shutil.copytree(Path(prev_model) / TEXT_FOLDER, model_dir / TEXT_FOLDER)
+            copy_text_encoder(prev_model, model_dir)
             train(TrainConfig("backbone", cfg.data, str(model_dir), steps=cfg.wm_steps, batch_size=cfg.wm_batch,
                               lr=cfg.wm_lr, eval_every=cfg.wm_steps, save_every=max(1, cfg.wm_steps // 4),
                               seed=cfg.seed + it, progress=cfg.progress, num_workers=0,

@@ -309,12 +309,9 @@ class ImaginationTrainer:
 def load_init_policy(name: str, needs: ActorCriticConfig) -> ActorCritic:
     """The ActorCritic a run starts from (a folder or a shipped name), refused unless it acts on
     the cameras, action count and width of ``needs``."""
-    from wfm_sim.policies.registry import SHIPPED_POLICIES, shipped_policies
+    from wfm_sim.policies.registry import policy_path
 
-    path = Path(name)
-    if not path.exists() and name in shipped_policies():  # a shipped name (carracing-dyna)
-        path = SHIPPED_POLICIES / name
-    start = ActorCritic.from_pretrained(path)
+    start = ActorCritic.from_pretrained(policy_path(name))  # a folder or a shipped name (carracing-dyna)
     mine = (start.cfg.cameras, start.cfg.image_size, start.cfg.action_dim, start.cfg.width)
     if mine != (needs.cameras, needs.image_size, needs.action_dim, needs.width):
         raise ValueError(f"--init-policy {name} acts on cameras {list(start.cfg.cameras)} at {start.cfg.image_size}px "
