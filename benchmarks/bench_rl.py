@@ -59,12 +59,14 @@ def env_speed(model, name: str, batch: int, obs_mode: str, passes: int, steps: i
             "env_steps_s": batch * steps / dt}
 
 
-def trainer_speed(model_dir: str, batch: int, device: str = "cpu") -> dict:
+def trainer_speed(model_dir: str, batch: int, device: str = "cpu", obs: str = "pixels") -> dict:
+    """The whole PPO loop in imagination (collect, update, a checkpoint every 5 iterations), with
+    the policy reading decoded frames (``pixels``) or the sampled token ids (``tokens``)."""
     from wfm_sim.rl import ImaginationRLConfig, ImaginationTrainer
 
     with tempfile.TemporaryDirectory() as out:
         cfg = ImaginationRLConfig(model_dir, out, iterations=2, num_envs=batch, horizon=15, parallel_steps=2,
-                                  device=device, progress=False, minibatches=4)
+                                  device=device, progress=False, minibatches=4, obs=obs)
         trainer = ImaginationTrainer(cfg)
         trainer.train()
         t0 = time.perf_counter()
@@ -72,7 +74,7 @@ def trainer_speed(model_dir: str, batch: int, device: str = "cpu") -> dict:
         trainer.cfg = type(cfg2)(**{**cfg2.__dict__, "iterations": 7})  # 5 iterations, one checkpoint, as in a run
         trainer.train()
         dt = time.perf_counter() - t0
-    return {"model": "PPO trainer (collect + update)", "cameras": 1, "batch": batch, "obs": "pixels", "passes": 2,
+    return {"model": "PPO trainer (collect + update)", "cameras": 1, "batch": batch, "obs": obs, "passes": 2,
             "env_steps_s": 5 * batch * 15 / dt}
 
 
@@ -134,6 +136,7 @@ def main() -> None:
         frames = np.random.default_rng(1).integers(0, 255, (8, rl.cfg.context_frames, 1, s, s, 3), dtype=np.uint8)
         ContextBank(frames, np.zeros((8, rl.cfg.context_frames - 1, 3), np.float32), ["bench"] * 8).save(folder)
     rows.append(trainer_speed(folder, args.batch))
+    rows.append(trainer_speed(folder, args.batch, obs="tokens"))
     rows += encoder_precision_ab(folder, args.batch)
     emit("RL in imagination", rows, info)
 

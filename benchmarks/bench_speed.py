@@ -107,13 +107,15 @@ def imagination(model: WorldModel, batches: list[int], steps: int, info: dict) -
 
 def rl(info: dict, batch: int, device: str, precision: str) -> list[dict]:
     model = random_rl_model(device, precision)
-    rows = [env_speed(model, "rl preset env", 1, "pixels", 2, 30), env_speed(model, "rl preset env", batch, "tokens", 2, 5)]
+    rows = [env_speed(model, "rl preset env", 1, "pixels", 2, 30), env_speed(model, "rl preset env", 1, "tokens", 2, 30),
+            env_speed(model, "rl preset env", batch, "tokens", 2, 5)]
     folder = tempfile.mkdtemp()
     model.save_pretrained(folder)
     s = model.cfg.tokenizer.image_size
     frames = np.random.default_rng(1).integers(0, 255, (8, model.cfg.context_frames, 1, s, s, 3), dtype=np.uint8)
     ContextBank(frames, np.zeros((8, model.cfg.context_frames - 1, 3), np.float32), ["bench"] * 8).save(folder)
     rows.append(trainer_speed(folder, batch, device))
+    rows.append(trainer_speed(folder, batch, device, obs="tokens"))  # the latent actor-critic: no pixel decoding
     for r in rows:
         r.pop("cameras", None)
         r["ms_per_step"] = 1e3 * r["batch"] / r["env_steps_s"]

@@ -185,6 +185,12 @@ def test_the_dyna_loop_runs_logs_both_worlds_and_resumes(tmp_path):
                                              r"this run needs \['CAM_TOP'\] at 16px"):
             run_dyna(DynaConfig(**{**cfg.__dict__, "out": str(fresh), "init_policy": "carracing-dyna"}))
         assert not fresh.exists()
+        # A latent (token) Dyna from the same pixel start: iteration 0 distils it on the store's frames.
+        tok = run_dyna(DynaConfig(**{**cfg.__dict__, "out": str(tmp_path / "dyna_tok"), "obs": "tokens",
+                                     "iterations": 1, "test_starts": 0}))
+        run0 = tmp_path / "dyna_tok" / "iter_0" / "policy_run"
+        assert len(tok) == 1 and json.loads((run0 / "distill.json").read_text())["teacher"] == str(tmp_path / "start")
+        assert ActorCritic.from_pretrained(run0 / "policy").cfg.obs == "tokens"
     finally:
         dyna.score_policies = real_score
         sources.SOURCES.clear()
@@ -241,3 +247,74 @@ def test_init_policy_takes_a_shipped_name(steer_world, tmp_path):
     with pytest.raises(ValueError, match=r"--init-policy carracing-dyna acts on cameras \['CAM_FRONT'\]"):
         ImaginationTrainer(_cfg(steer_world, tmp_path / "run", init_policy="carracing-dyna"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_token_policy_learns_in_imagination_and_acts_on_real_frames_through_the_models_encoder(steer_world, tmp_path):
+    """``--obs tokens``: the latent actor-critic trains on sampled ids (no pixel decoding), then
+    acts on real frames by coding them with the model's own tokenizer encoder."""
+    from wfm_sim.models import WorldModel
+
+    log = train_policy(_cfg(steer_world, tmp_path / "run", iterations=16, obs="tokens"))
+    assert log["iteration"] == 16
+    policy = make_policy(str(tmp_path / "run" / "policy"))
+    assert isinstance(policy, ActorCritic) and policy.cfg.obs == "tokens"
+    assert all(not p.requires_grad for p in policy.token_encoder.parameters())
+    frames = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    assert (policy(frames)[:, 0] > 0.8).all()  # the optimum is +1 from real frames too
+    model = WorldModel.from_pretrained(steer_world, device="cpu", precision="fp32")
+    ids = model.encode(torch.as_tensor(frames)[:, None, None])[:, 0]  # (b, v, g, g): what imagination starts from
+    assert torch.equal(policy.observe(frames), ids)  # real frames -> the model's own ids
+    np.testing.assert_array_equal(policy(ids.numpy()), policy(frames))  # ids or frames: the same actions
+    with pytest.raises(ValueError, match=r"takes \(n, 1, 4, 4\) token ids"):
+        policy(np.zeros((2, 1, 3, 3), np.int64))
+
+
+def test_a_token_run_resumes_exactly_and_refuses_a_pixel_start(steer_world, tmp_path):
+    full = train_policy(_cfg(steer_world, tmp_path / "a", iterations=4, obs="tokens"))
+    train_policy(_cfg(steer_world, tmp_path / "c", iterations=2, obs="tokens"))
+    resumed = train_policy(_cfg(steer_world, tmp_path / "c", iterations=4, obs="tokens"), resume=True)
+    assert resumed["pg_loss"] == full["pg_loss"]
+    train_policy(_cfg(steer_world, tmp_path / "pix", iterations=1))
+    with pytest.raises(ValueError, match="reads pixels and this run reads tokens: it is distilled on real frames, "
+                                         "so pass --data STORE"):
+        ImaginationTrainer(_cfg(steer_world, tmp_path / "d", obs="tokens", init_policy=str(tmp_path / "pix" / "policy")))
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(ValueError, match="--resume with a different config: obs: run has 'tokens', given 'pixels'"):
+        train_policy(_cfg(steer_world, tmp_path / "a", iterations=5), resume=True)
+    t = ImaginationTrainer(_cfg(steer_world, tmp_path / "e", obs="tokens", init_policy=str(tmp_path / "a" / "policy")))
+    saved = ActorCritic.from_pretrained(tmp_path / "a" / "policy").state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in t.policy.state_dict().items())
+
+
+def test_a_token_policy_refuses_a_start_whose_encoder_codes_frames_otherwise(steer_world, tmp_path):
+    train_policy(_cfg(steer_world, tmp_path / "a", iterations=1, obs="tokens"))
+    other = ActorCritic.from_pretrained(tmp_path / "a" / "policy")
+    with torch.no_grad():
+        next(other.token_encoder.parameters()).add_(1.0)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="tokenizer encoder differs from this world model's"):
+        ImaginationTrainer(_cfg(steer_world, tmp_path / "b", obs="tokens", init_policy=str(tmp_path / "other")))
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_run_written_before_a_setting_existed_resumes_with_its_default(steer_world, tmp_path):
+    train_policy(_cfg(steer_world, tmp_path / "a", iterations=2))
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    del run["config"]["obs"]  # as an older version wrote it
+    (tmp_path / "a" / "run.json").write_text(json.dumps(run))
+    assert train_policy(_cfg(steer_world, tmp_path / "a", iterations=3), resume=True)["iteration"] == 3
+
+
+def test_a_pixel_policy_is_distilled_into_a_token_run(steer_world, square_store, tmp_path):
+    """``--obs tokens --init-policy PIXELS --data STORE``: the start policy is carried over by
+    distillation on the store's real frames, and the student acts as the teacher does."""
+    train_policy(_cfg(steer_world, tmp_path / "pix", iterations=16))
+    teacher = ActorCritic.from_pretrained(tmp_path / "pix" / "policy")
+    t = ImaginationTrainer(_cfg(steer_world, tmp_path / "tok", obs="tokens", data=str(square_store),
+                                init_policy=str(tmp_path / "pix" / "policy")))
+    report = json.loads((tmp_path / "tok" / "distill.json").read_text())
+    assert report["teacher"] == str(tmp_path / "pix" / "policy") and report["held_out_frames"] > 0
+    assert report["held_out_action_mae"][0] < 0.1, report
+    frames = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    np.testing.assert_allclose(t.policy(frames)[:, 0], teacher(frames)[:, 0], atol=0.15)
+    assert torch.equal(t.policy.log_std, teacher.log_std)

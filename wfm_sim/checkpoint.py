@@ -97,12 +97,22 @@ def run_settings(cfg: Any, run_file: Path, what: str, free: tuple[str, ...] = ()
     mine = json.loads(json.dumps(asdict(cfg)))
     mine.pop("progress", None)
     if run_file.is_file():
-        saved = json.loads(run_file.read_text())
+        saved = {**field_defaults(cfg), **json.loads(run_file.read_text())}
         diff = sorted(k for k in mine if k not in free and saved.get(k) != mine[k])
         if diff:
             raise ValueError(f"{run_file.parent} holds a {what} with other settings ({', '.join(diff)}); "
                              "use another --out")
     return mine
+
+
+def field_defaults(cfg: Any) -> dict:
+    """The JSON form of a config dataclass's field defaults: what a run file written before a
+    setting existed had, so that adding a setting does not refuse older runs."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = json.loads(json.dumps(to_dict(f.default)))
+    return out
 
 
 def read_json(path: Path, fmt: str) -> dict:

@@ -283,6 +283,28 @@ def _stack(cfg: TokenizerConfig, encoder: bool) -> tuple[nn.ModuleList, int]:
     return nn.ModuleList(mods), widths[-1]
 
 
+def _encode(m: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The encoder half of :class:`VideoTokenizer` (``m`` has its ``enc_*`` modules and ``fsq``)."""
+    b = video.shape[0]
+    x = haar_patch(rearrange(video, "b c t h w -> (b t) c h w"))
+    x = m.enc_in(rearrange(x, "(b t) c h w -> b c t h w", b=b))
+    for level in m.enc_levels:
+        x = level(x)
+    z = m.enc_out(m.enc_mid(x))
+    codes, tokens = m.fsq(z)
+    return tokens, codes, m.fsq.bound(z.float())
+
+
+def _encoder_modules(cfg: TokenizerConfig) -> dict[str, nn.Module]:
+    grouped = cfg.temporal_downsample > 1 and cfg.attention
+    out: dict[str, nn.Module] = {"enc_in": CausalConv3d(12, cfg.base_channels * cfg.channel_mult[0], cfg.temporal_kernel)}
+    out["enc_levels"], wl = _stack(cfg, encoder=True)  # built in this order: seeded inits stay as they were
+    out["enc_mid"] = SpaceTimeAttention(wl, temporal=grouped) if cfg.attention else nn.Identity()
+    out["enc_out"] = nn.Sequential(FrameNorm(wl), nn.SiLU(), nn.Conv3d(wl, len(cfg.levels), 1))
+    out["fsq"] = FSQ(cfg.levels)
+    return out
+
+
 class VideoTokenizer(nn.Module):
     """Discrete causal video tokenizer: ``(b, 3, t, H, W)`` in [-1, 1] <-> ``(b, l, h, w)`` ids."""
 
@@ -291,11 +313,9 @@ class VideoTokenizer(nn.Module):
         self.cfg = cfg
         grouped = cfg.temporal_downsample > 1 and cfg.attention
         w0 = cfg.base_channels * cfg.channel_mult[0]
-        self.enc_in = CausalConv3d(12, w0, cfg.temporal_kernel)
-        self.enc_levels, wl = _stack(cfg, encoder=True)
-        self.enc_mid = SpaceTimeAttention(wl, temporal=grouped) if cfg.attention else nn.Identity()
-        self.enc_out = nn.Sequential(FrameNorm(wl), nn.SiLU(), nn.Conv3d(wl, len(cfg.levels), 1))
-        self.fsq = FSQ(cfg.levels)
+        for name, module in _encoder_modules(cfg).items():  # enc_in, enc_levels, enc_mid, enc_out, fsq
+            setattr(self, name, module)
+        wl = self.enc_out[-1].in_channels
         self.dec_in = nn.Conv3d(len(cfg.levels), wl, 1)
         self.dec_mid = SpaceTimeAttention(wl, temporal=grouped) if cfg.attention else nn.Identity()
         self.dec_levels, _ = _stack(cfg, encoder=False)
@@ -322,14 +342,7 @@ class VideoTokenizer(nn.Module):
             latent ``(b, c, l, h, w)`` fp32 continuous (pre-quantisation, bounded).
         """
         self._check_video(video)
-        b = video.shape[0]
-        x = haar_patch(rearrange(video, "b c t h w -> (b t) c h w"))
-        x = self.enc_in(rearrange(x, "(b t) c h w -> b c t h w", b=b))
-        for m in self.enc_levels:
-            x = m(x)
-        z = self.enc_out(self.enc_mid(x))
-        codes, tokens = self.fsq(z)
-        return tokens, codes, self.fsq.bound(z.float())
+        return _encode(self, video)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """``(b, c, l, h, w)`` codes -> ``(b, 3, t, H, W)`` frames (unclamped, ~[-1, 1])."""
@@ -370,3 +383,39 @@ class VideoTokenizer(nn.Module):
         logs = {"l1": l1.detach(), "l2": l2.detach(), "hard_l1": hard.detach(), "psnr": psnr,
                 "codebook_used": (counts > 0).float().mean(), "codebook_perplexity": perplexity}
         return LossAndLogs(loss=l1 + l2 + self.cfg.hard_pixels * hard, logs=logs)
+
+
+class TokenEncoder(nn.Module):
+    """The encoder half of a per-frame :class:`VideoTokenizer`: uint8 frames -> token ids.
+
+    What a policy that acts on a world model's tokens carries to the real world: it turns each
+    real camera frame into the ids the model's own rollouts produce, without the decoder. Its
+    modules (and state-dict keys) are the tokenizer's own ``enc_*``.
+    """
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        if not cfg.per_frame:
+            raise ValueError(f"a token encoder codes each frame alone; this tokenizer has temporal_downsample="
+                             f"{cfg.temporal_downsample}, temporal_kernel={cfg.temporal_kernel} (its tokens depend on "
+                             "earlier frames): act on pixels instead")
+        self.cfg = cfg
+        for name, module in _encoder_modules(cfg).items():
+            setattr(self, name, module)
+        self.requires_grad_(False)
+
+    def copy_from(self, tokenizer: VideoTokenizer) -> "TokenEncoder":
+        """Take the encoder weights of ``tokenizer`` (the same config)."""
+        if tokenizer.cfg != self.cfg:
+            raise ValueError(f"the tokenizer's config {tokenizer.cfg} differs from this encoder's {self.cfg}")
+        mine = self.state_dict()
+        self.load_state_dict({k: v.float() for k, v in tokenizer.state_dict().items() if k in mine})
+        return self
+
+    @torch.no_grad()
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(b, v, H, W, 3)`` uint8 -> ``(b, v, g, g)`` int64 ids."""
+        b = frames.shape[0]
+        video = rearrange(frames, "b v h w c -> (b v) c 1 h w").float() / 127.5 - 1
+        return rearrange(_encode(self, video)[0], "(b v) 1 h w -> b v h w", b=b)
+

@@ -80,6 +80,9 @@ class DynaConfig:
     reward-ensemble heads, which every world-model update refits with the rest of the backbone)."""
     max_uncertainty: float | None = None
     """End an imagined rollout where that uncertainty exceeds this (MOReL's halt; default: never)."""
+    obs: str = "pixels"
+    """What the policy reads: 'pixels' or 'tokens' (the model's token ids: a latent actor-critic,
+    no pixel decoding in imagination; see ``wfm-sim train policy --obs``)."""
     init_policy: str | None = None
     """Start iteration 0's policy from this saved ActorCritic folder or shipped policy name
     (default: a fresh policy); later iterations start from the one before."""
@@ -100,6 +103,8 @@ class DynaConfig:
         check_numbers(self, positive=("wm_lr", "reward_scale", "max_uncertainty"), nonnegative=("collect_noise", "uncertainty_penalty"))
         if self.uncertainty not in ("entropy", "ensemble"):
             raise ValueError(f"uncertainty must be 'entropy' or 'ensemble', got {self.uncertainty!r}")
+        if self.obs not in ("pixels", "tokens"):
+            raise ValueError(f"obs must be 'pixels' or 'tokens', got {self.obs!r}")
         if self.test_starts < 0:
             raise ValueError(f"test-starts must be >= 0, got {self.test_starts}")
         if self.test_starts:
@@ -169,8 +174,10 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
     check_store_rig(EpisodeReader(cfg.data), cfg.source, tuple(model.cfg.cameras), model.cfg.tokenizer.image_size,
                     f"Dyna appends {cfg.source} episodes to it")
     if cfg.init_policy is not None:  # refused here, before the run folder exists
+        tok = model.cfg.tokenizer
         load_init_policy(cfg.init_policy, ActorCriticConfig.for_spaces(
-            model.cfg.cameras, model.cfg.tokenizer.image_size, action_space(src.action_space), width=ImaginationRLConfig.width))
+            model.cfg.cameras, tok.image_size, action_space(src.action_space), width=ImaginationRLConfig.width,
+            obs=cfg.obs, tokenizer=tok if cfg.obs == "tokens" else None))
     del model
     out.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_json(run_file, mine)
@@ -202,14 +209,14 @@ def run_dyna(cfg: DynaConfig) -> list[dict]:
                                  iterations=cfg.policy_iterations, num_envs=cfg.num_envs, horizon=cfg.horizon,
                                  parallel_steps=cfg.parallel_steps, reward_scale=cfg.reward_scale,
                                  uncertainty_penalty=cfg.uncertainty_penalty, uncertainty=cfg.uncertainty,
-                                 max_uncertainty=cfg.max_uncertainty, seed=cfg.seed + it,
+                                 max_uncertainty=cfg.max_uncertainty, obs=cfg.obs, seed=cfg.seed + it,
                                  init_policy=cfg.init_policy if it == 0 else None,
                                  progress=cfg.progress, device="cpu")
         if not _done(folder, "policy"):
             resume = (folder / "policy_run" / "train_state" / "state.json").is_file()
             trainer = ImaginationTrainer(rl, resume=resume)
             if prev_policy is not None and not resume:
-                trainer.policy.load_state_dict(ActorCritic.from_pretrained(prev_policy).state_dict())
+                trainer.policy.load_start(ActorCritic.from_pretrained(prev_policy))
             trainer.train()
             _mark(folder, "policy")
         policy_dir = folder / "policy_run" / "policy"

@@ -12,6 +12,12 @@ imagined rollout whose entropy exceeds ``max_entropy``, or whose uncertainty exc
 ``max_uncertainty`` (the reward ensemble's spread with ``uncertainty='ensemble'``), ends there
 (terminated, no bootstrap): a policy gains nothing by steering into frames the model cannot predict.
 
+The policy reads decoded frames (``obs='pixels'``) or the sampled token ids themselves
+(``obs='tokens'``, a latent actor-critic: no frame is decoded in imagination, and the policy
+carries the tokenizer's encoder to the real world). A token run may start from a pixel
+policy: it is distilled on the store's real frames first (:mod:`~wfm_sim.rl.distill`,
+``distill.json``).
+
 On disk (``out``): ``policy/`` (the :class:`~wfm_sim.policies.ActorCritic`, loadable by every
 ``--policy`` flag), ``run.json`` (the config, checked on ``--resume``), ``metrics.jsonl``
 (one line per iteration) and ``train_state/`` (weights, optimizer, RNGs, iteration). A run
@@ -78,6 +84,10 @@ class ImaginationRLConfig:
     exceeds this: MOReL's halt, a stop at the edge of the data instead of a per-step tax on it."""
     reward_scale: float = 1.0
     """Rewards are multiplied by this for the update (logs stay in env units)."""
+    obs: str = "pixels"
+    """What the policy reads: 'pixels' (frames decoded from the model's tokens, as a camera would
+    show them) or 'tokens' (the sampled token ids themselves: no pixel decoding in imagination, a
+    latent actor-critic; in the real world the policy encodes frames with the model's tokenizer)."""
     decoder: str = "token"
     parallel_steps: int = 4
     width: int = 32
@@ -98,6 +108,8 @@ class ImaginationRLConfig:
                       nonnegative=("entropy_coef", "value_coef", "uncertainty_penalty"), unit=("gamma", "lam"))
         if self.uncertainty not in ("entropy", "ensemble"):
             raise ValueError(f"uncertainty must be 'entropy' or 'ensemble', got {self.uncertainty!r}")
+        if self.obs not in ("pixels", "tokens"):
+            raise ValueError(f"obs must be 'pixels' or 'tokens', got {self.obs!r}")
         if (self.num_envs * self.horizon) % self.minibatches:
             raise ValueError(f"num_envs * horizon ({self.num_envs * self.horizon}) must divide into {self.minibatches} minibatches")
 
@@ -134,7 +146,7 @@ class ImaginationTrainer:
         self.cfg, self.out = cfg, Path(cfg.out)
         self._check_run_folder(resume)
         self.env = ImaginedVectorEnv(cfg.num_envs, cfg.model, dataset=cfg.data, decoder=cfg.decoder,
-                                     parallel_steps=cfg.parallel_steps, max_episode_steps=None,
+                                     parallel_steps=cfg.parallel_steps, max_episode_steps=None, obs_mode=cfg.obs,
                                      autoreset_mode="same_step", device=cfg.device, precision=cfg.precision,
                                      torch_obs=True)
         trained = self.env.model.trained
@@ -145,15 +157,22 @@ class ImaginationTrainer:
             raise ValueError(f"--uncertainty ensemble needs a model with reward-ensemble heads; {cfg.model} has none: "
                              f"fit them with `wfm-sim train heads --data STORE --out MODEL --reward-ensemble 4`")
         self.device = next(self.env.model.parameters()).device
-        # The policy's conv encoder runs in the model's precision (bf16 autocast where the machine has
+        # The policy's encoder runs in the model's precision (bf16 autocast where the machine has
         # it natively, fp32 master weights); its heads, log-probabilities and losses stay fp32.
         self.amp = autocast_dtype(self.device, cfg.precision)
-        ac = ActorCriticConfig.for_spaces(self.env.cameras, self.env.model.cfg.tokenizer.image_size,
-                                          self.env.single_action_space, width=cfg.width,
+        tok = self.env.model.cfg.tokenizer
+        if cfg.obs == "tokens" and not tok.per_frame:
+            raise ValueError(f"--obs tokens needs a per-frame tokenizer (a token must not depend on earlier frames); "
+                             f"{cfg.model}'s has temporal_downsample={tok.temporal_downsample}, temporal_kernel="
+                             f"{tok.temporal_kernel}: use --obs pixels")
+        ac = ActorCriticConfig.for_spaces(self.env.cameras, tok.image_size, self.env.single_action_space,
+                                          width=cfg.width, obs=cfg.obs, tokenizer=tok if cfg.obs == "tokens" else None,
                                           trained_in=f"{cfg.model} ({ckpt.content_hash(resolve_pretrained(cfg.model))})")
         torch.manual_seed(cfg.seed)
         self.policy = ActorCritic(ac).to(self.device)
-        self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=1e-5)
+        if cfg.obs == "tokens":  # the real world's frames become the ids this model's rollouts sample
+            self.policy.token_encoder.copy_from(self.env.model.tokenizer)
+        self.opt = torch.optim.Adam(self.policy.trainable_parameters(), lr=cfg.lr, eps=1e-5)
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.iteration = 0
         if resume and (self.out / "train_state" / "state.json").is_file():
@@ -161,9 +180,25 @@ class ImaginationTrainer:
             return
         if resume:  # killed before its first save: it starts again at iteration 0, its log with it
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        distilled = None
         if cfg.init_policy is not None:
-            self.policy.load_state_dict(load_init_policy(cfg.init_policy, ac).state_dict())
+            start = load_init_policy(cfg.init_policy, ac)
+            if start.cfg.obs == ac.obs:
+                self.policy.load_start(start)
+            else:  # a pixel policy starts a token run: distilled on the store's real frames
+                if cfg.data is None:
+                    raise ValueError(f"--init-policy {cfg.init_policy} reads pixels and this run reads tokens: it is "
+                                     "distilled on real frames, so pass --data STORE (the model's simulator)")
+                from wfm_sim.rl.distill import distill, store_frames
+
+                self.policy.to("cpu")
+                distilled = distill(self.policy, start, *store_frames(cfg.data, ac.cameras), seed=cfg.seed,
+                                    progress=cfg.progress)
+                self.policy.to(self.device)
         self._claim_run_folder()
+        if distilled is not None:
+            ckpt.atomic_write_json(self.out / "distill.json", {"teacher": cfg.init_policy, "data": cfg.data,
+                                                                **distilled})
 
     # ------------------------------------------------------------------ run folder
     def _check_run_folder(self, resume: bool) -> None:
@@ -171,8 +206,9 @@ class ImaginationTrainer:
         if resume:
             if not run.is_file():
                 raise ValueError(f"--resume: {self.out} holds no policy run; start without --resume")
-            saved = ckpt.read_json(run, RUN_FORMAT)["config"]
             mine = json.loads(json.dumps(self.cfg.fingerprint()))
+            saved = {**{k: v for k, v in ckpt.field_defaults(self.cfg).items() if k in mine},
+                     **ckpt.read_json(run, RUN_FORMAT)["config"]}
             diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
             if diff:
                 raise ValueError(f"--resume with a different config: {', '.join(f'{k}: run has {saved.get(k)!r}, given {mine.get(k)!r}' for k in diff)}")
@@ -207,11 +243,11 @@ class ImaginationTrainer:
         cfg, n = self.cfg, self.cfg.num_envs
         seeds = [cfg.seed * 1_000_003 + self.iteration * n + i for i in range(n)]
         obs, _ = self.env.reset(seed=seeds)
-        buf = {k: [] for k in ("frames", "u", "logp", "value", "reward", "raw_reward", "terminated", "entropy",
+        buf = {k: [] for k in ("obs", "u", "logp", "value", "reward", "raw_reward", "terminated", "entropy",
                                "uncertainty")}
         for _ in range(cfg.horizon):
-            frames = self.policy.frames(obs)
-            h = self._features(frames)
+            x = self.policy.observe(obs)
+            h = self._features(x)
             dist = self.policy.distribution(h)
             u = _sample(dist, self.gen, self.policy.cfg.action_kind)
             action = self.policy.to_env(u)
@@ -224,7 +260,7 @@ class ImaginationTrainer:
             unc = ent if cfg.uncertainty == "entropy" else torch.as_tensor(np.asarray(info["reward_std"], np.float32))
             if cfg.max_uncertainty is not None:
                 term = term | (unc > cfg.max_uncertainty)
-            buf["frames"].append(frames.cpu())
+            buf["obs"].append(x.cpu())
             buf["u"].append(u.cpu())
             buf["logp"].append(self.policy.log_prob(dist, u).cpu())
             buf["value"].append(self.policy.value(h).cpu())
@@ -233,14 +269,14 @@ class ImaginationTrainer:
             buf["terminated"].append(term)
             buf["entropy"].append(ent)
             buf["uncertainty"].append(unc)
-        last = self.policy.value(self._features(self.policy.frames(obs))).cpu()
+        last = self.policy.value(self._features(self.policy.observe(obs))).cpu()
         out = {k: torch.stack(v) for k, v in buf.items()}  # (s, b, ...)
         out["adv"], out["ret"] = gae(out["reward"], out["value"], out["terminated"], last, cfg.gamma, cfg.lam)
         return out
 
-    def _features(self, frames: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.amp):
-            return self.policy.features(frames).float()
+            return self.policy.features(x).float()
 
     def update(self, roll: dict) -> dict:
         cfg = self.cfg
@@ -252,7 +288,7 @@ class ImaginationTrainer:
         for _ in range(cfg.epochs):
             perm = torch.randperm(total, generator=self.gen)
             for idx in perm.chunk(cfg.minibatches):
-                h = self._features(flat["frames"][idx].to(self.device))
+                h = self._features(flat["obs"][idx].to(self.device))
                 dist = self.policy.distribution(h)
                 logp = self.policy.log_prob(dist, flat["u"][idx].to(self.device))
                 ratio = (logp - flat["logp"][idx].to(self.device)).exp()
@@ -263,7 +299,7 @@ class ImaginationTrainer:
                 loss = pg + cfg.value_coef * v_loss - cfg.entropy_coef * ent
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
                 self.opt.step()
                 logs["pg_loss"] += pg.item()
                 logs["v_loss"] += v_loss.item()
@@ -308,15 +344,21 @@ class ImaginationTrainer:
 
 def load_init_policy(name: str, needs: ActorCriticConfig) -> ActorCritic:
     """The ActorCritic a run starts from (a folder or a shipped name), refused unless it acts on
-    the cameras, action count and width of ``needs``."""
+    the cameras, action count, observation and width of ``needs``."""
     from wfm_sim.policies.registry import policy_path
 
     start = ActorCritic.from_pretrained(policy_path(name))  # a folder or a shipped name (carracing-dyna)
-    mine = (start.cfg.cameras, start.cfg.image_size, start.cfg.action_dim, start.cfg.width)
-    if mine != (needs.cameras, needs.image_size, needs.action_dim, needs.width):
+    distils = start.cfg.obs == "pixels" and needs.obs == "tokens"  # carried over by distillation
+    mine = (start.cfg.cameras, start.cfg.image_size, start.cfg.action_dim, start.cfg.obs, start.cfg.width)
+    theirs = (needs.cameras, needs.image_size, needs.action_dim, needs.obs, needs.width)
+    if mine[:3] != theirs[:3] or (not distils and mine[3:] != theirs[3:]):
         raise ValueError(f"--init-policy {name} acts on cameras {list(start.cfg.cameras)} at {start.cfg.image_size}px "
-                         f"with {start.cfg.action_dim} actions at width {start.cfg.width}; this run needs "
-                         f"{list(needs.cameras)} at {needs.image_size}px, {needs.action_dim} actions, width {needs.width}")
+                         f"with {start.cfg.action_dim} actions from {start.cfg.obs} at width {start.cfg.width}; this run "
+                         f"needs {list(needs.cameras)} at {needs.image_size}px, {needs.action_dim} actions from "
+                         f"{needs.obs}, width {needs.width}")
+    if needs.obs == "tokens" and not distils and start.cfg.tokenizer != needs.tokenizer:
+        raise ValueError(f"--init-policy {name} reads the tokens of another tokenizer ({start.cfg.tokenizer}); this "
+                         f"model's is {needs.tokenizer}")
     return start
 
 
