@@ -13,6 +13,7 @@ from wfm_sim.evaluation.counterfactual import (
     CounterfactualConfig,
     branch_metrics,
     counterfactual,
+    reward_metrics,
     led_starts,
     play_branches,
     probe_metrics,
@@ -46,6 +47,8 @@ def test_the_twin_replaying_itself_passes_and_writes_the_report(tmp_path):
     idm = rep["inverse_dynamics"]
     assert idm["imagined_r2"] == idm["real_r2"]  # the same frames, the same probe
     assert rep["summary"]["passed"]["discrimination"] and "off_road" in rep["events"]
+    assert rep["branch_return_imagined"] == rep["branch_return_real"] and rep["return_pearson"] == pytest.approx(1.0)
+    assert all(v == 1.0 for v, n in zip(rep["return_ranking"], rep["return_pairs"]) if n)  # reality orders itself
     paths = write_counterfactual(rep, tmp_path / "cf")
     body = json.loads(paths["json"].read_text())
     assert "arrays" not in body and body["summary"]["discrimination"] == 1.0
@@ -56,6 +59,9 @@ def test_a_model_that_ignores_actions_fails():
     rep = counterfactual(_car_model(ignore_actions=True), "carracing", CFG, progress=False)
     assert rep["spread_imagined"] == [0.0] * CFG.horizon  # every branch of a start imagined alike
     assert rep["discrimination"] == [0.5] * CFG.horizon and not rep["summary"]["passed"]["discrimination"]
+    imagined = np.array(rep["branch_return_imagined"])
+    assert np.allclose(imagined, imagined[0])  # the same predicted rewards for every branch
+    assert all(v == 0.5 for v, n in zip(rep["return_ranking"], rep["return_pairs"]) if n)  # a coin, where counted
     assert rep["arrays"]["imagined"].shape == (2, 3, 1, 5, 1, 16, 16, 3)
 
 
@@ -69,6 +75,17 @@ def test_branch_metrics_on_hand_built_branches():
     still = np.repeat(real[:, :1], 3, axis=1)  # every real branch alike: no pair can be told apart
     m = branch_metrics(still, real[:, :, None], min_spread=0.5)
     assert m["pairs"] == [0] * 4 and all(np.isnan(m["discrimination"]))
+
+
+def test_reward_ranking_on_hand_built_returns():
+    real = np.array([[[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [2.0, 2.0, 2.0]]])  # (o=1, x=3, s=3): returns 3, 0, 6
+    right = reward_metrics(real, real[:, :, None] * 0.5, min_gap=0.5)  # half the scale, the same order
+    assert right["return_ranking"] == [1.0] * 3 and right["return_pairs"] == [3, 3, 3]
+    assert right["branch_return_real"] == [3.0, 0.0, 6.0] and right["branch_return_imagined"] == [1.5, 0.0, 3.0]
+    wrong = reward_metrics(real, -real[:, :, None], min_gap=0.5)  # the reverse order
+    assert wrong["return_ranking"] == [0.0] * 3 and wrong["return_pearson"] == pytest.approx(-1.0)
+    close = reward_metrics(real, real[:, :, None], min_gap=10.0)  # no pair differs by more than the gap
+    assert close["return_pairs"] == [0, 0, 0] and all(np.isnan(close["return_ranking"]))
 
 
 def test_event_probe_reads_imagined_events_as_trained_on_real_ones():

@@ -16,6 +16,10 @@ imagined branches differ only by their actions. Per horizon step:
 * **inverse dynamics**: a probe trained on real frames (:mod:`wfm_sim.evaluation.probes`)
   recovers the commanded action from (frame t-1, frame t); its R2 on imagined frames beside its
   R2 on real ones.
+* **reward ranking**: each branch's return (its rewards summed up to the step), real against
+  imagined by the model's reward head: for every pair of branches of a start whose real
+  returns differ by more than ``min_return_gap``, does imagination order them as reality does?
+  This is what RL and plan scoring read from a model; 0.5 is a coin.
 * **events**: what the simulator's state says happened (driving: ``off_road``, no wheel on a
   road tile; Meta-World: ``puck_moved`` from where it was at the start, ``success``), read
   from imagined frames by a probe trained on real ones, compared branch by branch with reality.
@@ -49,8 +53,9 @@ PUCK_MOVED = 0.02
 TARGETS = {"discrimination": 0.95, "inverse_dynamics_kept": 0.80, "event_agreement": 0.90}
 """The report's pass marks (at ``report_at``)."""
 
-Imagine = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-"""``imagine(start_index (r,), actions (r, s, a), seeds (r,)) -> frames (r, s, v, H, W, 3)``."""
+Imagine = Callable[[np.ndarray, np.ndarray, np.ndarray], "np.ndarray | tuple[np.ndarray, np.ndarray]"]
+"""``imagine(start_index (r,), actions (r, s, a), seeds (r,)) -> frames (r, s, v, H, W, 3)``, or
+``(frames, rewards (r, s))`` for an imagination that predicts rewards too."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,9 @@ class CounterfactualConfig:
     apart by anyone and are left out of discrimination."""
     report_at: int = 8
     """The horizon step the summary and the pass marks read (clipped to ``horizon``)."""
+    min_return_gap: float = 1.0
+    """Pairs of branches whose real returns differ by less than this (reward units) are left out
+    of the reward ranking: reality does not order them either."""
     branches_from: str | None = arg(default=None, metavar="NPY")
     """A ``.npy`` of branch actions, ``(branches, horizon, a)`` or ``(starts, branches, horizon, a)``,
     instead of random ones."""
@@ -105,6 +113,8 @@ class CounterfactualConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.branches < 2:
             raise ValueError(f"a counterfactual needs >= 2 branches to compare, got {self.branches}")
+        if not math.isfinite(self.min_return_gap) or self.min_return_gap < 0:
+            raise ValueError(f"min_return_gap must be a finite number >= 0, got {self.min_return_gap}")
         if self.lead < 0 or not math.isfinite(self.min_spread) or self.min_spread < 0:
             raise ValueError(f"lead must be >= 0 and min_spread a finite number >= 0, got {self.lead} and {self.min_spread}")
         if not 0 <= self.policy_branches <= self.branches:
@@ -217,10 +227,11 @@ def _events(src, first, states: list, success: list[bool]) -> dict[str, np.ndarr
 
 
 def play_branches(source: str, size: int, starts: Starts, index: np.ndarray, actions: np.ndarray,
-                  progress: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                  progress: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Play ``actions (r, s, a)`` in the real twin, row j from start ``index[j]``. Returns frames
-    ``(r, s, v, H, W, 3)`` and events ``{name: (r, s) bool}``. Refuses a twin that does not
-    return to a start's context from its seed and warm-up."""
+    ``(r, s, v, H, W, 3)``, events ``{name: (r, s) bool}`` and rewards ``(r, s)`` (0 after the
+    episode ends). Refuses a twin that does not return to a start's context from its seed and
+    warm-up."""
     from tqdm.auto import tqdm
 
     src = get_source(source)
@@ -228,6 +239,7 @@ def play_branches(source: str, size: int, starts: Starts, index: np.ndarray, act
     cams = src.cameras
     n, h = actions.shape[:2]
     frames = np.zeros((n, h, len(cams), size, size, 3), np.uint8)
+    rewards = np.zeros((n, h), np.float32)
     events: dict[str, np.ndarray] = {}
     try:
         for j in tqdm(range(n), desc="real branches", unit="branch", disable=not progress):
@@ -244,7 +256,8 @@ def play_branches(source: str, size: int, starts: Starts, index: np.ndarray, act
                                  "whose reset(seed=...) decides its state")
             first, states, success = info["privileged"], [], []
             for t in range(h):
-                obs, _, terminated, truncated, info = env.step(actions[j, t])
+                obs, reward, terminated, truncated, info = env.step(actions[j, t])
+                rewards[j, t] = reward
                 frames[j, t] = np.stack([obs[c] for c in cams]) if isinstance(obs, dict) else obs[None]
                 states.append(info["privileged"])
                 success.append(bool(info.get("success", False)))
@@ -257,13 +270,18 @@ def play_branches(source: str, size: int, starts: Starts, index: np.ndarray, act
                 events.setdefault(name, np.zeros((n, h), bool))[j] = v
     finally:
         env.close()
-    return frames, events
+    return frames, events, rewards
 
 
 def twin_imagine(source: str, size: int, starts: Starts) -> Imagine:
     """The real twin standing in for imagination (a world model that is reality): the report's
     upper bound, and its test."""
-    return lambda index, actions, seeds: play_branches(source, size, starts, index, actions)[0]
+
+    def imagine(index, actions, seeds):
+        frames, _, rewards = play_branches(source, size, starts, index, actions)
+        return frames, rewards
+
+    return imagine
 
 
 def model_imagine(model, starts: Starts, cfg: CounterfactualConfig, progress: bool = False) -> Imagine:
@@ -281,6 +299,7 @@ def model_imagine(model, starts: Starts, cfg: CounterfactualConfig, progress: bo
         n, h = actions.shape[:2]
         s = model.cfg.tokenizer.image_size
         out = np.zeros((n, h, len(cams), s, s, 3), np.uint8)
+        rewards = np.zeros((n, h), np.float32)
         for lo in tqdm(range(0, n, cfg.batch), desc="imagined branches", unit="batch", disable=not progress):
             rows = np.arange(lo, min(n, lo + cfg.batch))
             ctx = [starts.contexts[int(index[j])].last(C) for j in rows]
@@ -290,8 +309,10 @@ def model_imagine(model, starts: Starts, cfg: CounterfactualConfig, progress: bo
             ro.reset(None, frames, acts, [int(seeds[j]) for j in rows])
             for t in range(h):
                 a = model.check_action(torch.as_tensor(actions[rows, t], device=dev), (len(rows),))
-                out[rows, t] = ro.step(a).frames[:, -1].cpu().numpy()
-        return out
+                step = ro.step(a)
+                out[rows, t] = step.frames[:, -1].cpu().numpy()
+                rewards[rows, t] = step.reward.float().cpu().numpy()
+        return out, rewards
 
     return imagine
 
@@ -325,6 +346,26 @@ def branch_metrics(real: np.ndarray, imagined: np.ndarray, min_spread: float) ->
         ratio = np.where(spread_real > 0, spread_imag / spread_real, np.nan)
     return {"discrimination": disc.tolist(), "pairs": pairs.astype(int).tolist(), "spread_real": spread_real.tolist(),
             "spread_imagined": spread_imag.tolist(), "spread_ratio": ratio.tolist(), "error": error.tolist()}
+
+
+def reward_metrics(real: np.ndarray, imagined: np.ndarray, min_gap: float) -> dict:
+    """Reward ranking per horizon step from real rewards ``(o, x, s)`` and imagined ``(o, x, u, s)``
+    (see the module docstring), and each branch's return over the whole horizon."""
+    S, B, K, h = imagined.shape
+    R, I = real.cumsum(-1), imagined.mean(2).cumsum(-1)  # (o, x, s) returns up to each step
+    a, b = np.triu_indices(B, 1)
+    dr, di = R[:, a] - R[:, b], I[:, a] - I[:, b]  # (o, pairs, s)
+    usable = np.abs(dr) > min_gap
+    tie = np.abs(di) < 1e-4  # float noise between batch rows is no ordering
+    agree = np.where(tie, 0.5, np.where(np.sign(di) == np.sign(dr), 1.0, 0.0))
+    pairs = usable.sum((0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ranking = np.where(pairs > 0, (agree * usable).sum((0, 1)) / np.maximum(pairs, 1), np.nan)
+        full_r, full_i = R[..., -1].ravel(), I[..., -1].ravel()
+        pearson = float(np.corrcoef(full_r, full_i)[0, 1]) if full_r.std() > 0 and full_i.std() > 0 else float("nan")
+    return {"return_ranking": ranking.tolist(), "return_pairs": pairs.astype(int).tolist(),
+            "return_error": np.abs(I - R).mean((0, 1)).tolist(), "return_pearson": pearson,
+            "branch_return_real": R[..., -1].mean(0).tolist(), "branch_return_imagined": I[..., -1].mean(0).tolist()}
 
 
 def _windows(context: np.ndarray, frames: np.ndarray, kind: str) -> np.ndarray:
@@ -392,6 +433,8 @@ def summarize(report: dict, at: int) -> dict:
     """The figures at horizon step ``at`` and whether each meets :data:`TARGETS`."""
     t = min(at, report["horizon"]) - 1
     out = {"at": t + 1, "discrimination": report["discrimination"][t], "spread_ratio": report["spread_ratio"][t]}
+    if "return_ranking" in report:
+        out["return_ranking"] = report["return_ranking"][t]
     idm = report.get("inverse_dynamics")
     if idm:
         real, imag = idm["real_r2_upto"][t], idm["imagined_r2_upto"][t]
@@ -449,11 +492,12 @@ def counterfactual(model, source: str, cfg: CounterfactualConfig = Counterfactua
         acts = random_branches(source, space, S, B, h, cfg.hold, cfg.seed)
         acts[:, :P] = goes_on[:, None]
     flat = (S * B, h) + space.shape
-    real, events = play_branches(source, size, starts, np.repeat(np.arange(S), B), acts.reshape(flat), progress)
+    real, events, real_rewards = play_branches(source, size, starts, np.repeat(np.arange(S), B), acts.reshape(flat),
+                                               progress)
     if cfg.probes:
         probe_acts = random_branches(source, space, cfg.probe_starts, B, h, cfg.hold, cfg.seed + 1)
         probe_acts[:, :P] = probe_goes_on[:, None]
-        p_frames, p_events = play_branches(source, size, probe_starts, np.repeat(np.arange(cfg.probe_starts), B),
+        p_frames, p_events, _ = play_branches(source, size, probe_starts, np.repeat(np.arange(cfg.probe_starts), B),
                                            probe_acts.reshape((-1, h) + space.shape), progress)
     t_real = time.perf_counter() - t0
     imagine = imagine or model_imagine(model, starts, cfg, progress)
@@ -462,6 +506,7 @@ def counterfactual(model, source: str, cfg: CounterfactualConfig = Counterfactua
     t1 = time.perf_counter()
     imagined = imagine(np.repeat(np.arange(S), B * K), np.repeat(acts.reshape(flat), K, axis=0), rows_seeds)
     t_imag = time.perf_counter() - t1
+    imagined, imagined_rewards = imagined if isinstance(imagined, tuple) else (imagined, None)
     frame_shape = real.shape[2:]
     real = real.reshape((S, B, h) + frame_shape)
     imagined = imagined.reshape((S, B, K, h) + frame_shape)
@@ -474,6 +519,9 @@ def counterfactual(model, source: str, cfg: CounterfactualConfig = Counterfactua
     report = {"model": None if model is None else model.cfg.name, "source": source, "cameras": list(cams),
               "config": asdict(cfg), "horizon": h, "starts": starts.summary(),
               **branch_metrics(real, imagined, cfg.min_spread)}
+    if imagined_rewards is not None:
+        report.update(reward_metrics(real_rewards.reshape(S, B, h), imagined_rewards.reshape(S, B, K, h),
+                                     cfg.min_return_gap))
     if cfg.probes:
         vec = (-1, h) + (space.shape or (1,))
         probe_data = {"context": np.repeat(last_two(probe_starts), B, axis=0), "frames": p_frames,
@@ -502,6 +550,10 @@ def counterfactual_summary(report: dict) -> str:
     lines.append("per horizon step: discrimination " + " ".join(f"{v:.2f}" for v in report["discrimination"]))
     lines.append("                  spread real    " + " ".join(f"{v:.1f}" for v in report["spread_real"]))
     lines.append("                  spread imagined" + " ".join(f" {v:.1f}" for v in report["spread_imagined"]))
+    if "return_ranking" in report:
+        lines.append("                  return ranking " + " ".join(f"{v:.2f}" for v in report["return_ranking"]))
+        lines.append("branch returns over the horizon, real / imagined: " + ", ".join(
+            f"{r:.1f} / {i:.1f}" for r, i in zip(report["branch_return_real"], report["branch_return_imagined"])))
     return "\n".join(lines)
 
 

@@ -14,8 +14,8 @@ from wfm_sim.viz import contact_sheet, label_bar, mosaic, save_png, upscale, wri
 
 
 def plot_counterfactual(report: dict, path: Path) -> Path:
-    """Three panels over horizon: discrimination; real vs imagined spread; inverse-dynamics R2 and
-    event agreement."""
+    """Three panels over horizon: discrimination and reward ranking; real vs imagined spread;
+    inverse-dynamics R2 and event agreement."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,10 +23,12 @@ def plot_counterfactual(report: dict, path: Path) -> Path:
 
     h = np.arange(1, report["horizon"] + 1)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    axes[0].plot(h, report["discrimination"], marker="o", ms=3, label="imagined")
+    axes[0].plot(h, report["discrimination"], marker="o", ms=3, label="action discrimination (frames)")
+    if "return_ranking" in report:
+        axes[0].plot(h, report["return_ranking"], "--", marker="s", ms=3, label="return ranking (reward head)")
     axes[0].axhline(TARGETS["discrimination"], ls=":", c="g", label="target")
     axes[0].axhline(0.5, ls="--", c="gray", label="ignores actions")
-    axes[0].set(ylim=(0.3, 1.02), ylabel="action discrimination")
+    axes[0].set(ylim=(-0.02, 1.02), ylabel="share of branch pairs told apart")
     axes[1].plot(h, report["spread_real"], marker="o", ms=3, label="real")
     axes[1].plot(h, report["spread_imagined"], marker="o", ms=3, label="imagined")
     axes[1].set(ylabel="spread between branches (mean |diff|, 0..255)")
