@@ -5,7 +5,7 @@ alone, but starting it from scratch throws away what an existing pixel policy al
 Distillation carries it over: the pixel teacher labels real frames (its Gaussian mean before
 the squash, and its value), the student reads the same frames as the world model's token ids
 and regresses both; the student takes the teacher's action noise (``log_std``). A tenth of
-the frames (whole episodes) is held out to say how closely the student follows.
+the frames (whole episodes, or the last tenth of a single one) is held out to say how closely the student follows.
 
 Dimension legend: :mod:`wfm_sim.dims`.
 """
@@ -45,6 +45,16 @@ def _labels(teacher: ActorCritic, student: ActorCritic, frames: np.ndarray, chun
     return torch.cat(mean), torch.cat(value), torch.cat(ids)
 
 
+def _held_out(episode: np.ndarray) -> np.ndarray:
+    """Every tenth episode (at least one, never all); one episode alone: its last tenth."""
+    episodes = np.unique(episode)
+    if len(episodes) == 1:
+        held = np.zeros(len(episode), bool)
+        held[len(episode) - max(1, len(episode) // 10):] = True
+        return held
+    return np.isin(episode, episodes[::10] if len(episodes) >= 10 else episodes[-1:])
+
+
 def distill(student: ActorCritic, teacher: ActorCritic, frames: np.ndarray, episode: np.ndarray, steps: int = 1500,
             batch: int = 256, lr: float = 1e-3, seed: int = 0, progress: bool = True) -> dict:
     """Fit ``student`` (tokens) to ``teacher`` (pixels) on ``frames``; returns held-out figures.
@@ -62,8 +72,7 @@ def distill(student: ActorCritic, teacher: ActorCritic, frames: np.ndarray, epis
         raise ValueError(f"distillation needs real frames to label; got {len(frames)}")
     teacher.eval()
     mean, value, ids = _labels(teacher, student, frames)
-    episodes = np.unique(episode)
-    held = np.isin(episode, episodes[:: 10] if len(episodes) >= 10 else episodes[-1:])
+    held = _held_out(episode)
     train_idx = torch.as_tensor(np.flatnonzero(~held))
     test_idx = torch.as_tensor(np.flatnonzero(held))
     gen = torch.Generator().manual_seed(seed)
