@@ -318,3 +318,28 @@ def test_a_pixel_policy_is_distilled_into_a_token_run(steer_world, square_store,
     frames = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
     np.testing.assert_allclose(t.policy(frames)[:, 0], teacher(frames)[:, 0], atol=0.15)
     assert torch.equal(t.policy.log_std, teacher.log_std)
+
+
+def test_real_validation_keeps_the_best_policy_and_counts_its_real_steps(steer_world, tmp_path):
+    """``select_source``: every ``select_every`` iterations the policy drives the real twin on the
+    validation seeds; ``best/`` holds the best by real return, and the real steps are logged."""
+    from wfm_sim.envs import sources
+
+    pytest.importorskip("Box2D")
+    limit = sources.SOURCES["carracing-front"]
+    old = dict(sources.SOURCES)
+    sources.SOURCES["carracing-front"] = type(limit)(**{**limit.__dict__, "max_steps": 6})  # short real episodes
+    try:
+        train_policy(_cfg(steer_world, tmp_path / "run", iterations=4, obs="tokens", select_source="carracing-front",
+                          select_every=2, select_starts=2, select_seed=1_000_000))
+    finally:
+        sources.SOURCES.clear()
+        sources.SOURCES.update(old)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    scored = {x["iteration"]: x for x in lines if "val_real_return" in x}
+    assert sorted(scored) == [2, 4]
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    want = max(scored.values(), key=lambda x: (x["val_real_return"], -x["iteration"]))
+    assert best["iteration"] == want["iteration"] and best["val_seeds"] == [1_000_000, 1_000_001]
+    assert best["validation_real_steps"] == scored[4]["validation_real_steps"] == 2 * scored[2]["validation_real_steps"] > 0
+    assert ActorCritic.from_pretrained(tmp_path / "run" / "best").cfg.obs == "tokens"

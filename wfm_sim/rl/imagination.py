@@ -93,6 +93,15 @@ class ImaginationRLConfig:
     width: int = 32
     init_policy: str | None = None
     """A saved ActorCritic folder or shipped policy name to start from (fine-tuning; the same rig and action space)."""
+    select_source: str | None = None
+    """A real twin (``wfm-sim collect`` source): every ``select_every`` iterations the policy plays
+    ``select_starts`` full validation episodes there, and the best by real return is kept in
+    ``best/`` (``best.json``). Imagination rewards exploiting the model; real validation is
+    what says when to stop. The real steps it used are logged."""
+    select_every: int = 25
+    select_starts: int = 6
+    select_seed: int = 1_000_000
+    """First validation seed (never a test seed)."""
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -100,7 +109,8 @@ class ImaginationRLConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("iterations", "num_envs", "horizon", "epochs", "minibatches", "save_every", "parallel_steps"):
+        for name in ("iterations", "num_envs", "horizon", "epochs", "minibatches", "save_every", "parallel_steps",
+                     "select_every", "select_starts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_numbers(self, positive=("lr", "clip", "max_grad_norm", "reward_scale", "max_entropy",
@@ -331,15 +341,42 @@ class ImaginationTrainer:
                         "uncertainty": float(roll["uncertainty"].mean()),
                         "imagined_steps_per_s": steps / max(t1 - t0, 1e-9), "seconds": time.perf_counter() - t0,
                         **logs}
+                selecting = cfg.select_source is not None and (self.iteration % cfg.select_every == 0
+                                                                or self.iteration == cfg.iterations)
+                if selecting:
+                    last.update(self.select())
                 with open(log_path, "a") as f:
                     f.write(json.dumps(last) + "\n")
-                if self.iteration % cfg.save_every == 0 or self.iteration == cfg.iterations:
+                if self.iteration % cfg.save_every == 0 or self.iteration == cfg.iterations or selecting:
                     self._save()
                 bar.update(1)
                 bar.set_postfix(ret=f"{last['imagined_return_per_rollout']:.2f}", sps=f"{last['imagined_steps_per_s']:.0f}")
         finally:
             bar.close()
         return last
+
+
+    def select(self) -> dict:
+        """Play the validation episodes in the real twin; keep the policy in ``best/`` if it beats
+        the best so far (ties keep the earlier one). Returns the log entries."""
+        from wfm_sim.rl.real_ppo import evaluate_real
+
+        cfg = self.cfg
+        seeds = list(range(cfg.select_seed, cfg.select_seed + cfg.select_starts))
+        returns, steps = evaluate_real(self.policy, cfg.select_source, seeds, self.policy.cfg.image_size,
+                                       with_steps=True)
+        best_file = self.out / "best.json"
+        best = json.loads(best_file.read_text()) if best_file.is_file() else None
+        val = float(np.mean(returns))
+        used = steps + (best["validation_real_steps"] if best else 0)
+        if best is None or val > best["val_real_return"]:
+            self.policy.save_pretrained(self.out / "best")
+            best = {"iteration": self.iteration, "val_real_return": val, "val_real_return_std": float(np.std(returns)),
+                    "val_seeds": seeds}
+        best["validation_real_steps"] = used
+        ckpt.atomic_write_json(best_file, best)
+        return {"val_real_return": val, "val_real_return_std": float(np.std(returns)), "validation_real_steps": used,
+                "best_iteration": best["iteration"]}
 
 
 def load_init_policy(name: str, needs: ActorCriticConfig) -> ActorCritic:

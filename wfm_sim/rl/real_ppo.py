@@ -245,8 +245,9 @@ def save_sb3_policy(model, cfg: RealPPOConfig, path: Path, info: dict | None = N
     return path
 
 
-def evaluate_real(policy: Policy, source: str, seeds: list[int], size: int) -> list[float]:
-    """Full-episode real returns of ``policy`` from ``seeds`` (one twin per seed, side by side)."""
+def evaluate_real(policy: Policy, source: str, seeds: list[int], size: int, with_steps: bool = False):
+    """Full-episode real returns of ``policy`` from ``seeds`` (one twin per seed, side by side);
+    ``with_steps``: also the real steps they took."""
     from wfm_sim.envs.real import make_real_vec
     from wfm_sim.rollout import play
 
@@ -256,7 +257,8 @@ def evaluate_real(policy: Policy, source: str, seeds: list[int], size: int) -> l
         eps = play(env, policy, seeds, horizon=src.max_steps - 1)
     finally:
         env.close()
-    return [float(np.sum(e.reward)) for e in eps]
+    returns = [float(np.sum(e.reward)) for e in eps]
+    return (returns, int(sum(len(e.reward) for e in eps))) if with_steps else returns
 
 
 class _SeededReset(gym.Wrapper):
