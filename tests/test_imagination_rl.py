@@ -318,6 +318,8 @@ def test_a_pixel_policy_is_distilled_into_a_token_run(steer_world, square_store,
     frames = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
     np.testing.assert_allclose(t.policy(frames)[:, 0], teacher(frames)[:, 0], atol=0.15)
     assert torch.equal(t.policy.log_std, teacher.log_std)
+    start = ActorCritic.from_pretrained(tmp_path / "tok" / "distilled").state_dict()  # kept beside the run
+    assert all(torch.equal(start[k], v) for k, v in t.policy.state_dict().items())
 
 
 def test_real_validation_keeps_the_best_policy_and_counts_its_real_steps(steer_world, tmp_path):

@@ -16,7 +16,7 @@ The policy reads decoded frames (``obs='pixels'``) or the sampled token ids them
 (``obs='tokens'``, a latent actor-critic: no frame is decoded in imagination, and the policy
 carries the tokenizer's encoder to the real world). A token run may start from a pixel
 policy: it is distilled on the store's real frames first (:mod:`~wfm_sim.rl.distill`,
-``distill.json``).
+``distill.json``, and the distilled start in ``distilled/``).
 
 On disk (``out``): ``policy/`` (the :class:`~wfm_sim.policies.ActorCritic`, loadable by every
 ``--policy`` flag), ``run.json`` (the config, checked on ``--resume``), ``metrics.jsonl``
@@ -206,7 +206,8 @@ class ImaginationTrainer:
                                     progress=cfg.progress)
                 self.policy.to(self.device)
         self._claim_run_folder()
-        if distilled is not None:
+        if distilled is not None:  # the start itself, to score beside what PPO makes of it
+            self.policy.save_pretrained(self.out / "distilled")
             ckpt.atomic_write_json(self.out / "distill.json", {"teacher": cfg.init_policy, "data": cfg.data,
                                                                 **distilled})
 
