@@ -293,3 +293,32 @@ def test_a_shipped_policy_ships_the_world_model_it_was_trained_in():
     obs, _ = env.reset(seed=[0, 1])
     _, _, _, _, info = env.step(policy(obs))
     assert info["reward_std"].shape == (2,) and (info["reward_std"] > 0).all()
+
+
+def test_the_shipped_latent_policy_acts_on_token_ids_and_on_real_frames_alike():
+    """``carracing-latent`` reads token ids in its world model's token env, and real frames
+    through the tokenizer encoder it carries: the same frame gives the same action either way."""
+    import torch
+
+    from wfm_sim.envs import ImaginedVectorEnv, RealEnv
+    from wfm_sim.envs.sources import get_source
+    from wfm_sim.policies import make_policy
+
+    pytest.importorskip("Box2D")
+    policy = make_policy("carracing-latent")
+    assert policy.cfg.obs == "tokens"
+    env = ImaginedVectorEnv(2, "policies/carracing-latent/world_model", obs_mode="tokens", device="cpu",
+                            precision="fp32")
+    ids, _ = env.reset(seed=[0, 1])
+    action = policy(ids)
+    assert action.shape == (2, 3) and env.single_action_space.contains(action[0].astype(np.float32))
+    real = RealEnv(get_source("carracing-front"), 64)
+    try:
+        obs, _ = real.reset(seed=3)
+        for _ in range(30):
+            obs, *_ = real.step(np.array([0.0, 0.5, 0.0], np.float32))
+    finally:
+        real.close()
+    frame = obs["CAM_FRONT"] if isinstance(obs, dict) else obs
+    coded = env.model.encode(torch.as_tensor(frame)[None, None, None])[:, 0]  # the model's own ids of this frame
+    np.testing.assert_allclose(policy(frame[None]), policy(coded.numpy()), atol=1e-5)
